@@ -81,12 +81,22 @@ impl Request {
     pub fn parse(bytes: &[u8]) -> Result<(Request, usize), WireError> {
         let ty = match bytes.get(0..2) {
             Some(b) => u16::from_le_bytes([b[0], b[1]]),
-            None => return Err(WireError::TooShort { need: 2, got: bytes.len() }),
+            None => {
+                return Err(WireError::TooShort {
+                    need: 2,
+                    got: bytes.len(),
+                })
+            }
         };
         match ty {
-            VIRTIO_MEM_REQ_PLUG | VIRTIO_MEM_REQ_UNPLUG | VIRTIO_MEM_REQ_UNPLUG_ALL | VIRTIO_MEM_REQ_STATE => {
-                let (r, _) = VirtioMemReq::read_from_prefix(bytes)
-                    .map_err(|_| WireError::TooShort { need: VIRTIO_MEM_REQ_SIZE, got: bytes.len() })?;
+            VIRTIO_MEM_REQ_PLUG
+            | VIRTIO_MEM_REQ_UNPLUG
+            | VIRTIO_MEM_REQ_UNPLUG_ALL
+            | VIRTIO_MEM_REQ_STATE => {
+                let (r, _) = VirtioMemReq::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
+                    need: VIRTIO_MEM_REQ_SIZE,
+                    got: bytes.len(),
+                })?;
                 let (addr, nb_blocks) = (r.addr.get(), r.nb_blocks.get());
                 let req = match ty {
                     VIRTIO_MEM_REQ_PLUG => Request::Plug { addr, nb_blocks },
@@ -97,12 +107,23 @@ impl Request {
                 Ok((req, VIRTIO_MEM_REQ_SIZE))
             }
             TAGMEM_REQ_ACCEPT | TAGMEM_REQ_RELEASE | TAGMEM_REQ_RELEASE_BUSY => {
-                let (r, _) = TaggedReq::read_from_prefix(bytes)
-                    .map_err(|_| WireError::TooShort { need: TAGGED_REQ_SIZE, got: bytes.len() })?;
+                let (r, _) = TaggedReq::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
+                    need: TAGGED_REQ_SIZE,
+                    got: bytes.len(),
+                })?;
                 let req = match ty {
-                    TAGMEM_REQ_ACCEPT => Request::Accept { chain_id: r.id.get(), count: r.count.get() },
-                    TAGMEM_REQ_RELEASE => Request::Release { extent_id: r.id.get(), tag: r.tag },
-                    _ => Request::ReleaseBusy { extent_id: r.id.get(), tag: r.tag },
+                    TAGMEM_REQ_ACCEPT => Request::Accept {
+                        chain_id: r.id.get(),
+                        count: r.count.get(),
+                    },
+                    TAGMEM_REQ_RELEASE => Request::Release {
+                        extent_id: r.id.get(),
+                        tag: r.tag,
+                    },
+                    _ => Request::ReleaseBusy {
+                        extent_id: r.id.get(),
+                        tag: r.tag,
+                    },
                 };
                 Ok((req, TAGGED_REQ_SIZE))
             }
@@ -112,7 +133,10 @@ impl Request {
 
     /// True for the requests the tagged extension adds.
     pub fn is_tagged(&self) -> bool {
-        matches!(self, Request::Accept { .. } | Request::Release { .. } | Request::ReleaseBusy { .. })
+        matches!(
+            self,
+            Request::Accept { .. } | Request::Release { .. } | Request::ReleaseBusy { .. }
+        )
     }
 
     /// Size of the response the device writes for this request.
@@ -140,7 +164,11 @@ impl VirtioMemReq {
 impl VirtioMemResp {
     /// Builds a base response.
     pub fn new(resp_type: u16, state: u16) -> Self {
-        VirtioMemResp { resp_type: Le16::new(resp_type), state: Le16::new(state), ..Default::default() }
+        VirtioMemResp {
+            resp_type: Le16::new(resp_type),
+            state: Le16::new(state),
+            ..Default::default()
+        }
     }
 }
 
@@ -205,11 +233,6 @@ pub enum Event {
         /// The chain.
         chain_id: u64,
     },
-    /// An extent was released and is no longer reachable (sent for every extent of a group).
-    Released {
-        /// The released extent.
-        record: ExtentRecord,
-    },
 }
 
 impl TryFrom<&EventMsg> for Event {
@@ -225,9 +248,14 @@ impl TryFrom<&EventMsg> for Event {
             },
             TAGMEM_EVT_RELEASE_REQUEST => Event::ReleaseRequest { record },
             TAGMEM_EVT_METADATA => Event::Metadata { record },
-            TAGMEM_EVT_POISON => Event::Poison { record, offset: m.arg0.get(), length: m.arg1.get() },
-            TAGMEM_EVT_CHAIN_ABANDONED => Event::ChainAbandoned { chain_id: m.chain_id.get() },
-            TAGMEM_EVT_RELEASED => Event::Released { record },
+            TAGMEM_EVT_POISON => Event::Poison {
+                record,
+                offset: m.arg0.get(),
+                length: m.arg1.get(),
+            },
+            TAGMEM_EVT_CHAIN_ABANDONED => Event::ChainAbandoned {
+                chain_id: m.chain_id.get(),
+            },
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -237,8 +265,10 @@ impl TryFrom<&[u8]> for Event {
     type Error = WireError;
 
     fn try_from(bytes: &[u8]) -> Result<Self, WireError> {
-        let (m, _) = EventMsg::read_from_prefix(bytes)
-            .map_err(|_| WireError::TooShort { need: EVENT_SIZE, got: bytes.len() })?;
+        let (m, _) = EventMsg::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
+            need: EVENT_SIZE,
+            got: bytes.len(),
+        })?;
         Event::try_from(&m)
     }
 }
@@ -247,7 +277,11 @@ impl From<&Event> for EventMsg {
     fn from(e: &Event) -> Self {
         let mut m = EventMsg::default();
         let (ty, flags) = match *e {
-            Event::Offer { chain_id, more, record } => {
+            Event::Offer {
+                chain_id,
+                more,
+                record,
+            } => {
                 m.chain_id = Le64::new(chain_id);
                 m.record = record;
                 (TAGMEM_EVT_OFFER, if more { TAGMEM_EVT_F_MORE } else { 0 })
@@ -260,7 +294,11 @@ impl From<&Event> for EventMsg {
                 m.record = record;
                 (TAGMEM_EVT_METADATA, 0)
             }
-            Event::Poison { record, offset, length } => {
+            Event::Poison {
+                record,
+                offset,
+                length,
+            } => {
                 m.record = record;
                 m.arg0 = Le64::new(offset);
                 m.arg1 = Le64::new(length);
@@ -269,10 +307,6 @@ impl From<&Event> for EventMsg {
             Event::ChainAbandoned { chain_id } => {
                 m.chain_id = Le64::new(chain_id);
                 (TAGMEM_EVT_CHAIN_ABANDONED, 0)
-            }
-            Event::Released { record } => {
-                m.record = record;
-                (TAGMEM_EVT_RELEASED, 0)
             }
         };
         m.event_type = Le16::new(ty);
@@ -290,7 +324,13 @@ mod tests {
         let r = VirtioMemReq::new(VIRTIO_MEM_REQ_PLUG, 0x4000_0000, 7);
         assert_eq!(
             Request::parse(r.as_bytes()),
-            Ok((Request::Plug { addr: 0x4000_0000, nb_blocks: 7 }, 24))
+            Ok((
+                Request::Plug {
+                    addr: 0x4000_0000,
+                    nb_blocks: 7
+                },
+                24
+            ))
         );
         let r = VirtioMemReq::new(VIRTIO_MEM_REQ_UNPLUG_ALL, 0, 0);
         assert_eq!(Request::parse(r.as_bytes()), Ok((Request::UnplugAll, 24)));
@@ -299,37 +339,76 @@ mod tests {
     #[test]
     fn short_and_unknown_requests_are_errors() {
         assert_eq!(Request::parse(&[]), Err(WireError::TooShort { need: 2, got: 0 }));
-        assert_eq!(Request::parse(&[0, 0, 0]), Err(WireError::TooShort { need: 24, got: 3 }));
-        assert_eq!(Request::parse(&[0, 1, 0, 0]), Err(WireError::TooShort { need: 40, got: 4 }));
+        assert_eq!(
+            Request::parse(&[0, 0, 0]),
+            Err(WireError::TooShort { need: 24, got: 3 })
+        );
+        assert_eq!(
+            Request::parse(&[0, 1, 0, 0]),
+            Err(WireError::TooShort { need: 40, got: 4 })
+        );
         assert_eq!(Request::parse(&[9, 0, 0, 0]), Err(WireError::UnknownType(9)));
     }
 
     #[test]
     fn tagged_requests_parse() {
         let r = TaggedReq::new(TAGMEM_REQ_ACCEPT, 5, [0; 16], 3);
-        assert_eq!(Request::parse(r.as_bytes()), Ok((Request::Accept { chain_id: 5, count: 3 }, 40)));
+        assert_eq!(
+            Request::parse(r.as_bytes()),
+            Ok((
+                Request::Accept {
+                    chain_id: 5,
+                    count: 3
+                },
+                40
+            ))
+        );
         let r = TaggedReq::new(TAGMEM_REQ_RELEASE, 9, [7; 16], 0);
         let (req, _) = Request::parse(r.as_bytes()).unwrap();
-        assert_eq!(req, Request::Release { extent_id: 9, tag: [7; 16] });
+        assert_eq!(
+            req,
+            Request::Release {
+                extent_id: 9,
+                tag: [7; 16]
+            }
+        );
         assert_eq!(req.response_size(), TAGGED_RESP_SIZE);
     }
 
     #[test]
     fn events_round_trip() {
-        let record = ExtentRecord { extent_id: Le64::new(4), length: Le64::new(EXTENT_ALIGN), ..Default::default() };
+        let record = ExtentRecord {
+            extent_id: Le64::new(4),
+            length: Le64::new(EXTENT_ALIGN),
+            ..Default::default()
+        };
         for e in [
-            Event::Offer { chain_id: 2, more: true, record },
-            Event::Offer { chain_id: 2, more: false, record },
+            Event::Offer {
+                chain_id: 2,
+                more: true,
+                record,
+            },
+            Event::Offer {
+                chain_id: 2,
+                more: false,
+                record,
+            },
             Event::ReleaseRequest { record },
             Event::Metadata { record },
-            Event::Poison { record, offset: 4096, length: 4096 },
+            Event::Poison {
+                record,
+                offset: 4096,
+                length: 4096,
+            },
             Event::ChainAbandoned { chain_id: 3 },
-            Event::Released { record },
         ] {
             let m = EventMsg::from(&e);
             assert_eq!(Event::try_from(m.as_bytes()), Ok(e));
         }
-        assert_eq!(Event::try_from(&[0u8; 10][..]), Err(WireError::TooShort { need: 128, got: 10 }));
+        assert_eq!(
+            Event::try_from(&[0u8; 10][..]),
+            Err(WireError::TooShort { need: 128, got: 10 })
+        );
         assert_eq!(Event::try_from(&[0u8; 128][..]), Err(WireError::UnknownType(0)));
     }
 }

@@ -34,8 +34,6 @@ pub const TAGMEM_EVT_METADATA: u16 = 3;
 pub const TAGMEM_EVT_POISON: u16 = 4;
 /// Event: an offer chain was abandoned (timeout); its extents are gone.
 pub const TAGMEM_EVT_CHAIN_ABANDONED: u16 = 5;
-/// Event: a tag group was released and is no longer reachable.
-pub const TAGMEM_EVT_RELEASED: u16 = 6;
 
 /// Event flag: more events of the same offer chain follow.
 pub const TAGMEM_EVT_F_MORE: u16 = 1 << 0;
@@ -186,7 +184,7 @@ pub struct EventMsg {
     pub reserved: Le32,
     /// The offer chain this event belongs to (OFFER, CHAIN_ABANDONED); otherwise zero.
     pub chain_id: Le64,
-    /// The extent concerned (OFFER, METADATA, POISON, RELEASE_REQUEST, RELEASED).
+    /// The extent concerned (OFFER, METADATA, POISON, RELEASE_REQUEST).
     pub record: ExtentRecord,
     /// POISON: offset of the poisoned range within the extent.
     pub arg0: Le64,
