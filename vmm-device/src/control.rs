@@ -308,6 +308,17 @@ pub enum ControlError {
         /// The command.
         command: &'static str,
     },
+    /// The driver is not draining events; the outbox is full.
+    #[error("{0} events are waiting for the driver; refusing to queue more")]
+    EventBacklog(usize),
+    /// A requested size is not a multiple of the block size or exceeds the region.
+    #[error("requested size {size:#x} is invalid: {reason}")]
+    BadRequestedSize {
+        /// The size given.
+        size: u64,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
     /// A poison range lies outside its extent.
     #[error("poison range {offset:#x}+{length:#x} is outside extent {id} ({extent_len:#x} bytes)")]
     PoisonOutOfRange {
