@@ -1,2 +1,20 @@
+//! Reference guest driver for tagged-capacity virtio-mem (VIRTIO §5.15 plus the proposed
+//! `VIRTIO_MEM_F_TAGGED_EXTENTS` extension).
+//!
+//! `no_std` + `alloc`, polled, no interrupts, no `unsafe`: it runs embedded in a bare-metal guest
+//! with identity-mapped memory and in-process in host tests. The environment supplies a
+//! [`Transport`] (virtio registers or an in-process device) and a [`DmaMemory`] (how to reach
+//! guest-physical memory), plus one region of guest memory for rings and buffers.
+//!
+//! - [`transport`]: the two environment traits, a test memory and the DMA bump allocator.
+//! - [`virtqueue`]: the driver side of a split virtqueue.
 #![no_std]
-//! placeholder
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod transport;
+pub mod virtqueue;
+
+pub use transport::{DmaMemory, Transport, VecMemory};
