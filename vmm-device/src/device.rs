@@ -618,7 +618,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         Ok(n)
     }
 
-    /// Writes queued events into eventq buffers while both exist ([T-Q-2]).
+    /// Writes queued events into eventq buffers while both exist ([T-Q-5]).
     fn deliver_events(&mut self) {
         if !self.tagged_negotiated() {
             return;

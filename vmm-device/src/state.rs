@@ -582,12 +582,11 @@ impl ExtentTable {
                 .get(&t)
                 .cloned()
                 .ok_or_else(|| ControlError::NotFound(format!("tag {t}")))?,
-            Target::Extent(id) => {
-                if !self.extents.contains_key(&id) {
-                    return Err(ControlError::NotFound(format!("extent {id}")));
-                }
-                self.group_of(id)
-            }
+            Target::Extent(id) => match self.extents.get(&id) {
+                None => return Err(ControlError::NotFound(format!("extent {id}"))),
+                Some(e) if e.state == ExtentState::Pending => vec![id],
+                Some(_) => self.group_of(id),
+            },
         };
         if let Some(p) = ids
             .iter()
