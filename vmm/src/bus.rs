@@ -1,0 +1,178 @@
+//! The MMIO bus: guest-physical windows dispatched to devices, and the console port.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A device that answers MMIO accesses inside its window.
+pub trait BusDevice: Send {
+    /// Reads `data.len()` bytes at `offset` from the window base.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` from the window base.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// Errors attaching devices to the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The window is empty or wraps.
+    #[error("empty or wrapping MMIO window {base:#x}+{len:#x}")]
+    BadWindow {
+        /// Base address.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The window overlaps another device's.
+    #[error("MMIO window {base:#x}+{len:#x} overlaps the device at {other:#x}")]
+    Overlap {
+        /// Base address.
+        base: u64,
+        /// Length.
+        len: u64,
+        /// Base of the device already there.
+        other: u64,
+    },
+}
+
+/// A shared device handle on the bus.
+pub type SharedBusDevice = Arc<Mutex<dyn BusDevice>>;
+
+struct Window {
+    len: u64,
+    device: SharedBusDevice,
+}
+
+/// Guest-physical windows mapped to devices.
+#[derive(Default)]
+pub struct MmioBus {
+    windows: RwLock<BTreeMap<u64, Window>>,
+}
+
+impl std::fmt::Debug for MmioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_list()
+            .entries(w.iter().map(|(b, w)| (*b, w.len)))
+            .finish()
+    }
+}
+
+impl MmioBus {
+    /// Attaches `device` at `[base, base + len)`.
+    pub fn insert(&self, base: u64, len: u64, device: SharedBusDevice) -> Result<(), BusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadWindow { base, len })?;
+        let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((&other, w)) = windows.range(..end).next_back() {
+            if other + w.len > base {
+                return Err(BusError::Overlap { base, len, other });
+            }
+        }
+        windows.insert(base, Window { len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, SharedBusDevice)> {
+        let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        let (&base, w) = windows.range(..=addr).next_back()?;
+        (addr - base < w.len).then(|| (addr - base, w.device.clone()))
+    }
+
+    /// Dispatches a read; `false` if no device claims `addr`.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let Some((offset, dev)) = self.find(addr) else {
+            return false;
+        };
+        dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+        true
+    }
+
+    /// Dispatches a write; `false` if no device claims `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        let Some((offset, dev)) = self.find(addr) else {
+            return false;
+        };
+        dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+        true
+    }
+}
+
+/// Console bytes the guest wrote to the console port.
+#[derive(Debug, Default)]
+pub struct Console {
+    out: Mutex<Vec<u8>>,
+}
+
+impl Console {
+    /// Appends guest output.
+    pub fn push(&self, bytes: &[u8]) {
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+    }
+
+    /// Everything written so far, lossily decoded.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// Complete lines written so far (a trailing partial line stays out).
+    pub fn lines(&self) -> Vec<String> {
+        let s = self.contents();
+        let complete = s.rfind('\n').map_or("", |i| &s[..i]);
+        complete.lines().map(str::to_string).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo(Vec<(u64, Vec<u8>)>);
+    impl BusDevice for Echo {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(u8::try_from(offset & 0xff).unwrap());
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn dispatch_and_overlap() {
+        let bus = MmioBus::default();
+        let dev = Arc::new(Mutex::new(Echo(Vec::new())));
+        bus.insert(0x1000, 0x100, dev.clone()).unwrap();
+        assert!(matches!(
+            bus.insert(0x10ff, 1, dev.clone()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0xf00, 0x101, dev.clone()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(u64::MAX, 2, dev.clone()),
+            Err(BusError::BadWindow { .. })
+        ));
+        bus.insert(0x1100, 0x100, dev.clone()).unwrap();
+        let mut b = [0u8; 2];
+        assert!(bus.read(0x1010, &mut b));
+        assert_eq!(b, [0x10, 0x10]);
+        assert!(!bus.read(0x1200, &mut b));
+        assert!(bus.write(0x1104, &[1]));
+        assert_eq!(dev.lock().unwrap().0, vec![(4, vec![1])]);
+    }
+
+    #[test]
+    fn console_lines() {
+        let c = Console::default();
+        c.push(b"a\nb");
+        assert_eq!(c.lines(), vec!["a"]);
+        c.push(b"c\n");
+        assert_eq!(c.lines(), vec!["a", "bc"]);
+    }
+}

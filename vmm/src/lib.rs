@@ -1,0 +1,21 @@
+//! Reference VMM for tagged-capacity virtio-mem on KVM.
+//!
+//! [`Vm`] creates a KVM VM with boot RAM and identity page tables; [`Vcpu`] runs a 64-bit guest;
+//! [`MmioBus`] dispatches MMIO exits to devices such as the virtio-mmio transport
+//! ([`mmio::MmioTransport`]); [`KvmMemslotMapper`] implements the device's `MemoryMapper` on KVM
+//! memslots over registered [`Backing`]s. [`test_guest`] boots the bundled bare-metal test guest.
+
+pub mod backing;
+pub mod bus;
+pub mod layout;
+pub mod memslot;
+pub mod mmio;
+pub mod test_guest;
+pub mod vcpu;
+pub mod vm;
+
+pub use backing::{Backing, BackingError, BackingKind};
+pub use bus::{BusDevice, BusError, Console, MmioBus};
+pub use memslot::{HostAccess, KvmMemslotMapper, MemslotError, SharedMapper, SlotInfo};
+pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError};
+pub use vm::{kvm_unavailable, BootMemory, Vm, VmConfig, VmError};

@@ -1,0 +1,409 @@
+//! A vCPU set straight into 64-bit long mode, and its run loop.
+//!
+//! Exits are handled here: the console port, MMIO windows on the bus, and accesses to guest
+//! addresses nothing backs, which read as all-ones, drop writes and are counted. A bounded run
+//! stops after a number of exits or a wall-clock timeout (a watchdog thread kicks the vCPU out of
+//! `KVM_RUN` with a signal), so a test can never hang on a runaway guest.
+
+use crate::bus::{Console, MmioBus};
+use crate::layout;
+use crate::memslot::{HostAccess, SharedMapper};
+use crate::vm::VmShared;
+use kvm_bindings::{kvm_fpu, kvm_segment, CpuId};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use crate::test_guest::protocol::CONSOLE_PORT;
+/// Console line-status port: reads report the transmitter empty.
+const CONSOLE_LSR_PORT: u16 = CONSOLE_PORT + 5;
+/// Line status: transmit holding register and transmitter empty.
+const LSR_TX_EMPTY: u8 = 0x60;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_AM: u64 = 1 << 18;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_RESERVED: u64 = 1 << 1;
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// Errors of a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed")]
+    Kvm {
+        /// What was attempted.
+        op: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM could not enter the guest.
+    #[error("KVM failed to enter the guest: hardware reason {0:#x}")]
+    FailEntry(u64),
+    /// KVM reported an internal error.
+    #[error("KVM internal error while running the guest")]
+    InternalError,
+    /// An exit the VMM does not handle.
+    #[error("unexpected vCPU exit: {0}")]
+    UnexpectedExit(String),
+    /// The watchdog thread could not be started.
+    #[error("starting the vCPU watchdog failed")]
+    Watchdog(#[source] std::io::Error),
+}
+
+/// How long a bounded run may go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimit {
+    /// Most exits to handle before giving up.
+    pub max_exits: u64,
+    /// Wall-clock limit, if any.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for RunLimit {
+    fn default() -> Self {
+        RunLimit {
+            max_exits: 10_000_000,
+            timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest executed `hlt`; running again resumes after it.
+    Halted,
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); `rip` is where it was, if readable.
+    Shutdown {
+        /// Instruction pointer after the fault, if KVM still reports registers.
+        rip: Option<u64>,
+    },
+    /// [`RunLimit::max_exits`] reached.
+    ExitLimit,
+    /// [`RunLimit::timeout`] reached.
+    TimedOut,
+}
+
+/// Counters of handled exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    /// All exits.
+    pub exits: u64,
+    /// Bytes written to the console.
+    pub console_bytes: u64,
+    /// Port accesses to ports nothing handles.
+    pub unhandled_port_io: u64,
+    /// MMIO accesses served by a device on the bus.
+    pub bus_accesses: u64,
+    /// Reads of guest addresses nothing backs (answered with all-ones).
+    pub unmapped_reads: u64,
+    /// Writes to guest addresses nothing backs (dropped).
+    pub unmapped_writes: u64,
+    /// Guest writes to read-only mappings (dropped).
+    pub readonly_writes: u64,
+    /// Accesses to mapped memory that exited while its slot was being replaced.
+    pub slot_race_accesses: u64,
+    /// Last unbacked guest address accessed.
+    pub last_unmapped: Option<u64>,
+}
+
+/// Registers a vCPU starts with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BootState {
+    pub(crate) entry: u64,
+    pub(crate) stack_top: u64,
+    pub(crate) cr3: u64,
+}
+
+/// What a vCPU shares with its VM.
+pub(crate) struct VcpuWiring {
+    pub(crate) vm: Arc<VmShared>,
+    pub(crate) bus: Arc<MmioBus>,
+    pub(crate) console: Arc<Console>,
+    pub(crate) mapper: SharedMapper,
+}
+
+/// One vCPU of a [`crate::Vm`].
+pub struct Vcpu {
+    // Declared first so it is closed before `_vm` may release boot RAM.
+    fd: VcpuFd,
+    _vm: Arc<VmShared>,
+    bus: Arc<MmioBus>,
+    console: Arc<Console>,
+    mapper: SharedMapper,
+    stats: ExitStats,
+}
+
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xfffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: u8::from(!long),
+        s: 1,
+        l: u8::from(long),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    pub(crate) fn new(
+        fd: VcpuFd,
+        wiring: VcpuWiring,
+        cpuid: &CpuId,
+        boot: BootState,
+    ) -> Result<Self, VcpuError> {
+        let kvm = |op| move |source| VcpuError::Kvm { op, source };
+        fd.set_cpuid2(cpuid).map_err(kvm("set CPUID"))?;
+
+        let mut sregs = fd.get_sregs().map_err(kvm("get sregs"))?;
+        let code = segment(layout::CODE_SELECTOR, 0xb, true);
+        let data = segment(layout::DATA_SELECTOR, 0x3, false);
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment {
+            limit: 0x67,
+            s: 0,
+            g: 0,
+            db: 0,
+            ..segment(layout::TSS_SELECTOR, 0xb, false)
+        };
+        sregs.gdt.base = layout::GDT_ADDR;
+        sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&layout::GDT) - 1).unwrap_or(u16::MAX);
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr3 = boot.cr3;
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+        sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG;
+        sregs.efer = EFER_LME | EFER_LMA;
+        fd.set_sregs(&sregs).map_err(kvm("set sregs"))?;
+
+        let fpu = kvm_fpu {
+            fcw: FPU_CONTROL_WORD,
+            mxcsr: MXCSR_DEFAULT,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(kvm("set FPU"))?;
+
+        let mut regs = fd.get_regs().map_err(kvm("get regs"))?;
+        regs.rip = boot.entry;
+        regs.rsp = boot.stack_top;
+        regs.rbp = boot.stack_top;
+        regs.rflags = RFLAGS_RESERVED;
+        fd.set_regs(&regs).map_err(kvm("set regs"))?;
+
+        Ok(Vcpu {
+            fd,
+            _vm: wiring.vm,
+            bus: wiring.bus,
+            console: wiring.console,
+            mapper: wiring.mapper,
+            stats: ExitStats::default(),
+        })
+    }
+
+    /// Exit counters so far.
+    pub fn stats(&self) -> &ExitStats {
+        &self.stats
+    }
+
+    /// The guest's general-purpose registers.
+    pub fn regs(&self) -> Result<kvm_bindings::kvm_regs, VcpuError> {
+        self.fd.get_regs().map_err(|source| VcpuError::Kvm {
+            op: "get regs",
+            source,
+        })
+    }
+
+    /// Runs the guest until it halts, triple-faults, or `limit` is reached.
+    pub fn run(&mut self, limit: RunLimit) -> Result<RunOutcome, VcpuError> {
+        let watchdog = limit.timeout.map(Watchdog::start).transpose()?;
+        let fired = || watchdog.as_ref().is_some_and(Watchdog::fired);
+        let mut exits = 0u64;
+        loop {
+            if fired() {
+                return Ok(RunOutcome::TimedOut);
+            }
+            if exits >= limit.max_exits {
+                return Ok(RunOutcome::ExitLimit);
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(source) => return Err(VcpuError::Kvm { op: "run", source }),
+            };
+            exits += 1;
+            self.stats.exits += 1;
+            match exit {
+                VcpuExit::IoOut(port, data) => {
+                    if port == CONSOLE_PORT {
+                        self.console.push(data);
+                        self.stats.console_bytes += u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    } else {
+                        self.stats.unhandled_port_io += 1;
+                    }
+                }
+                VcpuExit::IoIn(port, data) => {
+                    if port == CONSOLE_LSR_PORT {
+                        data.fill(LSR_TX_EMPTY);
+                    } else {
+                        data.fill(0xff);
+                        self.stats.unhandled_port_io += 1;
+                    }
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if self.bus.read(addr, data) {
+                        self.stats.bus_accesses += 1;
+                        continue;
+                    }
+                    match self.mapper.lock().host_access(addr, data, false) {
+                        HostAccess::Done | HostAccess::ReadOnlyWriteDropped => {
+                            self.stats.slot_race_accesses += 1
+                        }
+                        HostAccess::Unmapped => {
+                            data.fill(0xff);
+                            self.stats.unmapped_reads += 1;
+                            self.stats.last_unmapped = Some(addr);
+                        }
+                    }
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    if self.bus.write(addr, data) {
+                        self.stats.bus_accesses += 1;
+                        continue;
+                    }
+                    let mut buf = [0u8; 8];
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    match self.mapper.lock().host_access(addr, &mut buf[..n], true) {
+                        HostAccess::Done => self.stats.slot_race_accesses += 1,
+                        HostAccess::ReadOnlyWriteDropped => self.stats.readonly_writes += 1,
+                        HostAccess::Unmapped => {
+                            self.stats.unmapped_writes += 1;
+                            self.stats.last_unmapped = Some(addr);
+                        }
+                    }
+                }
+                VcpuExit::Hlt => return Ok(RunOutcome::Halted),
+                VcpuExit::Shutdown => {
+                    let rip = self.fd.get_regs().ok().map(|r| r.rip);
+                    return Ok(RunOutcome::Shutdown { rip });
+                }
+                VcpuExit::FailEntry(reason, _cpu) => return Err(VcpuError::FailEntry(reason)),
+                VcpuExit::InternalError => return Err(VcpuError::InternalError),
+                VcpuExit::Intr => {}
+                other => return Err(VcpuError::UnexpectedExit(format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+/// Signal used to kick a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process; its only effect is interrupting ioctls.
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let r = INSTALLED.get_or_init(|| {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno())
+    });
+    r.map_err(|errno| VcpuError::Watchdog(std::io::Error::from_raw_os_error(errno)))
+}
+
+/// Kicks the vCPU thread that started it once `timeout` passed, until dropped.
+struct Watchdog {
+    fired: Arc<AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The vCPU thread's id, sendable to the watchdog thread.
+struct ThreadId(libc::pthread_t);
+
+impl Watchdog {
+    fn start(timeout: Duration) -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        let fired = Arc::new(AtomicBool::new(false));
+        let (stop, rx) = mpsc::channel::<()>();
+        // SAFETY: pthread_self has no preconditions.
+        let target = ThreadId(unsafe { libc::pthread_self() });
+        let flag = fired.clone();
+        let thread = std::thread::Builder::new()
+            .name("vcpu-watchdog".into())
+            .spawn(move || {
+                let target = target;
+                if !matches!(rx.recv_timeout(timeout), Err(RecvTimeoutError::Timeout)) {
+                    return;
+                }
+                flag.store(true, Ordering::SeqCst);
+                // Repeat the kick: one sent while the vCPU thread is outside KVM_RUN is lost.
+                loop {
+                    // SAFETY: the target thread is alive: it joins this thread (Watchdog::drop)
+                    // before it can exit, and the kick signal has a handler installed above.
+                    unsafe { libc::pthread_kill(target.0, kick_signal()) };
+                    if !matches!(
+                        rx.recv_timeout(Duration::from_millis(5)),
+                        Err(RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
+                }
+            })
+            .map_err(VcpuError::Watchdog)?;
+        Ok(Watchdog {
+            fired,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
