@@ -8,13 +8,24 @@
 //!
 //! - [`transport`]: the two environment traits, a test memory and the DMA bump allocator.
 //! - [`virtqueue`]: the driver side of a split virtqueue.
+//! - [`offer`]: screening offered extents, the [`OfferPolicy`] and sharable-group enforcement.
+//! - [`dax`]: accepted capacity as "dax devices", looked up by tag.
+//! - [`driver`]: [`TagMemDriver`], tying it together.
 #![no_std]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod dax;
+pub mod driver;
+pub mod offer;
 pub mod transport;
 pub mod virtqueue;
 
+pub use dax::{format_uuid, DaxDevice, DaxRegistry, Extent, Perf, PoisonRange};
+pub use driver::{
+    BlockState, DriverError, DriverEvent, MemResponse, StateResponse, TagMemDriver, TaggedResponse, Target,
+};
+pub use offer::{AcceptAll, OfferPolicy, RejectAll, RejectReason};
 pub use transport::{DmaMemory, Transport, VecMemory};

@@ -1,0 +1,438 @@
+//! Deciding what to accept from a closed offer chain.
+//!
+//! Three steps, in order:
+//! 1. [`screen`]: the driver checks every record itself instead of trusting the device
+//!    (alignment, window, flags, ids, overlaps, tag uniqueness, sharable group shape). Records that
+//!    fail are rejected by leaving them out of the ACCEPT.
+//! 2. An [`OfferPolicy`] picks, from the records that passed, the extent ids to accept.
+//! 3. [`enforce`]: sharable tag groups are all-or-nothing; a partially chosen sharable group is
+//!    dropped whole.
+
+use crate::dax::{DaxRegistry, Extent};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use tagmem_wire::{is_null_tag, ExtentRecord, EXTENT_ALIGN, EXTENT_F_ALL};
+
+/// Why the driver left an offered extent out of its ACCEPT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Extent id 0 (the device numbers extents from 1).
+    InvalidId,
+    /// Address or length not a multiple of 2 MiB, or zero length.
+    Misaligned,
+    /// The extent does not lie inside the tagged window.
+    OutsideWindow,
+    /// Flags this revision does not define.
+    UnknownFlags,
+    /// Sharable capacity without a tag.
+    SharableUntagged,
+    /// The id appears twice in the chain or is already accepted.
+    DuplicateId,
+    /// The extent overlaps an accepted extent or another extent of the chain.
+    Overlap,
+    /// A device with this tag already exists (a tag's extents all come in one chain).
+    DuplicateTag,
+    /// The tag group mixes sharable and non-sharable extents.
+    MixedGroup,
+    /// The sharable group's sequence numbers are not exactly 0..n-1.
+    BadSequence,
+    /// Another extent of this sharable group was rejected, so the whole group is.
+    IncompleteGroup,
+    /// The chain carried more extents than the driver can hold pending.
+    ChainOverflow,
+    /// The policy did not choose the extent.
+    Policy,
+    /// The policy chose only part of this sharable group.
+    PartialGroup,
+}
+
+impl core::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = match self {
+            RejectReason::InvalidId => "invalid extent id",
+            RejectReason::Misaligned => "misaligned address or length",
+            RejectReason::OutsideWindow => "outside the tagged window",
+            RejectReason::UnknownFlags => "unknown flags",
+            RejectReason::SharableUntagged => "sharable without a tag",
+            RejectReason::DuplicateId => "duplicate extent id",
+            RejectReason::Overlap => "overlaps other capacity",
+            RejectReason::DuplicateTag => "tag already present",
+            RejectReason::MixedGroup => "tag group mixes sharable and non-sharable",
+            RejectReason::BadSequence => "sharable group sequence is not 0..n-1",
+            RejectReason::IncompleteGroup => "part of a rejected sharable group",
+            RejectReason::ChainOverflow => "chain too long",
+            RejectReason::Policy => "not chosen by policy",
+            RejectReason::PartialGroup => "sharable group chosen only in part",
+        };
+        f.write_str(s)
+    }
+}
+
+/// The guest-physical window extents must lie in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    /// First address.
+    pub addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Window {
+    /// True if `[gpa, gpa + len)` lies inside the window.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        match (gpa.checked_add(len), self.addr.checked_add(self.size)) {
+            (Some(end), Some(wend)) => gpa >= self.addr && end <= wend,
+            _ => false,
+        }
+    }
+}
+
+/// Outcome of [`screen`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// Records that passed, in chain order: what the policy chooses from.
+    pub candidates: Vec<Extent>,
+    /// Records that failed, in chain order, with the first reason found.
+    pub rejected: Vec<(u64, RejectReason)>,
+}
+
+/// Checks every record of a closed chain against the window and the already accepted devices.
+pub fn screen(records: &[ExtentRecord], window: Window, accepted: &DaxRegistry) -> Screened {
+    let exts: Vec<Extent> = records.iter().map(Extent::from_record).collect();
+    let mut why: Vec<Option<RejectReason>> = exts.iter().map(|e| check_one(e, window, accepted)).collect();
+
+    // Ids twice in the chain: every copy goes.
+    let mut id_count: BTreeMap<u64, usize> = BTreeMap::new();
+    for e in &exts {
+        *id_count.entry(e.id).or_default() += 1;
+    }
+    for (e, w) in exts.iter().zip(why.iter_mut()) {
+        if w.is_none() && id_count.get(&e.id).is_some_and(|n| *n > 1) {
+            *w = Some(RejectReason::DuplicateId);
+        }
+    }
+    // Overlaps inside the chain: both sides go (only between ranges that are themselves sane).
+    let sane = |r: &Option<RejectReason>| {
+        !matches!(
+            r,
+            Some(RejectReason::Misaligned | RejectReason::OutsideWindow | RejectReason::InvalidId)
+        )
+    };
+    let mut overlapping = Vec::new();
+    for i in 0..exts.len() {
+        for j in i + 1..exts.len() {
+            if sane(&why[i]) && sane(&why[j]) && exts[i].overlaps(exts[j].gpa, exts[j].len) {
+                overlapping.push(i);
+                overlapping.push(j);
+            }
+        }
+    }
+    for i in overlapping {
+        why[i].get_or_insert(RejectReason::Overlap);
+    }
+    // Tag groups, over every record of the chain carrying the tag.
+    let mut groups: BTreeMap<[u8; 16], Vec<usize>> = BTreeMap::new();
+    for (i, e) in exts.iter().enumerate() {
+        if e.is_tagged() {
+            groups.entry(e.tag).or_default().push(i);
+        }
+    }
+    for members in groups.values() {
+        let sharable = members.iter().filter(|i| exts[**i].is_sharable()).count();
+        let group_fault = if sharable != 0 && sharable != members.len() {
+            Some(RejectReason::MixedGroup)
+        } else if sharable == 0 {
+            None
+        } else if members.iter().any(|i| why[*i].is_some()) {
+            Some(RejectReason::IncompleteGroup)
+        } else {
+            let mut seqs: Vec<usize> = members.iter().map(|i| usize::from(exts[*i].seq)).collect();
+            seqs.sort_unstable();
+            (!seqs.iter().enumerate().all(|(k, s)| k == *s)).then_some(RejectReason::BadSequence)
+        };
+        if let Some(fault) = group_fault {
+            for i in members {
+                why[*i].get_or_insert(fault);
+            }
+        }
+    }
+
+    let mut out = Screened::default();
+    for (e, w) in exts.into_iter().zip(why) {
+        match w {
+            None => out.candidates.push(e),
+            Some(r) => out.rejected.push((e.id, r)),
+        }
+    }
+    out
+}
+
+fn check_one(e: &Extent, window: Window, accepted: &DaxRegistry) -> Option<RejectReason> {
+    if e.id == 0 {
+        return Some(RejectReason::InvalidId);
+    }
+    if e.len == 0 || e.len % EXTENT_ALIGN != 0 || e.gpa % EXTENT_ALIGN != 0 {
+        return Some(RejectReason::Misaligned);
+    }
+    if !window.contains(e.gpa, e.len) {
+        return Some(RejectReason::OutsideWindow);
+    }
+    if e.flags & !EXTENT_F_ALL != 0 {
+        return Some(RejectReason::UnknownFlags);
+    }
+    if e.is_sharable() && is_null_tag(&e.tag) {
+        return Some(RejectReason::SharableUntagged);
+    }
+    if accepted.device_of(e.id).is_some() {
+        return Some(RejectReason::DuplicateId);
+    }
+    if accepted.position_of_tag(&e.tag).is_some() {
+        return Some(RejectReason::DuplicateTag);
+    }
+    if accepted.extents().any(|a| a.overlaps(e.gpa, e.len)) {
+        return Some(RejectReason::Overlap);
+    }
+    None
+}
+
+/// Decides, per closed chain, which of the screened extents to accept.
+pub trait OfferPolicy {
+    /// Returns the ids to accept among `offers` (ids not in `offers` are ignored).
+    fn choose(&mut self, chain_id: u64, offers: &[Extent]) -> Vec<u64>;
+}
+
+impl<F: FnMut(u64, &[Extent]) -> Vec<u64>> OfferPolicy for F {
+    fn choose(&mut self, chain_id: u64, offers: &[Extent]) -> Vec<u64> {
+        self(chain_id, offers)
+    }
+}
+
+/// Policy accepting everything that passed screening.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptAll;
+
+impl OfferPolicy for AcceptAll {
+    fn choose(&mut self, _chain_id: u64, offers: &[Extent]) -> Vec<u64> {
+        offers.iter().map(|e| e.id).collect()
+    }
+}
+
+/// Policy rejecting every offer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RejectAll;
+
+impl OfferPolicy for RejectAll {
+    fn choose(&mut self, _chain_id: u64, _offers: &[Extent]) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// Applies a policy's choice: returns the extents to accept (chain order, no duplicates) and the
+/// candidates left out with their reason. A sharable tag group chosen in part is dropped whole.
+pub fn enforce(candidates: &[Extent], chosen: &[u64]) -> (Vec<Extent>, Vec<(u64, RejectReason)>) {
+    let picked = |e: &Extent| chosen.contains(&e.id);
+    let mut partial: Vec<[u8; 16]> = Vec::new();
+    for e in candidates.iter().filter(|e| e.is_sharable() && e.is_tagged()) {
+        let group = candidates.iter().filter(|o| o.tag == e.tag);
+        let (n, k) = group.fold((0, 0), |(n, k), o| (n + 1, k + usize::from(picked(o))));
+        if k != 0 && k != n && !partial.contains(&e.tag) {
+            partial.push(e.tag);
+        }
+    }
+    let mut accept = Vec::new();
+    let mut rejected = Vec::new();
+    for e in candidates {
+        if !picked(e) {
+            rejected.push((e.id, RejectReason::Policy));
+        } else if e.is_sharable() && partial.contains(&e.tag) {
+            rejected.push((e.id, RejectReason::PartialGroup));
+        } else {
+            accept.push(e.clone());
+        }
+    }
+    (accept, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use tagmem_wire::{Le64, EXTENT_F_SHARABLE};
+
+    const W: Window = Window {
+        addr: 0x1_0000_0000,
+        size: 64 * EXTENT_ALIGN,
+    };
+
+    fn rec(id: u64, slot: u64, tag: u8, flags: u32, seq: u16) -> ExtentRecord {
+        let mut r = ExtentRecord {
+            tag: [tag; 16],
+            extent_id: Le64::new(id),
+            addr: Le64::new(W.addr + slot * EXTENT_ALIGN),
+            length: Le64::new(EXTENT_ALIGN),
+            ..Default::default()
+        };
+        r.flags.set(flags);
+        r.seq.set(seq);
+        r
+    }
+
+    fn ids(s: &Screened) -> Vec<u64> {
+        s.candidates.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn well_formed_chain_passes() {
+        let recs = [
+            rec(1, 0, 0, 0, 0),
+            rec(2, 1, 5, EXTENT_F_SHARABLE, 1),
+            rec(3, 2, 5, EXTENT_F_SHARABLE, 0),
+            rec(4, 3, 6, 0, 0),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        assert_eq!(ids(&s), [1, 2, 3, 4]);
+        assert!(s.rejected.is_empty());
+    }
+
+    #[test]
+    fn per_record_checks() {
+        let mut misaligned = rec(2, 1, 0, 0, 0);
+        misaligned.addr.set(W.addr + 4096);
+        let mut short = rec(3, 2, 0, 0, 0);
+        short.length.set(4096);
+        let mut zero = rec(4, 3, 0, 0, 0);
+        zero.length.set(0);
+        let outside = rec(5, 64, 0, 0, 0);
+        let mut wrap = rec(6, 0, 0, 0, 0);
+        wrap.addr.set(u64::MAX - EXTENT_ALIGN + 1);
+        let recs = [
+            rec(0, 5, 0, 0, 0),
+            misaligned,
+            short,
+            zero,
+            outside,
+            wrap,
+            rec(7, 6, 0, 1 << 7, 0),
+            rec(8, 7, 0, EXTENT_F_SHARABLE, 0),
+            rec(9, 8, 0, 0, 0),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        assert_eq!(ids(&s), [9]);
+        use RejectReason::*;
+        assert_eq!(
+            s.rejected,
+            [
+                (0, InvalidId),
+                (2, Misaligned),
+                (3, Misaligned),
+                (4, Misaligned),
+                (5, OutsideWindow),
+                (6, OutsideWindow),
+                (7, UnknownFlags),
+                (8, SharableUntagged)
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_overlaps_within_chain() {
+        let mut big = rec(3, 4, 0, 0, 0);
+        big.length.set(3 * EXTENT_ALIGN); // slots 4..7, overlaps id 4 at slot 6
+        let recs = [
+            rec(1, 0, 0, 0, 0),
+            rec(1, 1, 0, 0, 0),
+            big,
+            rec(4, 6, 0, 0, 0),
+            rec(5, 9, 0, 0, 0),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        assert_eq!(ids(&s), [5]);
+        use RejectReason::*;
+        assert_eq!(
+            s.rejected,
+            [(1, DuplicateId), (1, DuplicateId), (3, Overlap), (4, Overlap)]
+        );
+    }
+
+    #[test]
+    fn conflicts_with_accepted_capacity() {
+        let mut reg = DaxRegistry::new();
+        reg.create([5; 16], vec![Extent::from_record(&rec(10, 0, 5, 0, 0))], false);
+        let recs = [
+            rec(10, 20, 0, 0, 0),
+            rec(11, 0, 0, 0, 0),
+            rec(12, 1, 5, 0, 0),
+            rec(13, 2, 6, 0, 0),
+        ];
+        let s = screen(&recs, W, &reg);
+        assert_eq!(ids(&s), [13]);
+        use RejectReason::*;
+        assert_eq!(s.rejected, [(10, DuplicateId), (11, Overlap), (12, DuplicateTag)]);
+    }
+
+    #[test]
+    fn sharable_group_shape() {
+        let sh = EXTENT_F_SHARABLE;
+        // Group 1: seqs 0,2 -> bad. Group 2: mixed. Group 3: one member misaligned -> whole group.
+        // Group 4: non-sharable, one bad member -> the rest stays.
+        let mut bad = rec(31, 6, 3, sh, 1);
+        bad.addr.set(W.addr + 1);
+        let mut bad4 = rec(41, 8, 4, 0, 0);
+        bad4.length.set(0);
+        let recs = [
+            rec(11, 0, 1, sh, 0),
+            rec(12, 1, 1, sh, 2),
+            rec(21, 2, 2, sh, 0),
+            rec(22, 3, 2, 0, 1),
+            rec(30, 5, 3, sh, 0),
+            bad,
+            bad4,
+            rec(42, 9, 4, 0, 1),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        assert_eq!(ids(&s), [42]);
+        use RejectReason::*;
+        assert_eq!(
+            s.rejected,
+            [
+                (11, BadSequence),
+                (12, BadSequence),
+                (21, MixedGroup),
+                (22, MixedGroup),
+                (30, IncompleteGroup),
+                (31, Misaligned),
+                (41, Misaligned)
+            ]
+        );
+    }
+
+    #[test]
+    fn enforce_drops_partial_sharable_groups_only() {
+        let sh = EXTENT_F_SHARABLE;
+        let recs = [
+            rec(1, 0, 1, sh, 0),
+            rec(2, 1, 1, sh, 1),
+            rec(3, 2, 2, 0, 0),
+            rec(4, 3, 2, 0, 1),
+            rec(5, 4, 0, 0, 0),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        let (acc, rej) = enforce(&s.candidates, &[1, 3, 5, 5, 99]);
+        assert_eq!(acc.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 5]);
+        use RejectReason::*;
+        assert_eq!(rej, [(1, PartialGroup), (2, Policy), (4, Policy)]);
+        let (acc, rej) = enforce(&s.candidates, &[2, 1]);
+        assert_eq!(acc.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(rej.len(), 3);
+    }
+
+    #[test]
+    fn policies() {
+        let s = screen(&[rec(1, 0, 0, 0, 0), rec(2, 1, 0, 0, 0)], W, &DaxRegistry::new());
+        assert_eq!(AcceptAll.choose(1, &s.candidates), [1, 2]);
+        assert!(RejectAll.choose(1, &s.candidates).is_empty());
+        let mut only_even = |_c: u64, o: &[Extent]| o.iter().map(|e| e.id).filter(|i| i % 2 == 0).collect();
+        assert_eq!(OfferPolicy::choose(&mut only_even, 1, &s.candidates), [2]);
+        assert!(W.contains(W.addr, W.size) && !W.contains(W.addr, W.size + 1) && !W.contains(0, 1));
+    }
+}
