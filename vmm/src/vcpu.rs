@@ -55,8 +55,13 @@ pub enum VcpuError {
     #[error("KVM failed to enter the guest: hardware reason {0:#x}")]
     FailEntry(u64),
     /// KVM reported an internal error.
-    #[error("KVM internal error while running the guest")]
-    InternalError,
+    #[error("KVM internal error {suberror} while running the guest (data {data:x?})")]
+    InternalError {
+        /// `kvm_run.internal.suberror`.
+        suberror: u32,
+        /// The first words of `kvm_run.internal.data`.
+        data: Vec<u64>,
+    },
     /// An exit the VMM does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),
@@ -248,6 +253,14 @@ impl Vcpu {
         })
     }
 
+    /// The guest's special registers.
+    pub fn sregs(&self) -> Result<kvm_bindings::kvm_sregs, VcpuError> {
+        self.fd.get_sregs().map_err(|source| VcpuError::Kvm {
+            op: "get sregs",
+            source,
+        })
+    }
+
     /// Runs the guest until it halts, triple-faults, or `limit` is reached.
     pub fn run(&mut self, limit: RunLimit) -> Result<RunOutcome, VcpuError> {
         let watchdog = limit.timeout.map(Watchdog::start).transpose()?;
@@ -323,10 +336,26 @@ impl Vcpu {
                     return Ok(RunOutcome::Shutdown { rip });
                 }
                 VcpuExit::FailEntry(reason, _cpu) => return Err(VcpuError::FailEntry(reason)),
-                VcpuExit::InternalError => return Err(VcpuError::InternalError),
+                VcpuExit::InternalError => return Err(self.internal_error()),
                 VcpuExit::Intr => {}
                 other => return Err(VcpuError::UnexpectedExit(format!("{other:?}"))),
             }
+        }
+    }
+}
+
+impl Vcpu {
+    fn internal_error(&mut self) -> VcpuError {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union: this is only called for
+        // KVM_EXIT_INTERNAL_ERROR, and the struct is plain old data.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = usize::try_from(internal.ndata)
+            .unwrap_or(usize::MAX)
+            .min(internal.data.len());
+        VcpuError::InternalError {
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
         }
     }
 }

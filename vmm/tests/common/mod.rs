@@ -1,0 +1,86 @@
+//! Shared helpers of the KVM integration tests.
+#![allow(dead_code)]
+
+use std::os::unix::fs::FileExt;
+use tagmem_device::{Mapping, SourceId, SourceRef};
+use tagmem_vmm::test_guest::TestGuest;
+use tagmem_vmm::{kvm_unavailable, Backing, VmConfig};
+
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
+/// One GiB.
+pub const GIB: u64 = 1 << 30;
+/// One TiB.
+pub const TIB: u64 = 1 << 40;
+
+/// Boots the test guest, or prints why the test is skipped and returns `None`.
+pub fn boot_or_skip(config: VmConfig) -> Option<TestGuest> {
+    if let Some(reason) = kvm_unavailable() {
+        println!("skipped: /dev/kvm not available ({reason})");
+        return None;
+    }
+    Some(TestGuest::boot(config).expect("boot test guest"))
+}
+
+/// Registers a fresh sparse memfd of `size` bytes as backing `id`.
+pub fn add_memfd(g: &TestGuest, id: u64, size: u64) {
+    let b = Backing::memfd(&format!("test-{id}"), size).expect("memfd");
+    g.vm.mapper()
+        .lock()
+        .register_backing(SourceId(id), b)
+        .expect("register");
+}
+
+/// Writes `bytes` into backing `id` at `offset` from the host.
+pub fn host_write(g: &TestGuest, id: u64, offset: u64, bytes: &[u8]) {
+    let m = g.vm.mapper();
+    let m = m.lock();
+    m.backing(SourceId(id))
+        .expect("backing")
+        .file_handle()
+        .write_all_at(bytes, offset)
+        .expect("write");
+}
+
+/// Reads `len` bytes of backing `id` at `offset` from the host.
+pub fn host_read(g: &TestGuest, id: u64, offset: u64, len: usize) -> Vec<u8> {
+    let m = g.vm.mapper();
+    let m = m.lock();
+    let mut v = vec![0u8; len];
+    m.backing(SourceId(id))
+        .expect("backing")
+        .file_handle()
+        .read_exact_at(&mut v, offset)
+        .expect("read");
+    v
+}
+
+/// A mapping of backing `id`.
+pub fn mapping(gpa: u64, len: u64, id: u64, offset: u64, readonly: bool) -> Mapping {
+    Mapping {
+        gpa,
+        len,
+        source: SourceRef {
+            id: SourceId(id),
+            offset,
+        },
+        readonly,
+    }
+}
+
+/// A recognisable byte pattern.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            u8::try_from(i % 256)
+                .expect("below 256")
+                .wrapping_mul(31)
+                .wrapping_add(seed)
+        })
+        .collect()
+}
+
+/// `v` as a host index.
+pub fn us(v: u64) -> usize {
+    usize::try_from(v).expect("fits usize")
+}
