@@ -1,0 +1,20 @@
+//! Find tagged memory capacity by its tag, the same way on bare metal, in a VM and in a nested VM.
+//!
+//! Capacity reaches a Linux system as dax devices: on a host from CXL Dynamic Capacity,
+//! soft-reserved memory or devdax, in a guest from the tagged virtio-mem driver. Tagged capacity
+//! is one dax device per tag (its `uuid` attribute reads the tag), untagged capacity one device
+//! per extent (its `uuid` reads the nil UUID). This crate reads those devices through one model
+//! ([`DaxDevice`]) from any [`CapacitySource`] and resolves a tag with one rule ([`lookup`]).
+//! [`SysfsSource`] reads the kernel ABIs under a configurable root, so it serves a host and a
+//! guest alike; [`output`] prints the result as `daxctl list`-style JSON or a table.
+
+mod error;
+mod model;
+pub mod output;
+mod source;
+mod sysfs;
+
+pub use error::LookupError;
+pub use model::{DaxDevice, Extent, Flags, Mapping, Mode, Perf, Poison, SourceClass, PAGE_SIZE};
+pub use source::{lookup, CapacitySource};
+pub use sysfs::SysfsSource;
