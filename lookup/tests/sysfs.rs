@@ -1,0 +1,455 @@
+//! `SysfsSource` and `lookup` over sysfs trees built as the kernel ABIs describe them: a CXL DCD
+//! host, kernels without the `uuid` attribute, HMAT present or not, kmem devices, malformed
+//! attributes, and the guest-side layout of SPEC.md T-LOOKUP-5/6.
+
+mod common;
+
+use common::{c_hex, dcd_host, Dev, Tree, VirtioExtent, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
+use serde_json::Value;
+use tagmem_lookup::{
+    lookup, output, CapacitySource, DaxDevice, Extent, Flags, LookupError, Mapping, Mode, Perf, SourceClass,
+    SysfsSource,
+};
+use uuid::Uuid;
+
+fn tag_a() -> Uuid {
+    Uuid::parse_str(TAG_A).unwrap()
+}
+
+fn device(t: &Tree, name: &str) -> DaxDevice {
+    SysfsSource::new(t.root()).read_device(name).unwrap()
+}
+
+#[test]
+fn dcd_host_lists_every_device_in_name_order() {
+    let t = dcd_host();
+    let devs = SysfsSource::new(t.root()).devices().unwrap();
+    let names: Vec<&str> = devs.iter().map(|d| d.chardev.as_str()).collect();
+    assert_eq!(names, ["dax2.0", "dax2.1", "dax2.2", "dax2.3"]);
+    assert_eq!(devs[0].size, 0, "the region seed is listed by the library");
+}
+
+#[test]
+fn multi_extent_tag_is_one_device_with_its_extents() {
+    let t = dcd_host();
+    let d = device(&t, "dax2.1");
+    assert_eq!(d.uuid, tag_a());
+    assert_eq!(d.size, 3 * MIB2);
+    assert_eq!(d.path.as_deref(), Some("/dev/dax2.1"));
+    assert_eq!((d.target_node, d.numa_node, d.align), (Some(2), Some(0), MIB2));
+    assert_eq!((d.mode, d.enabled), (Mode::Devdax, true));
+    assert_eq!(
+        d.mappings,
+        [
+            Mapping::new(0, REGION2_BASE, REGION2_BASE + MIB2 - 1).unwrap(),
+            Mapping::new(
+                MIB2 / 4096,
+                REGION2_BASE + 0x1000_0000,
+                REGION2_BASE + 0x1000_0000 + 2 * MIB2 - 1
+            )
+            .unwrap(),
+        ]
+    );
+    let expect = |offset: u64, length: u64| Extent {
+        start: Some(REGION2_BASE + offset),
+        ..Extent::in_region(offset, length)
+    };
+    assert_eq!(d.extents, [expect(0, MIB2), expect(0x1000_0000, 2 * MIB2)]);
+    assert_eq!(d.source_class, Some(SourceClass::CxlDc));
+    assert_eq!(d.flags, None, "bare-metal CXL does not expose flags");
+}
+
+#[test]
+fn perf_comes_from_access0_of_the_target_node() {
+    let t = dcd_host();
+    let p = device(&t, "dax2.1").perf.unwrap();
+    assert_eq!(
+        p,
+        Perf {
+            access_class: 0,
+            read_latency_ns: 250,
+            write_latency_ns: 300,
+            read_bandwidth_mbps: 25_000,
+            write_bandwidth_mbps: 12_000,
+        }
+    );
+}
+
+#[test]
+fn perf_falls_back_to_access1_then_to_none() {
+    let t = dcd_host();
+    std::fs::remove_dir_all(t.path("sys/devices/system/node/node2/access0")).unwrap();
+    let p = device(&t, "dax2.1").perf.unwrap();
+    assert_eq!(
+        (p.access_class, p.read_latency_ns, p.write_bandwidth_mbps),
+        (1, 400, 10_000)
+    );
+    std::fs::remove_dir_all(t.path("sys/devices/system/node/node2/access1")).unwrap();
+    assert_eq!(device(&t, "dax2.1").perf, None);
+    let json = output::to_json(&[device(&t, "dax2.1")]);
+    assert!(json[0].get("read_latency_ns").is_none());
+    assert!(json[0].get("perf_access_class").is_none());
+}
+
+#[test]
+fn untagged_extents_are_one_device_each_reading_the_nil_uuid() {
+    let t = dcd_host();
+    for (name, off) in [("dax2.2", 0x2000_0000u64), ("dax2.3", 0x3000_0000)] {
+        let d = device(&t, name);
+        assert!(d.uuid.is_nil() && !d.is_tagged());
+        assert_eq!(d.extents.len(), 1, "{name}");
+        assert_eq!(d.extents[0].offset, Some(off));
+        assert_eq!(d.extents[0].length, MIB2);
+        let json = output::to_json(&[d]);
+        assert_eq!(json[0]["uuid"], "00000000-0000-0000-0000-000000000000");
+    }
+}
+
+#[test]
+fn lookup_returns_exactly_the_tagged_device() {
+    let t = dcd_host();
+    let src = SysfsSource::new(t.root());
+    let found = lookup(&src, &tag_a()).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0], device(&t, "dax2.1"));
+    assert!(lookup(&src, &Uuid::parse_str(TAG_ABSENT).unwrap())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn lookup_of_the_nil_tag_matches_nothing() {
+    let t = dcd_host();
+    assert!(lookup(&SysfsSource::new(t.root()), &Uuid::nil())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn without_region_address_a_tag_still_finds_its_extents() {
+    let t = Tree::new();
+    let r = t.cxl_region(5, None, 1 << 30);
+    t.cxl_extent(&r, 5, 0, 0x20_0000, MIB2, Some(TAG_A));
+    t.cxl_extent(&r, 5, 1, 0x60_0000, MIB2, None);
+    t.dax(&Dev::new("dax5.0", &r, Some(TAG_A), &[(0x9_0020_0000, MIB2)]));
+    t.dax(&Dev::new(
+        "dax5.1",
+        &r,
+        Some("00000000-0000-0000-0000-000000000000"),
+        &[(0x9_0060_0000, MIB2)],
+    ));
+    let d = device(&t, "dax5.0");
+    assert_eq!(d.extents, [Extent::in_region(0x20_0000, MIB2)]);
+    assert_eq!(d.source_class, Some(SourceClass::CxlDc));
+    // An untagged extent cannot be placed without the address: reported as unknown, not guessed.
+    let u = device(&t, "dax5.1");
+    assert!(u.extents.is_empty());
+    assert_eq!(u.source_class, None);
+}
+
+#[test]
+fn kernel_without_uuid_attribute_reads_untagged() {
+    let t = Tree::new();
+    t.mkdir("sys/devices/platform/hmem.0");
+    t.dax(&Dev::new(
+        "dax0.0",
+        "sys/devices/platform/hmem.0",
+        None,
+        &[(0x10_0000_0000, 1 << 30)],
+    ));
+    let src = SysfsSource::new(t.root());
+    let d = device(&t, "dax0.0");
+    assert!(d.uuid.is_nil());
+    assert!(d.extents.is_empty() && d.source_class.is_none() && d.perf.is_none());
+    assert!(lookup(&src, &tag_a()).unwrap().is_empty());
+    assert_eq!(src.devices().unwrap().len(), 1);
+}
+
+#[test]
+fn kmem_device_is_system_ram_and_unbound_is_disabled() {
+    let t = Tree::new();
+    let mut k = Dev::new(
+        "dax0.0",
+        "sys/devices/platform/hmem.0",
+        None,
+        &[(0x10_0000_0000, 1 << 30)],
+    );
+    k.driver = Some("kmem");
+    k.target_node = 3;
+    t.dax(&k);
+    let mut off = Dev::new(
+        "dax0.1",
+        "sys/devices/platform/hmem.0",
+        None,
+        &[(0x10_4000_0000, 1 << 30)],
+    );
+    off.driver = None;
+    off.numa_node = -1;
+    t.dax(&off);
+    let d = device(&t, "dax0.0");
+    assert_eq!(
+        (d.mode, d.enabled, d.target_node),
+        (Mode::SystemRam, true, Some(3))
+    );
+    let json = output::to_json(&[d, device(&t, "dax0.1")]);
+    assert_eq!(json[0]["mode"], "system-ram");
+    assert!(json[0].get("state").is_none());
+    assert_eq!(json[1]["mode"], "devdax");
+    assert_eq!(json[1]["state"], "disabled");
+    assert!(json[1].get("numa_node").is_none(), "NUMA_NO_NODE is left out");
+}
+
+/// Expects `read_device("dax2.1")` to fail with an error naming `rel` (relative to the root).
+fn expect_error(t: &Tree, rel: &str) -> LookupError {
+    let e = SysfsSource::new(t.root()).read_device("dax2.1").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&t.path(rel).display().to_string()),
+        "{rel}: {msg}"
+    );
+    e
+}
+
+const DEV: &str = "sys/bus/dax/devices/dax2.1";
+
+#[test]
+fn malformed_size_is_a_named_parse_error() {
+    let t = dcd_host();
+    t.attr(&format!("{DEV}/size"), "12k");
+    let e = expect_error(&t, &format!("{DEV}/size"));
+    assert!(
+        matches!(e, LookupError::Parse { ref value, .. } if value == "12k"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_size_is_a_named_missing_error() {
+    let t = dcd_host();
+    t.remove(&format!("{DEV}/size"));
+    let e = expect_error(&t, &format!("{DEV}/size"));
+    assert!(matches!(e, LookupError::Missing { .. }), "{e}");
+    assert!(e.to_string().ends_with(": missing"));
+}
+
+#[test]
+fn malformed_uuid_is_a_named_parse_error() {
+    let t = dcd_host();
+    t.attr(&format!("{DEV}/uuid"), "6f1c2a9e-0d3b-4c55-9a7e");
+    let e = expect_error(&t, &format!("{DEV}/uuid"));
+    assert!(e.to_string().contains("as a UUID"), "{e}");
+}
+
+#[test]
+fn malformed_mapping_values_are_named() {
+    let t = dcd_host();
+    t.attr(&format!("{DEV}/mapping1/start"), "0xzz");
+    expect_error(&t, &format!("{DEV}/mapping1/start"));
+    t.attr(
+        &format!("{DEV}/mapping1/start"),
+        &c_hex(REGION2_BASE + 0x2000_0000),
+    );
+    let e = expect_error(&t, &format!("{DEV}/mapping1"));
+    assert!(
+        matches!(e, LookupError::Inconsistent { .. }) && e.to_string().contains("before start"),
+        "{e}"
+    );
+    t.remove(&format!("{DEV}/mapping1/page_offset"));
+    expect_error(&t, &format!("{DEV}/mapping1/page_offset"));
+}
+
+#[test]
+fn mappings_that_disagree_with_size_are_named() {
+    let t = dcd_host();
+    t.attr(&format!("{DEV}/size"), &(4 * MIB2).to_string());
+    let e = expect_error(&t, DEV);
+    assert!(
+        e.to_string()
+            .contains("cover 6291456 bytes but size reads 8388608"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_node_extent_and_hmat_values_are_named() {
+    let t = dcd_host();
+    t.attr(&format!("{DEV}/target_node"), "two");
+    expect_error(&t, &format!("{DEV}/target_node"));
+    t.attr(&format!("{DEV}/target_node"), "2");
+    t.attr("sys/bus/cxl/devices/dax_region2/extent2.1/length", "4M");
+    expect_error(&t, "sys/bus/cxl/devices/dax_region2/extent2.1/length");
+    t.attr(
+        "sys/bus/cxl/devices/dax_region2/extent2.1/length",
+        &c_hex(2 * MIB2),
+    );
+    t.remove("sys/devices/system/node/node2/access0/initiators/write_bandwidth");
+    let e = expect_error(
+        &t,
+        "sys/devices/system/node/node2/access0/initiators/write_bandwidth",
+    );
+    assert!(matches!(e, LookupError::Missing { .. }), "{e}");
+    t.attr(
+        "sys/devices/system/node/node2/access0/initiators/write_bandwidth",
+        "-5",
+    );
+    expect_error(
+        &t,
+        "sys/devices/system/node/node2/access0/initiators/write_bandwidth",
+    );
+}
+
+#[test]
+fn one_bad_device_fails_the_listing_with_its_path() {
+    let t = dcd_host();
+    t.attr("sys/bus/dax/devices/dax2.3/align", "huge");
+    let e = SysfsSource::new(t.root()).devices().unwrap_err();
+    assert!(e.to_string().contains("dax2.3/align"), "{e}");
+}
+
+#[test]
+fn a_root_without_sys_is_named_and_no_dax_bus_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = SysfsSource::new(dir.path()).devices().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{}: missing", dir.path().join("sys").display())
+    );
+    std::fs::create_dir(dir.path().join("sys")).unwrap();
+    assert!(SysfsSource::new(dir.path()).devices().unwrap().is_empty());
+    let e = SysfsSource::new(dir.path()).read_device("dax0.0").unwrap_err();
+    assert!(matches!(e, LookupError::Missing { .. }), "{e}");
+}
+
+#[test]
+fn json_of_the_tagged_dcd_device_matches_the_golden_file() {
+    let t = dcd_host();
+    let got = output::json_string(&[device(&t, "dax2.1")]);
+    let want = include_str!("golden/dax2.1.json");
+    assert_eq!(got, want, "JSON shape changed; got:\n{got}");
+}
+
+/// A guest (or nested guest) holding the group [`TAG_A`] through the tagged virtio-mem driver,
+/// laid out as SPEC.md T-LOOKUP-5/6 says: `base` is where the group lies in guest-physical memory.
+fn guest(base: u64) -> Tree {
+    let t = Tree::new();
+    let v = t.virtio("virtio3");
+    let second = base + 0x4000_0000;
+    let ext = |id, seq, start, length| VirtioExtent {
+        id,
+        uuid: TAG_A,
+        start,
+        length,
+        flags: "sharable",
+        source: "cxl-dc",
+        seq,
+        poison: "",
+    };
+    // Extent ids in offer order; the device orders by seq, so id 8 (seq 1) comes second.
+    t.virtio_extent(&v, &ext(7, 0, base, MIB2));
+    t.virtio_extent(&v, &ext(8, 1, second, 2 * MIB2));
+    let mut d = Dev::new("dax0.0", &v, Some(TAG_A), &[(base, MIB2), (second, 2 * MIB2)]);
+    d.target_node = 2;
+    t.dax(&d);
+    t.hmat(2, 0, (250, 300), (25_000, 12_000));
+    t
+}
+
+/// The JSON of `d` without what legitimately differs between levels: addresses, the device name
+/// and the flags (which bare-metal CXL sysfs does not show).
+fn essence(d: &DaxDevice) -> Value {
+    let mut v = output::to_json(std::slice::from_ref(d))[0].take();
+    let o = v.as_object_mut().unwrap();
+    for k in ["chardev", "path", "numa_node", "flags"] {
+        o.remove(k);
+    }
+    for list in ["mappings", "extents"] {
+        for item in o
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let item = item.as_object_mut().unwrap();
+            item.remove("start");
+            item.remove("end");
+            item.remove("offset");
+        }
+    }
+    v
+}
+
+#[test]
+fn guest_sysfs_reads_the_tag_group_with_flags_and_source() {
+    let t = guest(0x1_0000_0000);
+    let found = lookup(&SysfsSource::new(t.root()), &tag_a()).unwrap();
+    assert_eq!(found.len(), 1);
+    let d = &found[0];
+    assert_eq!(
+        d.extents,
+        [
+            Extent::at(0x1_0000_0000, MIB2),
+            Extent::at(0x1_4000_0000, 2 * MIB2)
+        ]
+    );
+    assert_eq!(d.flags, Some(Flags::from_bits(Flags::SHARABLE_BIT)));
+    assert_eq!(d.source_class, Some(SourceClass::CxlDc));
+}
+
+#[test]
+fn guest_poison_is_reported_per_extent() {
+    let t = guest(0x1_0000_0000);
+    t.attr(
+        "sys/bus/virtio/devices/virtio3/tagmem/extent8/poison",
+        "0x1000 0x1000\n0x3000 0x2000",
+    );
+    let d = device(&t, "dax0.0");
+    let p = &d.extents[1].poison;
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[1].offset, p[1].length), (0x3000, 0x2000));
+    let json = output::to_json(&[d]);
+    assert_eq!(json[0]["extents"][1]["poison"][0]["offset"], 0x1000);
+    t.attr("sys/bus/virtio/devices/virtio3/tagmem/extent8/poison", "0x1000");
+    assert!(SysfsSource::new(t.root()).read_device("dax0.0").is_err());
+    t.attr("sys/bus/virtio/devices/virtio3/tagmem/extent8/poison", "");
+    t.attr("sys/bus/virtio/devices/virtio3/tagmem/extent8/source", "hbm");
+    let e = SysfsSource::new(t.root()).read_device("dax0.0").unwrap_err();
+    assert!(e.to_string().contains("extent8/source"), "{e}");
+}
+
+#[test]
+fn a_tag_reads_the_same_on_host_in_a_guest_and_in_a_nested_guest() {
+    let host = dcd_host();
+    let l1 = guest(0x1_0000_0000);
+    let l2 = guest(0x2_0000_0000);
+    let host_dev = lookup(&SysfsSource::new(host.root()), &tag_a()).unwrap();
+    let l1_dev = lookup(&SysfsSource::new(l1.root()), &tag_a()).unwrap();
+    let l2_dev = lookup(&SysfsSource::new(l2.root()), &tag_a()).unwrap();
+    assert_eq!(host_dev.len(), 1);
+    assert_eq!(essence(&host_dev[0]), essence(&l1_dev[0]));
+    assert_eq!(essence(&l1_dev[0]), essence(&l2_dev[0]));
+    assert_ne!(
+        l1_dev[0].mappings, l2_dev[0].mappings,
+        "only the addresses differ"
+    );
+
+    // The reference driver's own view, turned into the model, answers the same.
+    let mut from_driver = DaxDevice::from_ranges(
+        "dax0.0",
+        tag_a(),
+        [(0x1_0000_0000, MIB2), (0x1_4000_0000, 2 * MIB2)],
+    )
+    .unwrap();
+    from_driver.align = MIB2;
+    from_driver.target_node = Some(2);
+    from_driver.perf = Perf::from_record(250, 300, 25_000, 12_000);
+    from_driver.source_class = SourceClass::from_wire(1);
+    from_driver.flags = Some(Flags::from_bits(Flags::SHARABLE_BIT));
+    from_driver.numa_node = Some(0); // as the dax bus computes it for target node 2 here
+    let driver_view = vec![from_driver];
+    let found = lookup(&driver_view, &tag_a()).unwrap();
+    assert_eq!(essence(&found[0]), essence(&host_dev[0]));
+    assert_eq!(
+        found[0], l1_dev[0],
+        "driver view and guest sysfs agree field by field"
+    );
+}
