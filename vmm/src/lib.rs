@@ -17,5 +17,6 @@ pub mod vm;
 pub use backing::{Backing, BackingError, BackingKind};
 pub use bus::{BusDevice, BusError, Console, MmioBus};
 pub use memslot::{HostAccess, KvmMemslotMapper, MemslotError, SharedMapper, SlotInfo};
+pub use mmio::{MmioInterrupt, MmioTransport};
 pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError};
 pub use vm::{kvm_unavailable, BootMemory, Vm, VmConfig, VmError};
