@@ -18,3 +18,8 @@ pub use error::LookupError;
 pub use model::{DaxDevice, Extent, Flags, Mapping, Mode, Perf, Poison, SourceClass, PAGE_SIZE};
 pub use source::{lookup, CapacitySource};
 pub use sysfs::SysfsSource;
+
+/// The examples of README.md, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
