@@ -102,28 +102,65 @@ impl MmioBus {
 /// Console bytes the guest wrote to the console port.
 #[derive(Debug, Default)]
 pub struct Console {
-    out: Mutex<Vec<u8>>,
+    out: Mutex<ConsoleBuf>,
+}
+
+#[derive(Debug, Default)]
+struct ConsoleBuf {
+    bytes: Vec<u8>,
+    /// Offset just past each `\n` in `bytes`.
+    line_ends: Vec<usize>,
 }
 
 impl Console {
+    fn buf(&self) -> std::sync::MutexGuard<'_, ConsoleBuf> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Appends guest output.
     pub fn push(&self, bytes: &[u8]) {
-        self.out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
+        let mut b = self.buf();
+        let base = b.bytes.len();
+        b.bytes.extend_from_slice(bytes);
+        for (i, &c) in bytes.iter().enumerate() {
+            if c == b'\n' {
+                b.line_ends.push(base + i + 1);
+            }
+        }
     }
 
     /// Everything written so far, lossily decoded.
     pub fn contents(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        String::from_utf8_lossy(&self.buf().bytes).into_owned()
     }
 
     /// Complete lines written so far (a trailing partial line stays out).
     pub fn lines(&self) -> Vec<String> {
-        let s = self.contents();
-        let complete = s.rfind('\n').map_or("", |i| &s[..i]);
-        complete.lines().map(str::to_string).collect()
+        self.lines_from(0)
+    }
+
+    /// Number of complete lines written so far.
+    pub fn line_count(&self) -> usize {
+        self.buf().line_ends.len()
+    }
+
+    /// Complete lines from the `first`-th on (0-based).
+    pub fn lines_from(&self, first: usize) -> Vec<String> {
+        let b = self.buf();
+        let Some(&end) = b.line_ends.last() else {
+            return Vec::new();
+        };
+        if first >= b.line_ends.len() {
+            return Vec::new();
+        }
+        let start = match first.checked_sub(1) {
+            Some(prev) => b.line_ends[prev],
+            None => 0,
+        };
+        String::from_utf8_lossy(&b.bytes[start..end])
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -174,5 +211,8 @@ mod tests {
         assert_eq!(c.lines(), vec!["a"]);
         c.push(b"c\n");
         assert_eq!(c.lines(), vec!["a", "bc"]);
+        assert_eq!(c.line_count(), 2);
+        assert_eq!(c.lines_from(1), vec!["bc"]);
+        assert!(c.lines_from(2).is_empty());
     }
 }

@@ -44,6 +44,10 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// First virtio-mmio device window (the test-control device sits at [`MMIO_BASE`]).
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 
+/// Start of the tagged-extent window the runtime gives the device (it ends at the identity-map
+/// limit).
+pub const TAGGED_WINDOW_BASE: u64 = 4 * GIB;
+
 /// Guest-physical address of the `index`-th virtio-mmio device window.
 pub fn virtio_mmio_addr(index: u32) -> Option<u64> {
     let addr = u64::from(index)

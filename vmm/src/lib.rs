@@ -3,13 +3,16 @@
 //! [`Vm`] creates a KVM VM with boot RAM and identity page tables; [`Vcpu`] runs a 64-bit guest;
 //! [`MmioBus`] dispatches MMIO exits to devices such as the virtio-mmio transport
 //! ([`mmio::MmioTransport`]); [`KvmMemslotMapper`] implements the device's `MemoryMapper` on KVM
-//! memslots over registered [`Backing`]s. [`test_guest`] boots the bundled bare-metal test guest.
+//! memslots over registered [`Backing`]s. [`test_guest`] boots the bundled bare-metal test guest;
+//! [`Vmm`] runs it with the tagged device, a vCPU thread and an event loop, and snapshots it.
 
 pub mod backing;
 pub mod bus;
 pub mod layout;
 pub mod memslot;
 pub mod mmio;
+pub mod runtime;
+pub mod snapshot;
 pub mod test_guest;
 pub mod vcpu;
 pub mod vm;
@@ -18,5 +21,7 @@ pub use backing::{Backing, BackingError, BackingKind};
 pub use bus::{BusDevice, BusError, Console, MmioBus};
 pub use memslot::{HostAccess, KvmMemslotMapper, MemslotError, SharedMapper, SlotInfo};
 pub use mmio::{MmioInterrupt, MmioTransport};
-pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError};
+pub use runtime::{BackingLifetime, Vmm, VmmConfig, VmmError};
+pub use snapshot::VmSnapshot;
+pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuState};
 pub use vm::{kvm_unavailable, BootMemory, Vm, VmConfig, VmError};

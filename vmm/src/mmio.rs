@@ -39,6 +39,15 @@ pub struct MmioInterrupt {
 }
 
 impl MmioInterrupt {
+    /// A notifier with its own interrupt-status word, for a device built before its transport
+    /// (see [`MmioTransport::with_interrupt`]); `event` is signalled on every interrupt if given.
+    pub fn new(event: Option<EventFd>) -> Self {
+        MmioInterrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            event,
+        }
+    }
+
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Some(e) = &self.event {
@@ -90,6 +99,49 @@ pub struct MmioState {
     pub status: u32,
     /// SHMSel.
     pub shm_sel: u32,
+}
+
+/// What a snapshot keeps of a transport besides its device: registers, activation, pending
+/// interrupt bits. Plain data, untrusted when restored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MmioTransportState {
+    /// Register state.
+    pub regs: MmioState,
+    /// Whether DRIVER_OK activated the device.
+    pub activated: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+}
+
+/// Why a transport state was not restored.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MmioRestoreError {
+    /// The number of queues differs from the device's.
+    #[error("snapshot has {got} queues, the device has {want}")]
+    QueueCount {
+        /// Queues the device has.
+        want: usize,
+        /// Queues in the snapshot.
+        got: usize,
+    },
+    /// A queue size exceeds the device's maximum.
+    #[error("queue {index}: size {size} exceeds the device's maximum {max}")]
+    QueueSize {
+        /// Queue index.
+        index: usize,
+        /// Size in the snapshot.
+        size: u16,
+        /// The device's maximum.
+        max: u16,
+    },
+    /// Activation and status disagree (activated without DRIVER_OK, or the other way round).
+    #[error("activated={activated} does not match status {status:#x}")]
+    Activation {
+        /// Activation flag in the snapshot.
+        activated: bool,
+        /// Status in the snapshot.
+        status: u32,
+    },
 }
 
 /// Why activation failed.
@@ -160,6 +212,57 @@ where
             activated: false,
             activation_error: None,
         }
+    }
+
+    /// Wraps `device`, whose notifier is `irq` (made with [`MmioInterrupt::new`]): the transport
+    /// reads and acknowledges the interrupt bits `irq` raises.
+    pub fn with_interrupt(device: D, mem: D::Memory, irq: &MmioInterrupt) -> Self {
+        let mut t = Self::new(device, mem);
+        t.interrupt_status = irq.status.clone();
+        t
+    }
+
+    /// The transport's state for a snapshot (the device's own state is taken separately).
+    pub fn transport_state(&self) -> MmioTransportState {
+        MmioTransportState {
+            regs: self.state.clone(),
+            activated: self.activated,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Restores a snapshot's transport state over a device restored separately (active exactly
+    /// when `state.activated`). Checked against the device first; nothing changes on error.
+    pub fn restore_transport_state(&mut self, state: &MmioTransportState) -> Result<(), MmioRestoreError> {
+        let maxes = self.device.queue_max_sizes();
+        if state.regs.queues.len() != maxes.len() {
+            return Err(MmioRestoreError::QueueCount {
+                want: maxes.len(),
+                got: state.regs.queues.len(),
+            });
+        }
+        for (index, (q, &max)) in state.regs.queues.iter().zip(maxes).enumerate() {
+            if q.size > max {
+                return Err(MmioRestoreError::QueueSize {
+                    index,
+                    size: q.size,
+                    max,
+                });
+            }
+        }
+        let driver_ok = state.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        if state.activated != driver_ok {
+            return Err(MmioRestoreError::Activation {
+                activated: state.activated,
+                status: state.regs.status,
+            });
+        }
+        self.state = state.regs.clone();
+        self.activated = state.activated;
+        self.activation_error = None;
+        self.interrupt_status
+            .store(state.interrupt_status, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A notifier for the device that raises this transport's interrupts; `event` is signalled
@@ -698,6 +801,63 @@ mod tests {
             r(&mut t, VIRTIO_MMIO_STATUS),
             VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
         );
+    }
+
+    #[test]
+    fn transport_state_round_trips_and_is_checked() {
+        let mut t = transport();
+        negotiate(&mut t, OFFERED);
+        setup_queue(&mut t, 0, 8, 0x10000);
+        w(&mut t, VIRTIO_MMIO_STATUS, ALL_OK);
+        let irq = t.interrupt(None);
+        irq.signal_used_queue(0);
+        let saved = t.transport_state();
+        assert!(saved.activated);
+
+        let mut fresh = transport();
+        let mut bad = saved.clone();
+        bad.regs.queues.pop();
+        assert!(matches!(
+            fresh.restore_transport_state(&bad),
+            Err(MmioRestoreError::QueueCount { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.regs.queues[0].size = 32;
+        assert!(matches!(
+            fresh.restore_transport_state(&bad),
+            Err(MmioRestoreError::QueueSize { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.activated = false;
+        assert!(matches!(
+            fresh.restore_transport_state(&bad),
+            Err(MmioRestoreError::Activation { .. })
+        ));
+        assert_eq!(fresh.transport_state(), MmioTransportState::default_for(2));
+        fresh.restore_transport_state(&saved).unwrap();
+        assert_eq!(fresh.transport_state(), saved);
+        assert_eq!(r(&mut fresh, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+    }
+
+    #[test]
+    fn shared_interrupt_reaches_the_transport() {
+        let irq = MmioInterrupt::new(None);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut t = MmioTransport::with_interrupt(FakeDevice::default(), GuestMemoryAtomic::new(mem), &irq);
+        irq.signal_config_change();
+        assert_eq!(r(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    impl MmioTransportState {
+        fn default_for(queues: usize) -> Self {
+            MmioTransportState {
+                regs: MmioState {
+                    queues: vec![QueueRegs::default(); queues],
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        }
     }
 
     #[test]

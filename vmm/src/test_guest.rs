@@ -10,7 +10,9 @@ use crate::layout;
 use crate::vcpu::{RunLimit, RunOutcome, Vcpu, VcpuError};
 use crate::vm::{Vm, VmConfig, VmError};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use tagmem_device::Target;
+use uuid::Uuid;
 
 /// The guest/VMM test-control protocol, shared with the guest's sources.
 pub mod protocol {
@@ -37,8 +39,21 @@ const _: () = assert!(
         && image::ENTRY == image::LOAD_ADDR
 );
 
+/// The offer policy the guest's driver applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Accept every valid offer (the driver's default).
+    AcceptAll,
+    /// Reject every offer.
+    RejectAll,
+    /// Accept exactly these extent ids.
+    AcceptIds(Vec<u64>),
+    /// Reject extents carrying this tag, accept the rest.
+    RejectTag(Uuid),
+}
+
 /// A command for the test guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Read `len` bytes at `gpa`.
     Read {
@@ -63,30 +78,161 @@ pub enum Command {
     },
     /// Print `STOP` and halt for good.
     Stop,
+    /// Set the driver's offer policy.
+    Policy(Policy),
+    /// Poll the driver until it has nothing left to do.
+    Poll,
+    /// Poll the driver on every loop iteration (`true`) or only on [`Command::Poll`].
+    AutoPoll(bool),
+    /// Print the driver's dax devices.
+    View,
+    /// Release the device a target names.
+    Release(Target),
+    /// Mark the device a target names busy or idle.
+    Busy {
+        /// The device.
+        target: Target,
+        /// Busy (`true`) or idle.
+        busy: bool,
+    },
+    /// Print driver log lines as they happen (`true`) or only count them.
+    Verbose(bool),
 }
 
-impl Command {
-    fn encode(&self) -> (u64, [u64; 3]) {
-        match *self {
-            Command::Read { gpa, len } => (CMD_READ, [gpa, len, 0]),
-            Command::Write { gpa, len, byte } => (CMD_WRITE, [gpa, len, u64::from(byte)]),
-            Command::Alloc { len } => (CMD_ALLOC, [len, 0, 0]),
-            Command::Stop => (CMD_STOP, [0; 3]),
+fn tag_halves(tag: &Uuid) -> [u64; 2] {
+    let b = tag.as_bytes();
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&b[..8]);
+    hi.copy_from_slice(&b[8..]);
+    [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
+}
+
+fn target_args(t: &Target) -> Vec<u64> {
+    match t {
+        Target::Extent(id) => vec![TARGET_EXTENT, *id],
+        Target::Tag(tag) => {
+            let [lo, hi] = tag_halves(tag);
+            vec![TARGET_TAG, lo, hi]
         }
     }
 }
 
-/// The test-control MMIO device: a queue of commands the guest pops.
+impl Command {
+    /// The command code and arguments as the guest reads them.
+    pub fn encode(&self) -> (u64, Vec<u64>) {
+        match self {
+            Command::Read { gpa, len } => (CMD_READ, vec![*gpa, *len]),
+            Command::Write { gpa, len, byte } => (CMD_WRITE, vec![*gpa, *len, u64::from(*byte)]),
+            Command::Alloc { len } => (CMD_ALLOC, vec![*len]),
+            Command::Stop => (CMD_STOP, Vec::new()),
+            Command::Policy(p) => {
+                let args = match p {
+                    Policy::AcceptAll => vec![POLICY_ACCEPT_ALL],
+                    Policy::RejectAll => vec![POLICY_REJECT_ALL],
+                    Policy::AcceptIds(ids) => std::iter::once(POLICY_ACCEPT_IDS)
+                        .chain(ids.iter().copied())
+                        .collect(),
+                    Policy::RejectTag(tag) => {
+                        let [lo, hi] = tag_halves(tag);
+                        vec![POLICY_REJECT_TAG, lo, hi]
+                    }
+                };
+                (CMD_POLICY, args)
+            }
+            Command::Poll => (CMD_POLL, Vec::new()),
+            Command::AutoPoll(on) => (CMD_AUTOPOLL, vec![u64::from(*on)]),
+            Command::View => (CMD_VIEW, Vec::new()),
+            Command::Release(t) => (CMD_RELEASE, target_args(t)),
+            Command::Busy { target, busy } => {
+                let mut args = vec![u64::from(*busy)];
+                args.extend(target_args(target));
+                (CMD_BUSY, args)
+            }
+            Command::Verbose(on) => (CMD_VERBOSE, vec![u64::from(*on)]),
+        }
+    }
+}
+
+/// Why a command cannot be queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// More arguments than the protocol carries.
+    #[error("command carries {0} arguments, at most {MAX_ARGS} fit")]
+    TooManyArgs(usize),
+}
+
+/// A queued command: sequence number, code, arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Queued {
+    seq: u64,
+    code: u64,
+    args: Vec<u64>,
+}
+
+/// The test-control MMIO device: a queue of commands the guest pops, and the sequence number of
+/// the last command the guest finished.
 #[derive(Debug, Default)]
 pub struct TestControl {
-    queue: VecDeque<Command>,
-    latched: [u64; 3],
+    queue: VecDeque<Queued>,
+    latched: Option<Queued>,
+    next_arg: usize,
+    next_seq: u64,
+    done: u64,
+    done_signal: Arc<Condvar>,
 }
 
 impl TestControl {
-    /// Queues a command.
-    pub fn push(&mut self, cmd: Command) {
-        self.queue.push_back(cmd);
+    /// A control device that notifies `done_signal` whenever the guest finishes a command.
+    pub fn new(done_signal: Arc<Condvar>) -> Self {
+        TestControl {
+            done_signal,
+            ..Default::default()
+        }
+    }
+
+    /// Queues a command; returns its sequence number.
+    pub fn push(&mut self, cmd: &Command) -> Result<u64, CommandError> {
+        let (code, args) = cmd.encode();
+        if args.len() > MAX_ARGS {
+            return Err(CommandError::TooManyArgs(args.len()));
+        }
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        self.queue.push_back(Queued {
+            seq: self.next_seq,
+            code,
+            args,
+        });
+        Ok(self.next_seq)
+    }
+
+    /// Sequence number of the last command the guest finished.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// Commands queued and not yet taken by the guest.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The counters a snapshot keeps: (last sequence number handed out, last one done).
+    pub fn counters(&self) -> (u64, u64) {
+        (self.next_seq, self.done)
+    }
+
+    /// Restores the counters of [`TestControl::counters`].
+    pub fn set_counters(&mut self, next_seq: u64, done: u64) {
+        self.next_seq = next_seq;
+        self.done = done;
+    }
+
+    fn arg(&self, i: usize) -> u64 {
+        self.latched
+            .as_ref()
+            .and_then(|q| q.args.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -94,20 +240,24 @@ impl BusDevice for TestControl {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             REG_MAGIC => CONTROL_MAGIC,
-            REG_COMMAND => match self.queue.pop_front() {
-                Some(cmd) => {
-                    let (code, args) = cmd.encode();
-                    self.latched = args;
-                    code
-                }
-                None => {
-                    self.latched = [0; 3];
-                    CMD_IDLE
-                }
-            },
-            REG_ARG0 => self.latched[0],
-            REG_ARG1 => self.latched[1],
-            REG_ARG2 => self.latched[2],
+            REG_COMMAND => {
+                self.latched = self.queue.pop_front();
+                self.next_arg = 0;
+                self.latched.as_ref().map_or(CMD_IDLE, |q| q.code)
+            }
+            REG_ARG0 => self.arg(0),
+            REG_ARG1 => self.arg(1),
+            REG_ARG2 => self.arg(2),
+            REG_ARGC => self
+                .latched
+                .as_ref()
+                .map_or(0, |q| u64::try_from(q.args.len()).unwrap_or(u64::MAX)),
+            REG_ARG_NEXT => {
+                let v = self.arg(self.next_arg);
+                self.next_arg = self.next_arg.saturating_add(1);
+                v
+            }
+            REG_SEQ => self.latched.as_ref().map_or(0, |q| q.seq),
             _ => 0,
         };
         let bytes = value.to_le_bytes();
@@ -115,7 +265,16 @@ impl BusDevice for TestControl {
         data[..n].copy_from_slice(&bytes[..n]);
     }
 
-    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset != REG_DONE {
+            return;
+        }
+        let mut b = [0u8; 8];
+        let n = data.len().min(b.len());
+        b[..n].copy_from_slice(&data[..n]);
+        self.done = u64::from_le_bytes(b);
+        self.done_signal.notify_all();
+    }
 }
 
 /// A parsed result line of the test guest.
@@ -150,6 +309,45 @@ pub enum Report {
     },
     /// `STOP`.
     Stop,
+    /// `POLICY kind=..`.
+    Policy {
+        /// The `POLICY_*` value now in force.
+        kind: u64,
+    },
+    /// `POLLED events=..`: the driver polled until idle.
+    Polled {
+        /// Driver log entries produced by this poll.
+        events: u64,
+    },
+    /// `AUTOPOLL on=..`.
+    AutoPoll {
+        /// Whether the guest now polls on every loop iteration.
+        on: bool,
+    },
+    /// `VIEW devices=.. pending=..`, after the `DEV` lines.
+    View {
+        /// Number of dax devices.
+        devices: u64,
+        /// Offer chains collected but not answered.
+        pending: u64,
+    },
+    /// `RELEASED count=..`.
+    Released {
+        /// Extents the device released.
+        count: u64,
+    },
+    /// `RELEASE error=..`: the driver could not release.
+    ReleaseFailed(String),
+    /// `BUSY ok=..`.
+    Busy {
+        /// Whether the target named a device or tag.
+        ok: bool,
+    },
+    /// `VERBOSE on=..`.
+    Verbose {
+        /// Whether `EVT` lines are printed.
+        on: bool,
+    },
     /// `FAULT ...`: the guest took an exception or refused a command.
     Fault(String),
 }
@@ -166,25 +364,26 @@ fn num(s: &str) -> Option<u64> {
     }
 }
 
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
 impl Report {
-    /// Parses one console line; `None` for lines that are not results (e.g. `HELLO`).
+    /// Parses one console line; `None` for lines that are not results (e.g. `HELLO`, `EVT`).
     pub fn parse(line: &str) -> Option<Report> {
         let word = line.split_whitespace().next()?;
         let n = |k| field(line, k).and_then(num);
+        let flag = |k| n(k).map(|v| v != 0);
         match word {
-            "READ" => {
-                let hex = field(line, "first")?;
-                let first = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-                    .collect::<Option<Vec<u8>>>()?;
-                Some(Report::Read {
-                    gpa: n("gpa")?,
-                    len: n("len")?,
-                    sum: n("sum")?,
-                    first,
-                })
-            }
+            "READ" => Some(Report::Read {
+                gpa: n("gpa")?,
+                len: n("len")?,
+                sum: n("sum")?,
+                first: hex_bytes(field(line, "first")?)?,
+            }),
             "WROTE" => Some(Report::Wrote {
                 gpa: n("gpa")?,
                 len: n("len")?,
@@ -195,9 +394,158 @@ impl Report {
                 sum: n("sum")?,
             }),
             "STOP" => Some(Report::Stop),
+            "POLICY" => Some(Report::Policy { kind: n("kind")? }),
+            "POLLED" => Some(Report::Polled { events: n("events")? }),
+            "AUTOPOLL" => Some(Report::AutoPoll { on: flag("on")? }),
+            "VIEW" => Some(Report::View {
+                devices: n("devices")?,
+                pending: n("pending")?,
+            }),
+            "RELEASED" => Some(Report::Released { count: n("count")? }),
+            "RELEASE" => Some(Report::ReleaseFailed(line.to_string())),
+            "BUSY" => Some(Report::Busy { ok: flag("ok")? }),
+            "VERBOSE" => Some(Report::Verbose { on: flag("on")? }),
             "FAULT" => Some(Report::Fault(line.to_string())),
             _ => None,
         }
+    }
+}
+
+/// One extent of a [`DevView`]: id, guest-physical address, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtentView {
+    /// Extent id.
+    pub id: u64,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A poisoned range the guest knows of: extent id, offset, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoisonView {
+    /// Extent id.
+    pub id: u64,
+    /// Offset in the extent.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// One dax device as the guest's driver reports it (a `DEV` line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevView {
+    /// Device name (`dax0.N`).
+    pub name: String,
+    /// Tag (nil for untagged capacity).
+    pub uuid: Uuid,
+    /// Total size in bytes.
+    pub size: u64,
+    /// NUMA node.
+    pub node: u64,
+    /// `EXTENT_F_*` flags.
+    pub flags: u64,
+    /// Read latency, ns.
+    pub read_latency_ns: u64,
+    /// Write latency, ns.
+    pub write_latency_ns: u64,
+    /// Read bandwidth, MB/s.
+    pub read_bandwidth_mbps: u64,
+    /// Write bandwidth, MB/s.
+    pub write_bandwidth_mbps: u64,
+    /// `SOURCE_*` class.
+    pub class: u64,
+    /// Marked busy by the guest.
+    pub busy: bool,
+    /// Extents in sequence order.
+    pub extents: Vec<ExtentView>,
+    /// Poisoned ranges.
+    pub poison: Vec<PoisonView>,
+}
+
+/// Parses `id@gpa+len,...` (or `-` for none).
+fn triples(s: &str) -> Option<Vec<(u64, u64, u64)>> {
+    if s == "-" {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|t| {
+            let (id, rest) = t.split_once('@')?;
+            let (a, l) = rest.split_once('+')?;
+            Some((num(id)?, num(a)?, num(l)?))
+        })
+        .collect()
+}
+
+impl DevView {
+    /// Parses a `DEV ...` line.
+    pub fn parse(line: &str) -> Option<DevView> {
+        if line.split_whitespace().next()? != "DEV" {
+            return None;
+        }
+        let n = |k| field(line, k).and_then(num);
+        Some(DevView {
+            name: field(line, "name")?.to_string(),
+            uuid: Uuid::parse_str(field(line, "uuid")?).ok()?,
+            size: n("size")?,
+            node: n("node")?,
+            flags: n("flags")?,
+            read_latency_ns: n("rl")?,
+            write_latency_ns: n("wl")?,
+            read_bandwidth_mbps: n("rb")?,
+            write_bandwidth_mbps: n("wb")?,
+            class: n("class")?,
+            busy: n("busy")? != 0,
+            extents: triples(field(line, "extents")?)?
+                .into_iter()
+                .map(|(id, gpa, len)| ExtentView { id, gpa, len })
+                .collect(),
+            poison: triples(field(line, "poison")?)?
+                .into_iter()
+                .map(|(id, offset, len)| PoisonView { id, offset, len })
+                .collect(),
+        })
+    }
+
+    /// True if the device holds extent `id`.
+    pub fn has_extent(&self, id: u64) -> bool {
+        self.extents.iter().any(|e| e.id == id)
+    }
+}
+
+/// The guest's view of its dax devices, from one [`Command::View`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestView {
+    /// Devices in creation order.
+    pub devices: Vec<DevView>,
+    /// Offer chains the driver collected but has not answered.
+    pub pending_chains: u64,
+}
+
+impl GuestView {
+    /// Builds the view from the console lines a `View` command printed (its `DEV` lines and the
+    /// closing `VIEW` line); `None` if the closing line is missing.
+    pub fn parse(lines: &[String]) -> Option<GuestView> {
+        let devices = lines.iter().filter_map(|l| DevView::parse(l)).collect();
+        let pending = lines.iter().rev().find_map(|l| match Report::parse(l) {
+            Some(Report::View { pending, .. }) => Some(pending),
+            _ => None,
+        })?;
+        Some(GuestView {
+            devices,
+            pending_chains: pending,
+        })
+    }
+
+    /// The device carrying `tag`.
+    pub fn by_tag(&self, tag: &Uuid) -> Option<&DevView> {
+        self.devices.iter().find(|d| d.uuid == *tag && !tag.is_nil())
+    }
+
+    /// The device holding extent `id`.
+    pub fn by_extent(&self, id: u64) -> Option<&DevView> {
+        self.devices.iter().find(|d| d.has_extent(id))
     }
 }
 
@@ -210,6 +558,9 @@ pub enum TestGuestError {
     /// Running the vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The command cannot be encoded.
+    #[error(transparent)]
+    Command(#[from] CommandError),
     /// The guest stopped other than by halting.
     #[error("test guest did not halt: {outcome:?}; console:\n{console}")]
     NotHalted {
@@ -228,7 +579,8 @@ pub enum TestGuestError {
     },
 }
 
-/// A VM running the test guest.
+/// A VM running the test guest on the calling thread, without the tagged device (see
+/// [`crate::runtime::Vmm`] for the full VMM).
 #[derive(Debug)]
 pub struct TestGuest {
     /// The vCPU (declared before the VM: dropped first).
@@ -245,7 +597,7 @@ impl TestGuest {
     pub fn new(config: VmConfig) -> Result<Self, TestGuestError> {
         let mut vm = Vm::new(config)?;
         vm.load_image(image::LOAD_ADDR, image::BYTES)?;
-        let control = Arc::new(Mutex::new(TestControl::default()));
+        let control = Arc::new(Mutex::new(TestControl::new(Arc::new(Condvar::new()))));
         vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
         let vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
         Ok(TestGuest {
@@ -276,13 +628,16 @@ impl TestGuest {
 
     /// Runs one command and returns the guest's result line, parsed.
     pub fn command(&mut self, cmd: Command) -> Result<Report, TestGuestError> {
-        let before = self.vm.console().lines().len();
-        self.control.lock().unwrap_or_else(|e| e.into_inner()).push(cmd);
+        let before = self.vm.console().line_count();
+        self.control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(&cmd)?;
         self.run_until_halt()?;
-        let lines = self.vm.console().lines();
-        lines
+        self.vm
+            .console()
+            .lines_from(before)
             .iter()
-            .skip(before)
             .filter_map(|l| Report::parse(l))
             .next_back()
             .ok_or_else(|| TestGuestError::NoReport {
@@ -317,7 +672,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_reports() {
+    fn parse_memory_reports() {
         assert_eq!(
             Report::parse("READ gpa=0x100000000 len=16 sum=0x2a first=0102ff"),
             Some(Report::Read {
@@ -348,13 +703,85 @@ mod tests {
     }
 
     #[test]
-    fn control_device_pops_and_latches() {
+    fn parse_driver_reports() {
+        assert_eq!(
+            Report::parse("POLLED events=3"),
+            Some(Report::Polled { events: 3 })
+        );
+        assert_eq!(
+            Report::parse("VIEW devices=2 pending=0"),
+            Some(Report::View {
+                devices: 2,
+                pending: 0
+            })
+        );
+        assert_eq!(
+            Report::parse("RELEASED count=2"),
+            Some(Report::Released { count: 2 })
+        );
+        assert!(matches!(
+            Report::parse("RELEASE error=unknown"),
+            Some(Report::ReleaseFailed(_))
+        ));
+        assert_eq!(Report::parse("BUSY ok=1"), Some(Report::Busy { ok: true }));
+        assert_eq!(Report::parse("EVT dax0.0: created"), None);
+        let line = "DEV name=dax0.1 uuid=00000000-0000-0000-0000-000000000005 size=0x400000 node=1 \
+                    flags=0x3 rl=10 wl=20 rb=30 wb=40 class=4 busy=0 \
+                    extents=3@0x100000000+0x200000,4@0x100200000+0x200000 poison=3@0x1000+0x1000";
+        let d = DevView::parse(line).unwrap();
+        assert_eq!(d.uuid, Uuid::from_u128(5));
+        assert_eq!(d.extents.len(), 2);
+        assert_eq!(
+            d.extents[1],
+            ExtentView {
+                id: 4,
+                gpa: 0x1_0020_0000,
+                len: 0x20_0000
+            }
+        );
+        assert_eq!(
+            d.poison,
+            vec![PoisonView {
+                id: 3,
+                offset: 0x1000,
+                len: 0x1000
+            }]
+        );
+        let lines = vec![line.to_string(), "VIEW devices=1 pending=2".to_string()];
+        let v = GuestView::parse(&lines).unwrap();
+        assert_eq!(v.pending_chains, 2);
+        assert_eq!(v.by_tag(&Uuid::from_u128(5)).unwrap().name, "dax0.1");
+        assert!(v.by_extent(4).is_some());
+        assert!(GuestView::parse(&lines[..1]).is_none());
+    }
+
+    #[test]
+    fn commands_encode() {
+        let tag = Uuid::from_u128(0x0102);
+        let (code, args) = Command::Policy(Policy::RejectTag(tag)).encode();
+        assert_eq!(code, CMD_POLICY);
+        assert_eq!(args, vec![POLICY_REJECT_TAG, 0, 0x0201 << 48]);
+        let (code, args) = Command::Busy {
+            target: Target::Extent(9),
+            busy: true,
+        }
+        .encode();
+        assert_eq!((code, args), (CMD_BUSY, vec![1, TARGET_EXTENT, 9]));
         let mut c = TestControl::default();
-        c.push(Command::Write {
-            gpa: 0x1000,
-            len: 2,
-            byte: 7,
-        });
+        let too_many = Command::Policy(Policy::AcceptIds((0..64).collect()));
+        assert_eq!(c.push(&too_many), Err(CommandError::TooManyArgs(65)));
+    }
+
+    #[test]
+    fn control_device_pops_latches_and_signals_done() {
+        let mut c = TestControl::default();
+        let seq = c
+            .push(&Command::Write {
+                gpa: 0x1000,
+                len: 2,
+                byte: 7,
+            })
+            .unwrap();
         let read = |c: &mut TestControl, reg| {
             let mut b = [0u8; 8];
             c.read(reg, &mut b);
@@ -362,6 +789,8 @@ mod tests {
         };
         assert_eq!(read(&mut c, REG_MAGIC), CONTROL_MAGIC);
         assert_eq!(read(&mut c, REG_COMMAND), CMD_WRITE);
+        assert_eq!(read(&mut c, REG_SEQ), seq);
+        assert_eq!(read(&mut c, REG_ARGC), 3);
         assert_eq!(
             [
                 read(&mut c, REG_ARG0),
@@ -370,8 +799,51 @@ mod tests {
             ],
             [0x1000, 2, 7]
         );
+        assert_eq!(
+            [
+                read(&mut c, REG_ARG_NEXT),
+                read(&mut c, REG_ARG_NEXT),
+                read(&mut c, REG_ARG_NEXT),
+                read(&mut c, REG_ARG_NEXT)
+            ],
+            [0x1000, 2, 7, 0]
+        );
+        c.write(REG_DONE, &seq.to_le_bytes());
+        assert_eq!(c.done(), seq);
         assert_eq!(read(&mut c, REG_COMMAND), CMD_IDLE);
         assert_eq!(read(&mut c, REG_ARG0), 0);
+        assert_eq!(read(&mut c, REG_SEQ), 0);
+    }
+
+    #[test]
+    fn guest_register_offsets_match_virtio_bindings() {
+        use virtio_bindings::virtio_mmio as v;
+        let pairs = [
+            (mmio_reg::MAGIC_VALUE, v::VIRTIO_MMIO_MAGIC_VALUE),
+            (mmio_reg::VERSION, v::VIRTIO_MMIO_VERSION),
+            (mmio_reg::DEVICE_ID, v::VIRTIO_MMIO_DEVICE_ID),
+            (mmio_reg::DEVICE_FEATURES, v::VIRTIO_MMIO_DEVICE_FEATURES),
+            (mmio_reg::DEVICE_FEATURES_SEL, v::VIRTIO_MMIO_DEVICE_FEATURES_SEL),
+            (mmio_reg::DRIVER_FEATURES, v::VIRTIO_MMIO_DRIVER_FEATURES),
+            (mmio_reg::DRIVER_FEATURES_SEL, v::VIRTIO_MMIO_DRIVER_FEATURES_SEL),
+            (mmio_reg::QUEUE_SEL, v::VIRTIO_MMIO_QUEUE_SEL),
+            (mmio_reg::QUEUE_NUM_MAX, v::VIRTIO_MMIO_QUEUE_NUM_MAX),
+            (mmio_reg::QUEUE_NUM, v::VIRTIO_MMIO_QUEUE_NUM),
+            (mmio_reg::QUEUE_READY, v::VIRTIO_MMIO_QUEUE_READY),
+            (mmio_reg::QUEUE_NOTIFY, v::VIRTIO_MMIO_QUEUE_NOTIFY),
+            (mmio_reg::INTERRUPT_STATUS, v::VIRTIO_MMIO_INTERRUPT_STATUS),
+            (mmio_reg::INTERRUPT_ACK, v::VIRTIO_MMIO_INTERRUPT_ACK),
+            (mmio_reg::STATUS, v::VIRTIO_MMIO_STATUS),
+            (mmio_reg::QUEUE_DESC_LOW, v::VIRTIO_MMIO_QUEUE_DESC_LOW),
+            (mmio_reg::QUEUE_AVAIL_LOW, v::VIRTIO_MMIO_QUEUE_AVAIL_LOW),
+            (mmio_reg::QUEUE_USED_LOW, v::VIRTIO_MMIO_QUEUE_USED_LOW),
+            (mmio_reg::CONFIG_GENERATION, v::VIRTIO_MMIO_CONFIG_GENERATION),
+            (mmio_reg::CONFIG, v::VIRTIO_MMIO_CONFIG),
+        ];
+        for (guest, bindings) in pairs {
+            assert_eq!(guest, u64::from(bindings));
+        }
+        assert_eq!(Some(VIRTIO_MEM_MMIO_BASE), layout::virtio_mmio_addr(0));
     }
 
     #[test]

@@ -102,6 +102,19 @@ pub enum RunOutcome {
     ExitLimit,
     /// [`RunLimit::timeout`] reached.
     TimedOut,
+    /// The stop flag given to [`Vcpu::run_until`] was set.
+    Stopped,
+}
+
+/// Registers a snapshot keeps of a vCPU stopped at a `hlt` exit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VcpuState {
+    /// General-purpose registers.
+    pub regs: kvm_bindings::kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER.
+    pub sregs: kvm_bindings::kvm_sregs,
+    /// x87/SSE state.
+    pub fpu: kvm_fpu,
 }
 
 /// Counters of handled exits.
@@ -261,19 +274,57 @@ impl Vcpu {
         })
     }
 
+    /// Captures the registers; meaningful between runs (e.g. after a `hlt` exit), when no exit
+    /// waits for completion.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        let kvm = |op| move |source| VcpuError::Kvm { op, source };
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(kvm("get regs"))?,
+            sregs: self.fd.get_sregs().map_err(kvm("get sregs"))?,
+            fpu: self.fd.get_fpu().map_err(kvm("get FPU"))?,
+        })
+    }
+
+    /// Loads registers captured by [`Vcpu::save_state`] (special registers first, as paging
+    /// mode and segments govern how the rest is used).
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        let kvm = |op| move |source| VcpuError::Kvm { op, source };
+        self.fd.set_sregs(&state.sregs).map_err(kvm("set sregs"))?;
+        self.fd.set_fpu(&state.fpu).map_err(kvm("set FPU"))?;
+        self.fd.set_regs(&state.regs).map_err(kvm("set regs"))?;
+        Ok(())
+    }
+
     /// Runs the guest until it halts, triple-faults, or `limit` is reached.
     pub fn run(&mut self, limit: RunLimit) -> Result<RunOutcome, VcpuError> {
+        self.run_until(limit, &AtomicBool::new(false))
+    }
+
+    /// Like [`Vcpu::run`], and also returns [`RunOutcome::Stopped`] once `stop` is set. Another
+    /// thread sets `stop` and then kicks this one out of `KVM_RUN` with a [`VcpuKicker`]; a run
+    /// stops only between exits, after the previous exit was completed.
+    pub fn run_until(&mut self, limit: RunLimit, stop: &AtomicBool) -> Result<RunOutcome, VcpuError> {
         let watchdog = limit.timeout.map(Watchdog::start).transpose()?;
         let fired = || watchdog.as_ref().is_some_and(Watchdog::fired);
         let mut exits = 0u64;
+        let mut completing = false;
         loop {
             if fired() {
                 return Ok(RunOutcome::TimedOut);
             }
+            // An exit just handled (e.g. an MMIO read) completes on the next KVM_RUN: stop only
+            // before a fresh entry so the registers are consistent when the caller saves them.
+            if !completing && stop.load(Ordering::SeqCst) {
+                return Ok(RunOutcome::Stopped);
+            }
             if exits >= limit.max_exits {
                 return Ok(RunOutcome::ExitLimit);
             }
-            let exit = match self.fd.run() {
+            // KVM completes a pending exit at entry, before it checks for signals: whatever
+            // KVM_RUN returns, nothing is pending afterwards until an I/O exit below.
+            let result = self.fd.run();
+            completing = false;
+            let exit = match result {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(source) => return Err(VcpuError::Kvm { op: "run", source }),
@@ -282,6 +333,7 @@ impl Vcpu {
             self.stats.exits += 1;
             match exit {
                 VcpuExit::IoOut(port, data) => {
+                    completing = true;
                     if port == CONSOLE_PORT {
                         self.console.push(data);
                         self.stats.console_bytes += u64::try_from(data.len()).unwrap_or(u64::MAX);
@@ -290,6 +342,7 @@ impl Vcpu {
                     }
                 }
                 VcpuExit::IoIn(port, data) => {
+                    completing = true;
                     if port == CONSOLE_LSR_PORT {
                         data.fill(LSR_TX_EMPTY);
                     } else {
@@ -298,6 +351,7 @@ impl Vcpu {
                     }
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    completing = true;
                     if self.bus.read(addr, data) {
                         self.stats.bus_accesses += 1;
                         continue;
@@ -314,6 +368,7 @@ impl Vcpu {
                     }
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    completing = true;
                     if self.bus.write(addr, data) {
                         self.stats.bus_accesses += 1;
                         continue;
@@ -374,6 +429,35 @@ fn install_kick_handler() -> Result<(), VcpuError> {
         vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno())
     });
     r.map_err(|errno| VcpuError::Watchdog(std::io::Error::from_raw_os_error(errno)))
+}
+
+/// Kicks one thread (the vCPU thread that made it) out of `KVM_RUN` from another thread.
+#[derive(Debug)]
+pub struct VcpuKicker {
+    thread: libc::pthread_t,
+}
+
+impl VcpuKicker {
+    /// A kicker for the calling thread, which must outlive every [`VcpuKicker::kick`] (the
+    /// owner joins it before dropping the kicker, or stops kicking once it has ended).
+    pub fn for_current_thread() -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        Ok(VcpuKicker { thread })
+    }
+
+    /// Interrupts the thread's current or next blocking call (`KVM_RUN` returns `EINTR`). A kick
+    /// that arrives outside `KVM_RUN` is lost: set the stop flag first, then kick until the
+    /// thread acknowledges.
+    ///
+    /// # Safety
+    /// The thread the kicker was made on must still be running.
+    pub unsafe fn kick(&self) {
+        // SAFETY: the thread is alive (the caller's contract) and the kick signal has a handler
+        // (installed in `for_current_thread`), so the signal only interrupts a system call.
+        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+    }
 }
 
 /// Kicks the vCPU thread that started it once `timeout` passed, until dropped.

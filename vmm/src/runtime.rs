@@ -1,0 +1,903 @@
+//! [`Vmm`]: the reference VMM at run time.
+//!
+//! A [`Vm`] running the bundled test guest on a vCPU thread of its own, the tagged virtio-mem
+//! device behind a virtio-mmio transport, the memslot mapper, and an event loop
+//! (`event-manager`) that drives the device's offer timers. Every host-side method takes `&self`
+//! and locks what it needs, so a control API can hold an `Arc<Vmm>`.
+//!
+//! The guest idles in `hlt`. Host operations that give the guest something to do (a command, an
+//! offer, a release request, a timer that abandoned a chain) ring a doorbell that runs the vCPU
+//! again; the guest then polls its driver and takes the next command. Commands are queued in the
+//! test-control device and finished when the guest writes their sequence number back, so
+//! [`Vmm::guest_command`] returns the guest's own result line.
+//!
+//! Lock order: device transport, then mapper. The vCPU thread never holds one while taking the
+//! other.
+
+use crate::backing::Backing;
+use crate::bus::Console;
+use crate::layout;
+use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
+use crate::mmio::{MmioInterrupt, MmioRestoreError, MmioTransport};
+use crate::test_guest::protocol::{CONTROL_BASE, CONTROL_SIZE};
+use crate::test_guest::{image, Command, CommandError, GuestView, Policy, Report, TestControl};
+use crate::vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuKicker};
+use crate::vm::{BootMemory, Vm, VmConfig, VmError};
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tagmem_device::{
+    Clock, ControlError, DeviceConfig, DeviceError, ExtentInfo, ExtentSpec, HostEvent, MonotonicClock,
+    OfferReceipt, Perf, SourceId, TaggedMemDevice, TaggedWindow, Target,
+};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+/// The tagged virtio-mem device as the runtime hosts it.
+pub type TaggedDevice = TaggedMemDevice<BootMemory>;
+/// The device behind its virtio-mmio transport.
+pub type DeviceTransport = MmioTransport<TaggedDevice>;
+/// A subscriber the event loop runs (e.g. a control-socket listener).
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// Creating or setting up the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A vCPU operation failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The device refused its configuration or a snapshot.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The memslot mapper refused a backing operation.
+    #[error(transparent)]
+    Memslot(#[from] MemslotError),
+    /// A guest command cannot be encoded.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A snapshot's transport state was rejected.
+    #[error(transparent)]
+    MmioRestore(#[from] MmioRestoreError),
+    /// A snapshot does not fit this VM.
+    #[error("snapshot rejected: {0}")]
+    Snapshot(String),
+    /// An OS resource (eventfd, timerfd, thread, descriptor) could not be set up.
+    #[error("{what} failed")]
+    Os {
+        /// What was attempted.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event loop could not be set up or reached.
+    #[error("event loop: {0}")]
+    EventLoop(#[from] event_manager::Error),
+    /// The vCPU thread has ended; the guest runs no more.
+    #[error("the guest is not running ({reason}); console:\n{console}")]
+    GuestStopped {
+        /// Why the vCPU thread ended.
+        reason: String,
+        /// Console output so far.
+        console: String,
+    },
+    /// The guest did not finish a command in time.
+    #[error("the guest did not finish {cmd:?} within {timeout:?}; console:\n{console}")]
+    CommandTimeout {
+        /// The command.
+        cmd: Command,
+        /// The time allowed.
+        timeout: Duration,
+        /// Console output so far.
+        console: String,
+    },
+    /// The guest finished a command without a result line.
+    #[error("the guest printed no result for {cmd:?}; console:\n{console}")]
+    NoReport {
+        /// The command.
+        cmd: Command,
+        /// Console output so far.
+        console: String,
+    },
+    /// The guest answered a command with something unexpected (e.g. a `FAULT`).
+    #[error("the guest answered {cmd:?} with {report:?}")]
+    UnexpectedReport {
+        /// The command.
+        cmd: Command,
+        /// Its result.
+        report: Report,
+    },
+}
+
+fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Os { what, source }
+}
+
+/// How long the runtime keeps a registered backing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackingLifetime {
+    /// Until [`Vmm::unregister_backing`] (or the VMM ends).
+    Persistent,
+    /// Closed (host mapping and descriptor) once an offer used it and no extent uses it any more:
+    /// after its extents were released, rejected or abandoned.
+    PerExtent,
+}
+
+/// Configuration of a [`Vmm`].
+#[derive(Clone)]
+pub struct VmmConfig {
+    /// The VM: boot RAM, identity-map limit, memslot cap.
+    pub vm: VmConfig,
+    /// The tagged virtio-mem device.
+    pub device: DeviceConfig,
+    /// The device's clock (a manual clock lets tests expire offers without waiting).
+    pub clock: Arc<dyn Clock>,
+    /// How often the event loop lets the device expire offers.
+    pub timer_period: Duration,
+    /// How long [`Vmm::guest_command`] waits for the guest before giving up.
+    pub command_timeout: Duration,
+}
+
+impl std::fmt::Debug for VmmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmmConfig")
+            .field("vm", &self.vm)
+            .field("device", &self.device)
+            .field("timer_period", &self.timer_period)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for VmmConfig {
+    fn default() -> Self {
+        let vm = VmConfig::default();
+        let device = DeviceConfig {
+            tagged: Some(TaggedWindow {
+                addr: layout::TAGGED_WINDOW_BASE,
+                size: vm.identity_limit.saturating_sub(layout::TAGGED_WINDOW_BASE),
+            }),
+            ..DeviceConfig::default()
+        };
+        VmmConfig {
+            vm,
+            device,
+            clock: Arc::new(MonotonicClock::default()),
+            timer_period: Duration::from_millis(50),
+            command_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where the vCPU thread is.
+#[derive(Debug, Default)]
+struct RunControl {
+    /// Doorbell rings so far; a change makes a halted guest run again.
+    rings: u64,
+    /// Park the vCPU at its next `hlt` (for a snapshot).
+    pause: bool,
+    /// The vCPU is parked at a `hlt` exit.
+    parked: bool,
+    /// End the vCPU thread.
+    stop: bool,
+    /// Why the vCPU thread ended, once it has.
+    exited: Option<String>,
+}
+
+/// Per-extent backing bookkeeping.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BackingEntry {
+    pub(crate) lifetime: BackingLifetime,
+    /// An offer named it.
+    pub(crate) offered: bool,
+}
+
+/// What the vCPU thread, the event loop and the host side share.
+pub(crate) struct Shared {
+    pub(crate) transport: Arc<Mutex<DeviceTransport>>,
+    pub(crate) mapper: SharedMapper,
+    pub(crate) backings: Mutex<BTreeMap<SourceId, BackingEntry>>,
+    events: Mutex<Vec<HostEvent>>,
+    pub(crate) control: Arc<Mutex<TestControl>>,
+    control_done: Arc<Condvar>,
+    run: Mutex<RunControl>,
+    run_changed: Condvar,
+    stop_flag: AtomicBool,
+    pub(crate) console: Arc<Console>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn device<R>(&self, f: impl FnOnce(&mut TaggedDevice) -> R) -> R {
+        f(lock(&self.transport).device_mut())
+    }
+
+    /// Makes a halted guest run again (it polls its driver and its command queue).
+    fn ring(&self) {
+        let mut rc = lock(&self.run);
+        rc.rings = rc.rings.wrapping_add(1);
+        self.run_changed.notify_all();
+    }
+
+    /// Moves the device's host events to the runtime's queue and closes per-extent backings no
+    /// extent uses any more. Returns the number of events moved.
+    fn pump(&self) -> usize {
+        let (events, in_use) = {
+            let mut t = lock(&self.transport);
+            let events = t.device_mut().take_host_events();
+            let in_use: BTreeSet<SourceId> = t.device().extents().iter().map(|e| e.source.id).collect();
+            (events, in_use)
+        };
+        if events.is_empty() {
+            return 0;
+        }
+        let n = events.len();
+        lock(&self.events).extend(events);
+        let mut backings = lock(&self.backings);
+        let done: Vec<SourceId> = backings
+            .iter()
+            .filter(|(id, e)| e.lifetime == BackingLifetime::PerExtent && e.offered && !in_use.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            // Dropping the backing closes its descriptor; its mappings went with the release.
+            if self.mapper.lock().unregister_backing(id).is_ok() {
+                backings.remove(&id);
+            }
+        }
+        n
+    }
+
+    fn poll_timers(&self) {
+        self.device(|d| d.poll_timers());
+        if self.pump() > 0 {
+            self.ring();
+        }
+    }
+
+    fn exited(&self) -> Option<String> {
+        lock(&self.run).exited.clone()
+    }
+}
+
+/// The event loop's timer: lets the device expire offers.
+struct TimerSubscriber {
+    timer: TimerFd,
+    shared: Arc<Shared>,
+}
+
+impl MutEventSubscriber for TimerSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            eprintln!("tagmem-vmm: timer descriptor failed; offers no longer expire");
+            let _ = ops.remove(events);
+            return;
+        }
+        if let Err(e) = self.timer.wait() {
+            eprintln!("tagmem-vmm: reading the timer failed: {e}");
+        }
+        self.shared.poll_timers();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            eprintln!("tagmem-vmm: registering the timer failed: {e}");
+        }
+    }
+}
+
+/// Ends the event loop when its eventfd is written.
+struct ExitSubscriber {
+    event: EventFd,
+    exit: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            let _ = ops.remove(events);
+        }
+        let _ = self.event.read();
+        self.exit.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
+            eprintln!("tagmem-vmm: registering the exit event failed: {e}");
+        }
+    }
+}
+
+/// The event loop thread and how to reach it.
+struct EventLoop {
+    endpoint: RemoteEndpoint<Subscriber>,
+    exit_event: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventLoop {
+    fn start(shared: Arc<Shared>, period: Duration) -> Result<Self, VmmError> {
+        let mut manager = EventManager::<Subscriber>::new()?;
+        let mut timer = TimerFd::new().map_err(|e| VmmError::Os {
+            what: "creating the timer",
+            source: e.into(),
+        })?;
+        timer.reset(period, Some(period)).map_err(|e| VmmError::Os {
+            what: "arming the timer",
+            source: e.into(),
+        })?;
+        manager.add_subscriber(Arc::new(Mutex::new(TimerSubscriber { timer, shared })));
+        let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("creating the exit eventfd"))?;
+        let exit = Arc::new(AtomicBool::new(false));
+        manager.add_subscriber(Arc::new(Mutex::new(ExitSubscriber {
+            event: exit_event
+                .try_clone()
+                .map_err(os_err("cloning the exit eventfd"))?,
+            exit: exit.clone(),
+        })));
+        let endpoint = manager.remote_endpoint();
+        let thread = std::thread::Builder::new()
+            .name("vmm-event-loop".into())
+            .spawn(move || {
+                while !exit.load(Ordering::SeqCst) {
+                    if let Err(e) = manager.run() {
+                        eprintln!("tagmem-vmm: event loop: {e}");
+                    }
+                }
+            })
+            .map_err(os_err("starting the event loop thread"))?;
+        Ok(EventLoop {
+            endpoint,
+            exit_event,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            if self.exit_event.write(1).is_ok() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The vCPU thread and its kicker.
+struct VcpuThread {
+    kicker: VcpuKicker,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The reference VMM: a running VM with the test guest and the tagged device.
+pub struct Vmm {
+    shared: Arc<Shared>,
+    vcpu: Arc<Mutex<Vcpu>>,
+    vcpu_thread: Mutex<Option<VcpuThread>>,
+    event_loop: Mutex<Option<EventLoop>>,
+    command_lock: Mutex<()>,
+    config: VmmConfig,
+    // Declared last: dropped after the threads and the vCPU that use it.
+    vm: Vm,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("config", &self.config)
+            .field("vm", &self.vm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a [`Vmm`] is assembled from, fresh or restored.
+pub(crate) struct Parts {
+    pub(crate) vm: Vm,
+    pub(crate) vcpu: Vcpu,
+    pub(crate) transport: DeviceTransport,
+    pub(crate) backings: BTreeMap<SourceId, BackingEntry>,
+    pub(crate) control: TestControl,
+    pub(crate) control_done: Arc<Condvar>,
+}
+
+/// Run limit of the vCPU thread: no exit cap, no timeout (it is stopped through its flag).
+const VCPU_THREAD_LIMIT: RunLimit = RunLimit {
+    max_exits: u64::MAX,
+    timeout: None,
+};
+
+impl Vmm {
+    /// Boots a VM with the test guest and the tagged device, and starts the vCPU thread and the
+    /// event loop. The guest initialises its driver on its own; the device is ready for offers
+    /// once [`Vmm::wait_ready`] returns.
+    pub fn new(config: VmmConfig) -> Result<Vmm, VmmError> {
+        let mut vm = Vm::new(config.vm.clone())?;
+        vm.load_image(image::LOAD_ADDR, image::BYTES)?;
+        let irq = Arc::new(MmioInterrupt::new(None));
+        let device = TaggedMemDevice::new(
+            config.device.clone(),
+            Box::new(vm.mapper()),
+            irq.clone(),
+            config.clock.clone(),
+        )?;
+        let transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
+        let vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
+        let control_done = Arc::new(Condvar::new());
+        let parts = Parts {
+            vm,
+            vcpu,
+            transport,
+            backings: BTreeMap::new(),
+            control: TestControl::new(control_done.clone()),
+            control_done,
+        };
+        Self::assemble(config, parts)
+    }
+
+    /// Attaches the devices and starts the threads.
+    pub(crate) fn assemble(config: VmmConfig, parts: Parts) -> Result<Vmm, VmmError> {
+        let Parts {
+            vm,
+            vcpu,
+            transport,
+            backings,
+            control,
+            control_done,
+        } = parts;
+        let transport = Arc::new(Mutex::new(transport));
+        let control = Arc::new(Mutex::new(control));
+        let mmio_base = layout::virtio_mmio_addr(0).ok_or(VmError::Layout(
+            layout::LayoutError::IdentityLimit(layout::VIRTIO_MMIO_BASE),
+        ))?;
+        vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
+        vm.attach_mmio(mmio_base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        let shared = Arc::new(Shared {
+            transport,
+            mapper: vm.mapper(),
+            backings: Mutex::new(backings),
+            events: Mutex::new(Vec::new()),
+            control,
+            control_done,
+            run: Mutex::new(RunControl::default()),
+            run_changed: Condvar::new(),
+            stop_flag: AtomicBool::new(false),
+            console: vm.console().clone(),
+        });
+        let vcpu = Arc::new(Mutex::new(vcpu));
+        let event_loop = EventLoop::start(shared.clone(), config.timer_period)?;
+        let vmm = Vmm {
+            shared,
+            vcpu,
+            vcpu_thread: Mutex::new(None),
+            event_loop: Mutex::new(Some(event_loop)),
+            command_lock: Mutex::new(()),
+            config,
+            vm,
+        };
+        vmm.start_vcpu()?;
+        Ok(vmm)
+    }
+
+    fn start_vcpu(&self) -> Result<(), VmmError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = self.shared.clone();
+        let vcpu = self.vcpu.clone();
+        let thread = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                let kicker = VcpuKicker::for_current_thread();
+                let ok = kicker.is_ok();
+                let _ = tx.send(kicker);
+                if ok {
+                    vcpu_loop(&vcpu, &shared);
+                }
+            })
+            .map_err(os_err("starting the vCPU thread"))?;
+        let kicker = rx.recv().map_err(|_| VmmError::GuestStopped {
+            reason: "the vCPU thread ended at start".into(),
+            console: String::new(),
+        })??;
+        *lock(&self.vcpu_thread) = Some(VcpuThread {
+            kicker,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// The configuration the VMM runs with.
+    pub fn config(&self) -> &VmmConfig {
+        &self.config
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The memslot mapper (slots in use, backings).
+    pub fn mapper(&self) -> SharedMapper {
+        self.shared.mapper.clone()
+    }
+
+    /// The memslots the mapper holds.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.shared.mapper.lock().slots()
+    }
+
+    /// Registers a host backing under `id`, kept as `lifetime` says.
+    pub fn register_backing(
+        &self,
+        id: SourceId,
+        backing: Backing,
+        lifetime: BackingLifetime,
+    ) -> Result<(), VmmError> {
+        let mut backings = lock(&self.shared.backings);
+        self.shared.mapper.lock().register_backing(id, backing)?;
+        backings.insert(
+            id,
+            BackingEntry {
+                lifetime,
+                offered: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unregisters a backing no mapping uses and hands it back.
+    pub fn unregister_backing(&self, id: SourceId) -> Result<Backing, VmmError> {
+        let mut backings = lock(&self.shared.backings);
+        let b = self.shared.mapper.lock().unregister_backing(id)?;
+        backings.remove(&id);
+        Ok(b)
+    }
+
+    /// Whether backing `id` is registered (a per-extent backing disappears once closed).
+    pub fn has_backing(&self, id: SourceId) -> bool {
+        self.shared.mapper.lock().backing(id).is_some()
+    }
+
+    /// Offers a chain of extents to the guest's driver.
+    pub fn offer(&self, chain: &[ExtentSpec]) -> Result<OfferReceipt, ControlError> {
+        let receipt = {
+            // Mark the backings under the device lock, so a concurrent pump cannot close one
+            // between the offer and the marking.
+            let mut t = lock(&self.shared.transport);
+            let receipt = t.device_mut().offer(chain)?;
+            let mut backings = lock(&self.shared.backings);
+            for spec in chain {
+                if let Some(e) = backings.get_mut(&spec.source.id) {
+                    e.offered = true;
+                }
+            }
+            receipt
+        };
+        self.shared.pump();
+        self.shared.ring();
+        Ok(receipt)
+    }
+
+    /// Asks the driver to release a tag group or an untagged extent; returns the extent ids.
+    pub fn request_release(&self, target: Target) -> Result<Vec<u64>, ControlError> {
+        let r = self.shared.device(|d| d.request_release(target));
+        self.shared.pump();
+        self.shared.ring();
+        r
+    }
+
+    /// Updates performance metadata of accepted capacity and tells the driver.
+    pub fn update_metadata(&self, target: Target, perf: Perf) -> Result<Vec<u64>, ControlError> {
+        let r = self.shared.device(|d| d.update_metadata(target, perf));
+        self.shared.ring();
+        r
+    }
+
+    /// Reports poison in an accepted extent to the driver.
+    pub fn inject_poison(&self, extent_id: u64, offset: u64, length: u64) -> Result<(), ControlError> {
+        let r = self.shared.device(|d| d.inject_poison(extent_id, offset, length));
+        self.shared.ring();
+        r
+    }
+
+    /// The device's extent table.
+    pub fn extents(&self) -> Vec<ExtentInfo> {
+        self.shared.device(|d| d.extents())
+    }
+
+    /// Whether the driver activated the device with tagged extents negotiated.
+    pub fn device_ready(&self) -> bool {
+        self.shared.device(|d| d.is_active() && d.tagged_negotiated())
+    }
+
+    /// Host events since the last call (per-extent backings of released capacity are closed
+    /// before the events are handed out).
+    pub fn take_host_events(&self) -> Vec<HostEvent> {
+        self.shared.pump();
+        std::mem::take(&mut *lock(&self.shared.events))
+    }
+
+    /// Lets the device expire offers now (the event loop also does this periodically).
+    pub fn poll_timers(&self) {
+        self.shared.poll_timers();
+    }
+
+    /// Runs `f` on the device under its lock (metrics, configuration, snapshots).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut TaggedDevice) -> R) -> R {
+        self.shared.device(f)
+    }
+
+    /// Adds a subscriber to the event loop (e.g. a control socket); returns its id.
+    pub fn add_subscriber(&self, subscriber: Subscriber) -> Result<SubscriberId, VmmError> {
+        let endpoint = self.endpoint()?;
+        Ok(endpoint
+            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(subscriber)))?)
+    }
+
+    /// Removes a subscriber from the event loop.
+    pub fn remove_subscriber(&self, id: SubscriberId) -> Result<(), VmmError> {
+        let endpoint = self.endpoint()?;
+        endpoint.call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()))?;
+        Ok(())
+    }
+
+    fn endpoint(&self) -> Result<RemoteEndpoint<Subscriber>, VmmError> {
+        lock(&self.event_loop)
+            .as_ref()
+            .map(|l| l.endpoint.clone())
+            .ok_or(VmmError::EventLoop(event_manager::Error::ChannelSend))
+    }
+
+    /// Runs a guest command and returns its result line, parsed.
+    pub fn guest_command(&self, cmd: Command) -> Result<Report, VmmError> {
+        let lines = self.command_lines(&cmd)?;
+        lines
+            .iter()
+            .filter_map(|l| Report::parse(l))
+            .next_back()
+            .ok_or_else(|| VmmError::NoReport {
+                cmd,
+                console: self.shared.console.contents(),
+            })
+    }
+
+    /// Runs a guest command and returns every console line printed meanwhile.
+    fn command_lines(&self, cmd: &Command) -> Result<Vec<String>, VmmError> {
+        let _serial = lock(&self.command_lock);
+        let before = self.shared.console.line_count();
+        let seq = lock(&self.shared.control).push(cmd)?;
+        self.shared.ring();
+        let deadline = Instant::now() + self.config.command_timeout;
+        let mut control = lock(&self.shared.control);
+        while control.done() != seq {
+            if let Some(reason) = self.shared.exited() {
+                return Err(VmmError::GuestStopped {
+                    reason,
+                    console: self.shared.console.contents(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmmError::CommandTimeout {
+                    cmd: cmd.clone(),
+                    timeout: self.config.command_timeout,
+                    console: self.shared.console.contents(),
+                });
+            }
+            control = self
+                .shared
+                .control_done
+                .wait_timeout(control, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(control);
+        self.shared.pump();
+        Ok(self.shared.console.lines_from(before))
+    }
+
+    /// Runs `cmd` and checks its result with `ok`; anything else is [`VmmError::UnexpectedReport`].
+    fn expect<T>(&self, cmd: Command, ok: impl FnOnce(&Report) -> Option<T>) -> Result<T, VmmError> {
+        let report = self.guest_command(cmd.clone())?;
+        ok(&report).ok_or(VmmError::UnexpectedReport { cmd, report })
+    }
+
+    /// The guest's view of its dax devices, parsed from its `DEV` lines.
+    pub fn guest_view(&self) -> Result<GuestView, VmmError> {
+        let lines = self.command_lines(&Command::View)?;
+        GuestView::parse(&lines).ok_or_else(|| VmmError::NoReport {
+            cmd: Command::View,
+            console: self.shared.console.contents(),
+        })
+    }
+
+    /// Makes the guest poll its driver until idle; returns the driver log entries produced.
+    pub fn guest_poll(&self) -> Result<u64, VmmError> {
+        self.expect(Command::Poll, |r| match r {
+            Report::Polled { events } => Some(*events),
+            _ => None,
+        })
+    }
+
+    /// Sets the guest driver's offer policy.
+    pub fn set_policy(&self, policy: Policy) -> Result<(), VmmError> {
+        self.expect(Command::Policy(policy), |r| {
+            matches!(r, Report::Policy { .. }).then_some(())
+        })
+    }
+
+    /// Makes the guest poll its driver on every wake-up (`true`, the default) or only on
+    /// [`Command::Poll`] (to leave offers unanswered).
+    pub fn set_autopoll(&self, on: bool) -> Result<(), VmmError> {
+        self.expect(Command::AutoPoll(on), |r| {
+            (*r == Report::AutoPoll { on }).then_some(())
+        })
+    }
+
+    /// Has the guest release the device `target` names; returns the extents released.
+    pub fn guest_release(&self, target: Target) -> Result<u64, VmmError> {
+        self.expect(Command::Release(target), |r| match r {
+            Report::Released { count } => Some(*count),
+            _ => None,
+        })
+    }
+
+    /// Has the guest read `len` bytes at `gpa`; returns (byte sum, first up-to-8 bytes).
+    pub fn guest_read(&self, gpa: u64, len: u64) -> Result<(u64, Vec<u8>), VmmError> {
+        self.expect(Command::Read { gpa, len }, |r| match r {
+            Report::Read { sum, first, .. } => Some((*sum, first.clone())),
+            _ => None,
+        })
+    }
+
+    /// Has the guest fill `len` bytes at `gpa` with `byte`.
+    pub fn guest_write(&self, gpa: u64, len: u64, byte: u8) -> Result<(), VmmError> {
+        self.expect(Command::Write { gpa, len, byte }, |r| {
+            matches!(r, Report::Wrote { .. }).then_some(())
+        })
+    }
+
+    /// Waits until the guest's driver has activated the device (it does so right after boot).
+    pub fn wait_ready(&self) -> Result<(), VmmError> {
+        // The guest initialises its driver before it takes its first command.
+        self.guest_poll()?;
+        if self.device_ready() {
+            Ok(())
+        } else {
+            Err(VmmError::GuestStopped {
+                reason: "the guest driver did not activate the device".into(),
+                console: self.shared.console.contents(),
+            })
+        }
+    }
+
+    /// Console lines the guest printed so far.
+    pub fn console_lines(&self) -> Vec<String> {
+        self.shared.console.lines()
+    }
+
+    /// The vCPU's exit counters (waits for a running guest to halt).
+    pub fn exit_stats(&self) -> ExitStats {
+        *lock(&self.vcpu).stats()
+    }
+
+    /// Why the guest stopped running, if it did.
+    pub fn guest_exited(&self) -> Option<String> {
+        self.shared.exited()
+    }
+
+    /// Parks the vCPU at its next `hlt` (the guest is idle then) and runs `f` while it is
+    /// parked; used for snapshots.
+    pub(crate) fn while_parked<R>(&self, f: impl FnOnce(&Vcpu) -> R) -> Result<R, VmmError> {
+        let _serial = lock(&self.command_lock);
+        {
+            let mut rc = lock(&self.shared.run);
+            rc.pause = true;
+            rc.rings = rc.rings.wrapping_add(1);
+            self.shared.run_changed.notify_all();
+            while !rc.parked && rc.exited.is_none() {
+                rc = self
+                    .shared
+                    .run_changed
+                    .wait(rc)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if let Some(reason) = rc.exited.clone() {
+                rc.pause = false;
+                return Err(VmmError::GuestStopped {
+                    reason,
+                    console: self.shared.console.contents(),
+                });
+            }
+        }
+        let r = f(&lock(&self.vcpu));
+        let mut rc = lock(&self.shared.run);
+        rc.pause = false;
+        self.shared.run_changed.notify_all();
+        Ok(r)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops the vCPU thread and the event loop. The VM stays inspectable; guest commands fail.
+    pub fn shutdown(&self) {
+        if let Some(mut l) = lock(&self.event_loop).take() {
+            l.stop();
+        }
+        let Some(mut t) = lock(&self.vcpu_thread).take() else {
+            return;
+        };
+        self.shared.stop_flag.store(true, Ordering::SeqCst);
+        {
+            let mut rc = lock(&self.shared.run);
+            rc.stop = true;
+            self.shared.run_changed.notify_all();
+        }
+        if let Some(handle) = t.thread.take() {
+            while !handle.is_finished() {
+                // SAFETY: the vCPU thread is not joined yet (`handle` is joined only below), so
+                // the thread the kicker names still exists, at worst as a finished thread.
+                unsafe { t.kicker.kick() };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The vCPU thread: runs the guest until it halts, waits for the doorbell, runs it again.
+fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
+    let reason = loop {
+        let seen = lock(&shared.run).rings;
+        let outcome = lock(vcpu).run_until(VCPU_THREAD_LIMIT, &shared.stop_flag);
+        match outcome {
+            Ok(RunOutcome::Halted) => {
+                let mut rc = lock(&shared.run);
+                let stop = loop {
+                    if rc.stop {
+                        break true;
+                    }
+                    if rc.pause {
+                        rc.parked = true;
+                        shared.run_changed.notify_all();
+                    } else {
+                        rc.parked = false;
+                        if rc.rings != seen {
+                            break false;
+                        }
+                    }
+                    rc = shared.run_changed.wait(rc).unwrap_or_else(|e| e.into_inner());
+                };
+                rc.parked = false;
+                if stop {
+                    break "stopped".to_string();
+                }
+            }
+            Ok(RunOutcome::Stopped) => break "stopped".to_string(),
+            Ok(RunOutcome::Shutdown { rip }) => break format!("the guest triple-faulted (rip {rip:x?})"),
+            Ok(RunOutcome::ExitLimit | RunOutcome::TimedOut) => {}
+            Err(e) => break format!("vCPU error: {e}"),
+        }
+    };
+    lock(&shared.run).exited = Some(reason);
+    shared.run_changed.notify_all();
+    // Wake command waiters: they check `exited` under the control lock.
+    let _control = lock(&shared.control);
+    shared.control_done.notify_all();
+}
