@@ -8,6 +8,7 @@
 
 pub mod backing;
 pub mod bus;
+pub mod config;
 pub mod layout;
 pub mod memslot;
 pub mod mmio;
