@@ -7,8 +7,6 @@
 #![no_main]
 
 extern crate alloc;
-// Linked now so the guest keeps building against the reference driver.
-use tagmem_driver as _;
 
 mod console;
 mod heap;
@@ -16,10 +14,14 @@ mod idt;
 mod mem;
 #[allow(dead_code)]
 mod protocol;
+mod virtio;
 
 use alloc::vec::Vec;
+use core::fmt;
 use core::ptr;
 use protocol::*;
+use tagmem_driver::{format_uuid, AcceptAll, Extent, RejectAll, TagMemDriver, Target};
+use virtio::{DmaWindow, MmioTransport};
 
 core::arch::global_asm!(
     ".section .text._start, \"ax\", @progbits",
@@ -33,10 +35,20 @@ core::arch::global_asm!(
     main = sym guest_main,
 );
 
+/// virtio device id of virtio-mem.
+const VIRTIO_ID_MEM: u32 = 24;
+
+type Driver = TagMemDriver<MmioTransport, DmaWindow>;
+
 fn control_read(reg: u64) -> u64 {
     // SAFETY: CONTROL_BASE is identity mapped by the VMM's page tables and backed by no memslot,
     // so the access traps to the VMM's test-control device; it has no effect on guest memory.
     unsafe { ptr::read_volatile((CONTROL_BASE + reg) as *const u64) }
+}
+
+fn control_write(reg: u64, v: u64) {
+    // SAFETY: as in `control_read`: a trapping store to the test-control device.
+    unsafe { ptr::write_volatile((CONTROL_BASE + reg) as *mut u64, v) };
 }
 
 fn hlt() {
@@ -61,6 +73,18 @@ impl Digest {
                 self.nfirst += 1;
             }
         }
+    }
+}
+
+/// Bytes as lowercase hex without separators.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{:02x}", b)?;
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +121,241 @@ fn write_range(gpa: u64, len: u64, byte: u8) {
     }
 }
 
+fn tag_from(lo: u64, hi: u64) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&lo.to_le_bytes());
+    t[8..].copy_from_slice(&hi.to_le_bytes());
+    t
+}
+
+/// Decodes a `TARGET_*` argument list.
+fn target_from(args: &[u64]) -> Option<Target> {
+    match args {
+        [TARGET_EXTENT, id, ..] => Some(Target::Extent(*id)),
+        [TARGET_TAG, lo, hi, ..] => Some(Target::Tag(tag_from(*lo, *hi))),
+        _ => None,
+    }
+}
+
+/// Joins `id@addr+len` triples with commas, `-` for none.
+struct Triples<I>(I);
+
+impl<I: Iterator<Item = (u64, u64, u64)> + Clone> fmt::Display for Triples<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut any = false;
+        for (id, a, l) in self.0.clone() {
+            if any {
+                f.write_str(",")?;
+            }
+            write!(f, "{}@{:#x}+{:#x}", id, a, l)?;
+            any = true;
+        }
+        if !any {
+            f.write_str("-")?;
+        }
+        Ok(())
+    }
+}
+
+/// The guest's state between commands.
+struct Guest {
+    drv: Option<Driver>,
+    autopoll: bool,
+    verbose: bool,
+}
+
+impl Guest {
+    fn boot() -> Guest {
+        let drv = match MmioTransport::probe() {
+            Some(t) if t.device_id() == VIRTIO_ID_MEM => {
+                let dma = DmaWindow::new();
+                let (base, len) = (dma.base(), dma.len());
+                let mut drv = TagMemDriver::new(t, dma, base, len);
+                match drv.init() {
+                    Ok(()) => {
+                        println!("DRIVER ready features={:#x} tagged={}", drv.features(), u8::from(drv.tagged()));
+                        Some(drv)
+                    }
+                    Err(e) => {
+                        println!("DRIVER init failed: {}", e);
+                        None
+                    }
+                }
+            }
+            Some(t) => {
+                println!("DRIVER absent: device id {}", t.device_id());
+                None
+            }
+            None => {
+                println!("DRIVER absent");
+                None
+            }
+        };
+        Guest { drv, autopoll: true, verbose: true }
+    }
+
+    /// Prints (or just counts) what the driver logged; returns the count.
+    fn flush_log(&mut self) -> u64 {
+        let Some(drv) = self.drv.as_mut() else { return 0 };
+        let mut n = 0;
+        for e in drv.drain_log() {
+            if self.verbose {
+                println!("EVT {}", e);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Polls the driver until it consumes no more events; returns the log entries produced.
+    fn poll(&mut self) -> u64 {
+        let Some(drv) = self.drv.as_mut() else { return 0 };
+        let mut guard = 0;
+        loop {
+            match drv.poll() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    println!("EVT poll failed: {}", e);
+                    break;
+                }
+            }
+            guard += 1;
+            if guard > 64 {
+                break;
+            }
+        }
+        self.flush_log()
+    }
+
+    fn set_policy(&mut self, args: &[u64]) {
+        let Some(drv) = self.drv.as_mut() else {
+            println!("FAULT no driver");
+            return;
+        };
+        match args {
+            [POLICY_ACCEPT_ALL, ..] => drv.set_policy(AcceptAll),
+            [POLICY_REJECT_ALL, ..] => drv.set_policy(RejectAll),
+            [POLICY_ACCEPT_IDS, ids @ ..] => {
+                let ids: Vec<u64> = ids.to_vec();
+                drv.set_policy(move |_chain: u64, c: &[Extent]| {
+                    c.iter().filter(|e| ids.contains(&e.id)).map(|e| e.id).collect::<Vec<u64>>()
+                });
+            }
+            [POLICY_REJECT_TAG, lo, hi, ..] => {
+                let tag = tag_from(*lo, *hi);
+                drv.set_policy(move |_chain: u64, c: &[Extent]| {
+                    c.iter().filter(|e| e.tag != tag).map(|e| e.id).collect::<Vec<u64>>()
+                });
+            }
+            _ => {
+                println!("FAULT bad policy");
+                return;
+            }
+        }
+        println!("POLICY kind={}", args[0]);
+    }
+
+    fn view(&mut self) {
+        let Some(drv) = self.drv.as_ref() else {
+            println!("FAULT no driver");
+            return;
+        };
+        for d in drv.devices() {
+            println!(
+                "DEV name={} uuid={} size={:#x} node={} flags={:#x} rl={} wl={} rb={} wb={} class={} busy={} \
+                 extents={} poison={}",
+                d.name,
+                format_uuid(&d.uuid),
+                d.size,
+                d.node,
+                d.flags,
+                d.perf.read_latency_ns,
+                d.perf.write_latency_ns,
+                d.perf.read_bandwidth_mbps,
+                d.perf.write_bandwidth_mbps,
+                d.source,
+                u8::from(d.busy),
+                Triples(d.extents.iter().map(|e| (e.id, e.gpa, e.len))),
+                Triples(d.extents.iter().flat_map(|e| e.poison.iter().map(move |p| (e.id, p.offset, p.length)))),
+            );
+        }
+        println!("VIEW devices={} pending={}", drv.devices().len(), drv.pending_chains());
+    }
+
+    fn release(&mut self, args: &[u64]) {
+        let (Some(drv), Some(target)) = (self.drv.as_mut(), target_from(args)) else {
+            println!("FAULT no driver or bad target");
+            return;
+        };
+        let r = drv.release(target);
+        self.flush_log();
+        match r {
+            Ok(n) => println!("RELEASED count={}", n),
+            Err(e) => println!("RELEASE error={}", e),
+        }
+    }
+
+    fn busy(&mut self, args: &[u64]) {
+        let (Some(drv), Some((&busy, rest))) = (self.drv.as_mut(), args.split_first()) else {
+            println!("FAULT no driver or bad arguments");
+            return;
+        };
+        let ok = target_from(rest).is_some_and(|t| drv.set_busy(t, busy != 0));
+        println!("BUSY ok={}", u8::from(ok));
+    }
+
+    /// Runs one command; prints its result line.
+    fn run(&mut self, cmd: u64, args: &[u64]) {
+        let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+        match cmd {
+            CMD_READ => {
+                let (gpa, len) = (arg(0), arg(1));
+                let d = read_range(gpa, len);
+                println!("READ gpa={:#x} len={} sum={:#x} first={}", gpa, len, d.sum, Hex(&d.first[..d.nfirst]));
+            }
+            CMD_WRITE => {
+                // Truncation intended: the byte value travels in the low 8 bits of arg2.
+                let byte = (arg(2) & 0xff) as u8;
+                write_range(arg(0), arg(1), byte);
+                println!("WROTE gpa={:#x} len={} byte={:#04x}", arg(0), arg(1), byte);
+            }
+            CMD_ALLOC => {
+                let Ok(n) = usize::try_from(arg(0)) else {
+                    println!("FAULT alloc len={} too large", arg(0));
+                    return;
+                };
+                let mut v: Vec<u8> = Vec::new();
+                if v.try_reserve_exact(n).is_err() {
+                    println!("ALLOC len={} failed", n);
+                    return;
+                }
+                v.extend((0..n).map(|i| (i % 251) as u8));
+                let sum = v.iter().fold(0u64, |s, &b| s.wrapping_add(u64::from(b)));
+                drop(v);
+                println!("ALLOC len={} sum={:#x}", n, sum);
+            }
+            CMD_POLICY => self.set_policy(args),
+            CMD_POLL => {
+                let n = self.poll();
+                println!("POLLED events={}", n);
+            }
+            CMD_AUTOPOLL => {
+                self.autopoll = arg(0) != 0;
+                println!("AUTOPOLL on={}", u8::from(self.autopoll));
+            }
+            CMD_VIEW => self.view(),
+            CMD_RELEASE => self.release(args),
+            CMD_BUSY => self.busy(args),
+            CMD_VERBOSE => {
+                self.verbose = arg(0) != 0;
+                println!("VERBOSE on={}", u8::from(self.verbose));
+            }
+            other => println!("FAULT unknown command={:#x}", other),
+        }
+    }
+}
+
 extern "C" fn guest_main() -> ! {
     idt::install();
     println!("HELLO tagmem test guest");
@@ -104,48 +363,30 @@ extern "C" fn guest_main() -> ! {
     if magic != CONTROL_MAGIC {
         println!("FAULT control magic={:#x}", magic);
     }
+    let mut guest = Guest::boot();
+    let mut args: Vec<u64> = Vec::with_capacity(MAX_ARGS);
     loop {
-        let cmd = control_read(REG_COMMAND);
-        let (a0, a1, a2) = (control_read(REG_ARG0), control_read(REG_ARG1), control_read(REG_ARG2));
-        match cmd {
-            CMD_IDLE => hlt(),
-            CMD_READ => {
-                let d = read_range(a0, a1);
-                print!("READ gpa={:#x} len={} sum={:#x} first=", a0, a1, d.sum);
-                for b in &d.first[..d.nfirst] {
-                    print!("{:02x}", b);
-                }
-                println!();
-            }
-            CMD_WRITE => {
-                // Truncation intended: the byte value travels in the low 8 bits of arg2.
-                let byte = (a2 & 0xff) as u8;
-                write_range(a0, a1, byte);
-                println!("WROTE gpa={:#x} len={} byte={:#04x}", a0, a1, byte);
-            }
-            CMD_ALLOC => {
-                let Ok(n) = usize::try_from(a0) else {
-                    println!("FAULT alloc len={} too large", a0);
-                    continue;
-                };
-                let mut v: Vec<u8> = Vec::new();
-                if v.try_reserve_exact(n).is_err() {
-                    println!("ALLOC len={} failed", n);
-                    continue;
-                }
-                v.extend((0..n).map(|i| (i % 251) as u8));
-                let sum = v.iter().fold(0u64, |s, &b| s.wrapping_add(u64::from(b)));
-                drop(v);
-                println!("ALLOC len={} sum={:#x}", n, sum);
-            }
-            CMD_STOP => {
-                println!("STOP");
-                loop {
-                    hlt();
-                }
-            }
-            other => println!("FAULT unknown command={:#x}", other),
+        if guest.autopoll {
+            guest.poll();
         }
+        let cmd = control_read(REG_COMMAND);
+        if cmd == CMD_IDLE {
+            hlt();
+            continue;
+        }
+        let seq = control_read(REG_SEQ);
+        let argc = usize::try_from(control_read(REG_ARGC)).unwrap_or(0).min(MAX_ARGS);
+        args.clear();
+        args.extend((0..argc).map(|_| control_read(REG_ARG_NEXT)));
+        if cmd == CMD_STOP {
+            println!("STOP");
+            control_write(REG_DONE, seq);
+            loop {
+                hlt();
+            }
+        }
+        guest.run(cmd, &args);
+        control_write(REG_DONE, seq);
     }
 }
 
