@@ -206,6 +206,7 @@ pub(crate) struct Shared {
     pub(crate) mapper: SharedMapper,
     pub(crate) backings: Mutex<BTreeMap<SourceId, BackingEntry>>,
     events: Mutex<Vec<HostEvent>>,
+    events_added: Condvar,
     pub(crate) control: Arc<Mutex<TestControl>>,
     control_done: Arc<Condvar>,
     run: Mutex<RunControl>,
@@ -244,6 +245,7 @@ impl Shared {
         }
         let n = events.len();
         lock(&self.events).extend(events);
+        self.events_added.notify_all();
         let mut backings = lock(&self.backings);
         let done: Vec<SourceId> = backings
             .iter()
@@ -466,6 +468,7 @@ impl Vmm {
             mapper: vm.mapper(),
             backings: Mutex::new(backings),
             events: Mutex::new(Vec::new()),
+            events_added: Condvar::new(),
             control,
             control_done,
             run: Mutex::new(RunControl::default()),
@@ -623,6 +626,27 @@ impl Vmm {
     pub fn take_host_events(&self) -> Vec<HostEvent> {
         self.shared.pump();
         std::mem::take(&mut *lock(&self.shared.events))
+    }
+
+    /// Waits up to `timeout` until host events are queued (the guest's answers and the event
+    /// loop's timers produce them), then takes them; empty if none came.
+    pub fn wait_host_events(&self, timeout: Duration) -> Vec<HostEvent> {
+        self.shared.pump();
+        let deadline = Instant::now() + timeout;
+        let mut events = lock(&self.shared.events);
+        while events.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            events = self
+                .shared
+                .events_added
+                .wait_timeout(events, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        std::mem::take(&mut *events)
     }
 
     /// Lets the device expire offers now (the event loop also does this periodically).
@@ -868,6 +892,8 @@ fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
         let outcome = lock(vcpu).run_until(VCPU_THREAD_LIMIT, &shared.stop_flag);
         match outcome {
             Ok(RunOutcome::Halted) => {
+                // Hand out what the guest's requests produced (and close released backings).
+                shared.pump();
                 let mut rc = lock(&shared.run);
                 let stop = loop {
                     if rc.stop {
