@@ -84,3 +84,106 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 pub fn us(v: u64) -> usize {
     usize::try_from(v).expect("fits usize")
 }
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tagmem_device::{Clock, ExtentFlags, ExtentSpec, Perf, SourceClass};
+use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
+use uuid::Uuid;
+
+/// A clock the test advances by hand, so offers expire without waiting.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The runtime's default configuration with a manual clock.
+pub fn manual_config() -> (VmmConfig, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    let config = VmmConfig {
+        clock: clock.clone(),
+        ..VmmConfig::default()
+    };
+    (config, clock)
+}
+
+/// Boots the runtime with the test guest and waits for its driver, or prints why the test is
+/// skipped and returns `None`.
+pub fn vmm_or_skip(config: VmmConfig) -> Option<Vmm> {
+    if let Some(reason) = kvm_unavailable() {
+        println!("skipped: /dev/kvm not available ({reason})");
+        return None;
+    }
+    let vmm = Vmm::new(config).expect("start the VMM");
+    vmm.wait_ready().expect("guest driver activates the device");
+    Some(vmm)
+}
+
+/// Registers a fresh memfd of `size` bytes as backing `id`, filled from offset 0 with `fill`.
+pub fn vmm_memfd(vmm: &Vmm, id: u64, size: u64, fill: &[u8], lifetime: BackingLifetime) {
+    let b = Backing::memfd(&format!("e2e-{id}"), size).expect("memfd");
+    b.file_handle().write_all_at(fill, 0).expect("fill memfd");
+    vmm.register_backing(SourceId(id), b, lifetime)
+        .expect("register backing");
+}
+
+/// Writes `bytes` into backing `id` at `offset` from the host.
+pub fn vmm_host_write(vmm: &Vmm, id: u64, offset: u64, bytes: &[u8]) {
+    let m = vmm.mapper();
+    let m = m.lock();
+    m.backing(SourceId(id))
+        .expect("backing")
+        .file_handle()
+        .write_all_at(bytes, offset)
+        .expect("write");
+}
+
+/// Reads `len` bytes of backing `id` at `offset` from the host.
+pub fn vmm_host_read(vmm: &Vmm, id: u64, offset: u64, len: usize) -> Vec<u8> {
+    let m = vmm.mapper();
+    let m = m.lock();
+    let mut v = vec![0u8; len];
+    m.backing(SourceId(id))
+        .expect("backing")
+        .file_handle()
+        .read_exact_at(&mut v, offset)
+        .expect("read");
+    v
+}
+
+/// An extent of `length` bytes of backing `id` at offset 0, at a fixed guest address.
+pub fn spec(tag: Uuid, id: u64, gpa: u64, length: u64) -> ExtentSpec {
+    ExtentSpec {
+        tag,
+        length,
+        source: SourceRef {
+            id: SourceId(id),
+            offset: 0,
+        },
+        gpa: Some(gpa),
+        flags: ExtentFlags::default(),
+        perf: Perf::default(),
+        node: 0,
+        seq: 0,
+        class: SourceClass::File,
+    }
+}
+
+/// A recognisable pattern with no 0xff byte, so it cannot be mistaken for what unbacked guest
+/// memory reads as.
+pub fn leak_pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from((i * 31 + usize::from(seed)) % 251).expect("below 251"))
+        .collect()
+}
