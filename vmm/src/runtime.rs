@@ -233,31 +233,40 @@ impl Shared {
 
     /// Moves the device's host events to the runtime's queue and closes per-extent backings no
     /// extent uses any more. Returns the number of events moved.
+    ///
+    /// Runs under the device lock from start to end, so an offer cannot slip in between reading
+    /// the extent table and closing a backing, the backings of released extents are closed
+    /// before anyone can see their `Released` event, and events keep their order.
     fn pump(&self) -> usize {
-        let (events, in_use) = {
-            let mut t = lock(&self.transport);
-            let events = t.device_mut().take_host_events();
-            let in_use: BTreeSet<SourceId> = t.device().extents().iter().map(|e| e.source.id).collect();
-            (events, in_use)
-        };
+        let mut t = lock(&self.transport);
+        let events = t.device_mut().take_host_events();
         if events.is_empty() {
             return 0;
         }
+        let in_use: BTreeSet<SourceId> = t.device().extents().iter().map(|e| e.source.id).collect();
+        {
+            let mut backings = lock(&self.backings);
+            let done: Vec<SourceId> = backings
+                .iter()
+                .filter(|(id, e)| {
+                    e.lifetime == BackingLifetime::PerExtent && e.offered && !in_use.contains(id)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let mut mapper = self.mapper.lock();
+            for id in done {
+                // Dropping the backing closes its descriptor; its mappings went with the release.
+                if mapper.unregister_backing(id).is_ok() {
+                    backings.remove(&id);
+                }
+            }
+        }
+        // Published before the device lock is let go: a pump that finds nothing new can rely
+        // on every earlier event being in the queue already.
         let n = events.len();
         lock(&self.events).extend(events);
         self.events_added.notify_all();
-        let mut backings = lock(&self.backings);
-        let done: Vec<SourceId> = backings
-            .iter()
-            .filter(|(id, e)| e.lifetime == BackingLifetime::PerExtent && e.offered && !in_use.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in done {
-            // Dropping the backing closes its descriptor; its mappings went with the release.
-            if self.mapper.lock().unregister_backing(id).is_ok() {
-                backings.remove(&id);
-            }
-        }
+        drop(t);
         n
     }
 

@@ -43,6 +43,8 @@ fn guest_reads_and_writes_memfd_mapping() {
     let Some(mut g) = boot_or_skip(VmConfig::default()) else {
         return;
     };
+    // The guest's boot-time probe for a virtio-mmio device reads unbacked memory once.
+    let unmapped_at_boot = g.vcpu.stats().unmapped_reads;
     add_memfd(&g, 1, 64 * MIB);
     let data = pattern(4096, 7);
     host_write(&g, 1, 2 * MIB, &data);
@@ -60,7 +62,7 @@ fn guest_reads_and_writes_memfd_mapping() {
         Report::Wrote { .. }
     ));
     assert_eq!(host_read(&g, 1, 2 * MIB + 8192, 16), vec![0x5a; 16]);
-    assert_eq!(g.vcpu.stats().unmapped_reads, 0);
+    assert_eq!(g.vcpu.stats().unmapped_reads, unmapped_at_boot);
 }
 
 #[test]
