@@ -936,3 +936,19 @@ fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
     let _control = lock(&shared.control);
     shared.control_done.notify_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_puts_a_valid_window_inside_the_identity_map() {
+        let c = VmmConfig::default();
+        c.device.validate().unwrap();
+        let w = c.device.tagged.unwrap();
+        assert_eq!(w.addr, layout::TAGGED_WINDOW_BASE);
+        assert_eq!(w.addr + w.size, c.vm.identity_limit);
+        assert!(w.addr >= layout::MMIO_END && w.addr >= c.vm.boot_ram_size);
+        assert!(format!("{c:?}").contains("timer_period"));
+    }
+}

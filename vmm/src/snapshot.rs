@@ -194,3 +194,43 @@ impl Vmm {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::BootMemory;
+    use tagmem_device::{DeviceConfig, MapperError, Mapping, MemoryMapper, MonotonicClock, NoopNotifier};
+
+    struct NoMapper;
+    impl MemoryMapper for NoMapper {
+        fn map(&mut self, _m: &Mapping) -> Result<(), MapperError> {
+            Ok(())
+        }
+        fn unmap(&mut self, _m: &Mapping) -> Result<(), MapperError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn restore_rejects_boot_ram_of_the_wrong_size_before_touching_kvm() {
+        let device = TaggedMemDevice::<BootMemory>::new(
+            DeviceConfig::default(),
+            Box::new(NoMapper),
+            Arc::new(NoopNotifier),
+            Arc::new(MonotonicClock::default()),
+        )
+        .unwrap();
+        let snap = VmSnapshot {
+            vm: VmConfig::default(),
+            boot_ram: vec![0; 4096],
+            vcpu: VcpuState::default(),
+            transport: MmioTransportState::default(),
+            device: device.snapshot(),
+            backings: Vec::new(),
+            control: (0, 0),
+            console: String::new(),
+        };
+        let err = Vmm::restore(VmmConfig::default(), &snap).unwrap_err();
+        assert!(matches!(err, VmmError::Snapshot(_)), "{err}");
+    }
+}
