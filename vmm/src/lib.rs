@@ -6,6 +6,7 @@
 //! memslots over registered [`Backing`]s. [`test_guest`] boots the bundled bare-metal test guest;
 //! [`Vmm`] runs it with the tagged device, a vCPU thread and an event loop, and snapshots it.
 
+pub mod api;
 pub mod backing;
 pub mod bus;
 pub mod config;

@@ -1,0 +1,1451 @@
+//! The control API of docs/interface.md: HTTP/1.1 with JSON bodies on a Unix socket, served as an
+//! `event-manager` subscriber in the runtime's event loop, and the small client the CLI uses.
+//!
+//! | method and path | body | answer |
+//! | --- | --- | --- |
+//! | `GET /api/v1/vmm.ping` | — | `200` [`PingInfo`] |
+//! | `PUT /api/v1/vm.add-tagged-memory` | [`AddTaggedMemory`] | `200` [`AddReply`] |
+//! | `PUT /api/v1/vm.release-tagged-memory` | [`ReleaseTaggedMemory`] | `204` |
+//! | `GET /api/v1/vm.tagged-memory` | — | `200` `[`[`ExtentRow`]`, ...]` |
+//!
+//! Requests are parsed with `httparse` within fixed bounds ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`],
+//! [`MAX_BODY_BYTES`]); every error answers with a status and `{"error": "<message>"}` naming
+//! the field at fault. The server never blocks the event loop: sockets are non-blocking and
+//! answers that do not fit the socket buffer are finished when it drains. What a request does is
+//! behind [`ApiBackend`]; [`TaggedMemoryControl`] implements it on a running [`Vmm`].
+
+use crate::backing::Backing;
+use crate::config::{
+    group_chains, ConfigError, ExtentPlan, OptionError, Resolver, TaggedMemoryConfig, GENERATED_ID_PREFIX,
+};
+use crate::runtime::{BackingLifetime, Vmm};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tagmem_device::{ControlError, ExtentInfo, SourceId, Target};
+use uuid::Uuid;
+
+/// Path prefix of every endpoint.
+pub const API_PREFIX: &str = "/api/v1/";
+/// `GET`: is the VMM alive.
+pub const PING: &str = "/api/v1/vmm.ping";
+/// `PUT`: offer one chain of tagged extents.
+pub const ADD_TAGGED_MEMORY: &str = "/api/v1/vm.add-tagged-memory";
+/// `PUT`: request the release of a tag group or an extent.
+pub const RELEASE_TAGGED_MEMORY: &str = "/api/v1/vm.release-tagged-memory";
+/// `GET`: the extent table.
+pub const TAGGED_MEMORY: &str = "/api/v1/vm.tagged-memory";
+/// Largest request head (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 8 << 10;
+/// Most headers in one request.
+pub const MAX_HEADERS: usize = 32;
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 256 << 10;
+/// Most connections served at once; further ones are closed on accept.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Why a request failed; each maps to one HTTP status.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something invalid (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such endpoint (404).
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    /// The endpoint exists but not for this method (405).
+    #[error("{path} does not accept {method}; use {allow}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The endpoint.
+        path: String,
+        /// The method it accepts.
+        allow: &'static str,
+    },
+    /// The body is larger than [`MAX_BODY_BYTES`] (413).
+    #[error("request body of {0} bytes exceeds the limit of {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge(usize),
+    /// The request head is larger than [`MAX_HEAD_BYTES`] or has too many headers (431).
+    #[error("request head exceeds {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers")]
+    HeadTooLarge,
+    /// The guest's driver is not ready for tagged capacity (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The VMM failed to carry out a valid request (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PayloadTooLarge(_) => 413,
+            ApiError::HeadTooLarge => 431,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<OptionError> for ApiError {
+    fn from(e: OptionError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotReady => ApiError::Unavailable(e.to_string()),
+            e => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// Body of `PUT /api/v1/vm.add-tagged-memory`: one offer chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddTaggedMemory {
+    /// The extents, in chain order.
+    pub extents: Vec<TaggedMemoryConfig>,
+}
+
+/// Body of `PUT /api/v1/vm.release-tagged-memory`: exactly one of the fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseTaggedMemory {
+    /// Release every extent carrying this tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<Uuid>,
+    /// Release this extent (for tagged capacity: its whole tag group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extent_id: Option<u64>,
+}
+
+impl ReleaseTaggedMemory {
+    /// The device target this names.
+    pub fn target(&self) -> Result<Target, ApiError> {
+        match (self.tag, self.extent_id) {
+            (Some(tag), None) if tag.is_nil() => Err(ApiError::BadRequest(
+                "tag: the nil UUID names no tag group; release untagged capacity by extent_id".into(),
+            )),
+            (Some(tag), None) => Ok(Target::Tag(tag)),
+            (None, Some(id)) => Ok(Target::Extent(id)),
+            _ => Err(ApiError::BadRequest(
+                "give exactly one of \"tag\" and \"extent_id\"".into(),
+            )),
+        }
+    }
+}
+
+/// One offered extent in an [`AddReply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedExtent {
+    /// The extent's name (the `id=` given, or a generated `_tagmemN`).
+    pub id: String,
+    /// The device's extent id.
+    pub extent_id: u64,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// Answer of `PUT /api/v1/vm.add-tagged-memory`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddReply {
+    /// The chain's id.
+    pub chain_id: u64,
+    /// The extents in chain order.
+    pub extents: Vec<AddedExtent>,
+}
+
+/// One row of `GET /api/v1/vm.tagged-memory`: the device's [`ExtentInfo`] with the extent's name
+/// and backing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentRow {
+    /// The extent's name.
+    pub name: String,
+    /// Its backing (`memfd`, a file, `/dev/daxX.Y`).
+    pub path: String,
+    /// The device's view.
+    #[serde(flatten)]
+    pub info: ExtentInfo,
+}
+
+/// Answer of `GET /api/v1/vmm.ping`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingInfo {
+    /// Version of the VMM.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Whether the guest's driver has enabled tagged extents.
+    pub device_ready: bool,
+}
+
+/// What the API's requests do; [`TaggedMemoryControl`] implements it on a [`Vmm`].
+pub trait ApiBackend: Send + Sync {
+    /// `GET vmm.ping`.
+    fn ping(&self) -> PingInfo;
+    /// `PUT vm.add-tagged-memory`: offers `extents` as one chain.
+    fn add_tagged_memory(&self, extents: &[TaggedMemoryConfig]) -> Result<AddReply, ApiError>;
+    /// `PUT vm.release-tagged-memory`.
+    fn release_tagged_memory(&self, target: Target) -> Result<(), ApiError>;
+    /// `GET vm.tagged-memory`.
+    fn tagged_memory(&self) -> Vec<ExtentRow>;
+}
+
+/// A parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `PUT`, ...
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// An answer ready to be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// JSON body; empty for 204.
+    pub body: String,
+    /// `Allow` header for 405.
+    pub allow: Option<&'static str>,
+}
+
+impl HttpResponse {
+    fn json<T: Serialize>(status: u16, value: &T) -> Self {
+        match serde_json::to_string(value) {
+            Ok(body) => HttpResponse {
+                status,
+                body,
+                allow: None,
+            },
+            Err(e) => Self::error(&ApiError::Internal(format!("encoding the answer: {e}"))),
+        }
+    }
+
+    /// The answer for `err`: its status and `{"error": "..."}`.
+    pub fn error(err: &ApiError) -> Self {
+        let allow = match err {
+            ApiError::MethodNotAllowed { allow, .. } => Some(*allow),
+            _ => None,
+        };
+        HttpResponse {
+            status: err.status(),
+            body: serde_json::json!({ "error": err.to_string() }).to_string(),
+            allow,
+        }
+    }
+
+    /// The bytes on the wire; the server closes the connection after each answer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if let Some(allow) = self.allow {
+            head.push_str(&format!("Allow: {allow}\r\n"));
+        }
+        if !self.body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// The request line and headers of a request, once complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Head {
+    method: String,
+    path: String,
+    head_len: usize,
+    body_len: usize,
+    expect_continue: bool,
+}
+
+/// Parses the head of the request at the start of `buf`; `None` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => n,
+        Ok(httparse::Status::Complete(_)) => return Err(ApiError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(ApiError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ApiError::HeadTooLarge),
+        Err(e) => return Err(ApiError::BadRequest(format!("malformed HTTP request: {e}"))),
+    };
+    let method = req.method.unwrap_or_default().to_string();
+    let path = req.path.unwrap_or_default();
+    let path = path.split_once('?').map_or(path, |(p, _)| p).to_string();
+    let mut body_len = 0;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body_len = value
+                .parse::<usize>()
+                .ok()
+                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| ApiError::BadRequest(format!("Content-Length: {value:?} is not a number")))?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ApiError::BadRequest(format!(
+                "Transfer-Encoding: {value}: not supported; send Content-Length"
+            )));
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.eq_ignore_ascii_case("100-continue");
+        }
+    }
+    if body_len > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(body_len));
+    }
+    Ok(Some(Head {
+        method,
+        path,
+        head_len,
+        body_len,
+        expect_continue,
+    }))
+}
+
+/// Parses one complete request from `buf`; `None` while head or body are incomplete.
+pub fn parse_request(buf: &[u8]) -> Result<Option<HttpRequest>, ApiError> {
+    let Some(head) = parse_head(buf)? else {
+        return Ok(None);
+    };
+    let end = head.head_len + head.body_len;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some(HttpRequest {
+        method: head.method,
+        path: head.path,
+        body: buf[head.head_len..end].to_vec(),
+    }))
+}
+
+/// What a request asks for, once routed and its body decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET vmm.ping`.
+    Ping,
+    /// `PUT vm.add-tagged-memory`.
+    Add(AddTaggedMemory),
+    /// `PUT vm.release-tagged-memory`.
+    Release(Target),
+    /// `GET vm.tagged-memory`.
+    List,
+}
+
+/// Decodes a JSON object into `T`, naming the field at fault: each member is first decoded on
+/// its own (every field of the API's objects but `extents` is optional), so a type error or an
+/// unknown field reads `<prefix><field>: <error>`.
+/// `label` names the object as a whole.
+fn decode_object<T: DeserializeOwned>(value: Value, label: &str, prefix: &str) -> Result<T, ApiError> {
+    let Value::Object(members) = &value else {
+        return Err(ApiError::BadRequest(format!("{label}: expected a JSON object")));
+    };
+    for (key, member) in members {
+        let alone = Value::Object(Map::from_iter([(key.clone(), member.clone())]));
+        if let Err(e) = serde_json::from_value::<T>(alone) {
+            if !e.to_string().starts_with("missing field") {
+                return Err(ApiError::BadRequest(format!("{prefix}{key}: {e}")));
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("{label}: {e}")))
+}
+
+/// Parses a request body as JSON.
+fn parse_body(body: &[u8], what: &str) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(format!("{what}: a JSON body is required")));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("{what}: malformed JSON: {e}")))
+}
+
+/// Decodes the body of `vm.add-tagged-memory`, naming the extent and field at fault.
+pub fn decode_add(body: &[u8]) -> Result<AddTaggedMemory, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        extents: Vec<Value>,
+    }
+    let raw: Raw = decode_object(
+        parse_body(body, "vm.add-tagged-memory")?,
+        "vm.add-tagged-memory",
+        "",
+    )?;
+    if raw.extents.is_empty() {
+        return Err(ApiError::BadRequest(
+            "extents: empty; give at least one extent".into(),
+        ));
+    }
+    let mut extents = Vec::with_capacity(raw.extents.len());
+    for (i, e) in raw.extents.into_iter().enumerate() {
+        let c: TaggedMemoryConfig = decode_object(e, &format!("extents[{i}]"), &format!("extents[{i}]."))?;
+        c.validate()
+            .map_err(|err| ApiError::BadRequest(format!("extents[{i}]: {err}")))?;
+        extents.push(c);
+    }
+    Ok(AddTaggedMemory { extents })
+}
+
+/// Maps a request to what it asks for: 404 for unknown paths, 405 for wrong methods, 400 for
+/// bodies that do not decode or validate (the message names the field).
+pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
+    let (allow, path) = match req.path.as_str() {
+        PING => ("GET", PING),
+        TAGGED_MEMORY => ("GET", TAGGED_MEMORY),
+        ADD_TAGGED_MEMORY => ("PUT", ADD_TAGGED_MEMORY),
+        RELEASE_TAGGED_MEMORY => ("PUT", RELEASE_TAGGED_MEMORY),
+        other => return Err(ApiError::NotFound(other.to_string())),
+    };
+    if req.method != allow {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method.clone(),
+            path: path.to_string(),
+            allow,
+        });
+    }
+    match path {
+        PING => Ok(ApiRequest::Ping),
+        TAGGED_MEMORY => Ok(ApiRequest::List),
+        ADD_TAGGED_MEMORY => Ok(ApiRequest::Add(decode_add(&req.body)?)),
+        _ => {
+            let body = parse_body(&req.body, "vm.release-tagged-memory")?;
+            let rel: ReleaseTaggedMemory = decode_object(body, "vm.release-tagged-memory", "")?;
+            Ok(ApiRequest::Release(rel.target()?))
+        }
+    }
+}
+
+/// Answers one request with `backend`.
+pub fn handle(backend: &dyn ApiBackend, req: &HttpRequest) -> HttpResponse {
+    let answer = route(req).and_then(|r| match r {
+        ApiRequest::Ping => Ok(HttpResponse::json(200, &backend.ping())),
+        ApiRequest::List => Ok(HttpResponse::json(200, &backend.tagged_memory())),
+        ApiRequest::Add(add) => backend
+            .add_tagged_memory(&add.extents)
+            .map(|r| HttpResponse::json(200, &r)),
+        ApiRequest::Release(target) => backend.release_tagged_memory(target).map(|()| HttpResponse {
+            status: 204,
+            body: String::new(),
+            allow: None,
+        }),
+    });
+    answer.unwrap_or_else(|e| HttpResponse::error(&e))
+}
+
+/// One client connection.
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    continue_sent: bool,
+    answered: bool,
+}
+
+/// What to do with a connection after an event.
+enum Next {
+    /// Wait for more input.
+    Read,
+    /// Wait until the socket can take more output.
+    Write,
+    /// Done (answered, closed by the peer, or failed): remove it.
+    Close,
+}
+
+impl Conn {
+    fn new(stream: UnixStream) -> Self {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            continue_sent: false,
+            answered: false,
+        }
+    }
+
+    /// Reads what is available and answers once a request is complete.
+    fn on_readable(&mut self, backend: &dyn ApiBackend) -> Next {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Next::Close,
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    if let Some(next) = self.progress(backend) {
+                        return next;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Next::Close,
+            }
+        }
+    }
+
+    /// Parses what has arrived; answers when complete or malformed. `None`: keep reading.
+    fn progress(&mut self, backend: &dyn ApiBackend) -> Option<Next> {
+        let response = match parse_head(&self.input) {
+            Ok(None) => return None,
+            Ok(Some(head)) => {
+                let end = head.head_len + head.body_len;
+                if self.input.len() < end {
+                    if head.expect_continue && !self.continue_sent {
+                        self.continue_sent = true;
+                        self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        return Some(self.flush());
+                    }
+                    return None;
+                }
+                let req = HttpRequest {
+                    method: head.method,
+                    path: head.path,
+                    body: self.input[head.head_len..end].to_vec(),
+                };
+                handle(backend, &req)
+            }
+            Err(e) => HttpResponse::error(&e),
+        };
+        self.answered = true;
+        self.output.extend_from_slice(&response.to_bytes());
+        Some(self.flush())
+    }
+
+    /// Writes pending output; after the answer is out, the connection is done.
+    fn flush(&mut self) -> Next {
+        while self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return Next::Close,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Write,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Next::Close,
+            }
+        }
+        if self.answered {
+            Next::Close
+        } else {
+            Next::Read
+        }
+    }
+}
+
+/// Errors setting up the API socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSocketError {
+    /// Another VMM answers on the socket already.
+    #[error("--api-socket: path={0}: another process is listening on it")]
+    InUse(PathBuf),
+    /// Binding or configuring the socket failed.
+    #[error("--api-socket: path={path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The bound API socket; the socket file is removed when it is dropped.
+#[derive(Debug)]
+pub struct ApiSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiSocket {
+    /// Listens on `path`. A stale socket file (nobody answers on it) is replaced; a live one is an
+    /// error. Bind before the VM starts, so a bad path fails early.
+    pub fn bind(path: &Path) -> Result<Self, ApiSocketError> {
+        let bind_err = |source| ApiSocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ApiSocketError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(ApiSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The HTTP server: the listener and its connections, run by the event loop as a subscriber.
+pub struct ApiServer {
+    socket: ApiSocket,
+    conns: HashMap<RawFd, Conn>,
+    backend: Arc<dyn ApiBackend>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("socket", &self.socket)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Serves `backend` on `socket`.
+    pub fn new(socket: ApiSocket, backend: Arc<dyn ApiBackend>) -> Self {
+        ApiServer {
+            socket,
+            conns: HashMap::new(),
+            backend,
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.socket.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
+                        continue; // Dropping the stream closes it.
+                    }
+                    let fd = stream.as_raw_fd();
+                    if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
+                        self.conns.insert(fd, Conn::new(stream));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    eprintln!("tagmem-vmm: api: accept on {} failed: {e}", self.path().display());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        let next = if set.contains(EventSet::ERROR) {
+            Next::Close
+        } else if set.contains(EventSet::OUT) {
+            conn.flush()
+        } else {
+            conn.on_readable(self.backend.as_ref())
+        };
+        let interest = match next {
+            Next::Read => EventSet::IN,
+            Next::Write => EventSet::OUT,
+            Next::Close => {
+                if let Some(conn) = self.conns.remove(&fd) {
+                    let _ = ops.remove(Events::empty(&conn.stream));
+                }
+                return;
+            }
+        };
+        if ops.modify(Events::new(&conn.stream, interest)).is_err() {
+            if let Some(conn) = self.conns.remove(&fd) {
+                let _ = ops.remove(Events::empty(&conn.stream));
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.socket.listener.as_raw_fd() {
+            if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                eprintln!(
+                    "tagmem-vmm: api: listener on {} failed; API closed",
+                    self.path().display()
+                );
+                let _ = ops.remove(events);
+                return;
+            }
+            self.accept(ops);
+        } else {
+            self.on_conn(events.fd(), events.event_set(), ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.socket.listener, EventSet::IN)) {
+            eprintln!(
+                "tagmem-vmm: api: registering {} failed: {e}",
+                self.path().display()
+            );
+        }
+    }
+}
+
+/// A chain whose backings are open, ready to be offered once the VM runs.
+#[derive(Debug)]
+pub struct PreparedChain {
+    extents: Vec<(ExtentPlan, Backing)>,
+}
+
+impl PreparedChain {
+    /// Plans and opens the backings of `configs` as one chain. Sequence numbers of sharable
+    /// groups follow the order within each tag. Errors are attributed to `label` (the option or
+    /// API field).
+    pub fn prepare(
+        resolver: &Resolver,
+        configs: &[TaggedMemoryConfig],
+        label: &str,
+    ) -> Result<Self, OptionError> {
+        let mut seqs: BTreeMap<Uuid, u16> = BTreeMap::new();
+        let mut extents = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let err = |e| {
+                OptionError::new(
+                    if configs.len() > 1 {
+                        format!("{label}[{i}]")
+                    } else {
+                        label.into()
+                    },
+                    e,
+                )
+            };
+            let seq = if c.shared {
+                let next = seqs.entry(c.tag()).or_insert(0);
+                let seq = *next;
+                *next = next
+                    .checked_add(1)
+                    .ok_or_else(|| err(ConfigError::GroupTooLarge { tag: c.tag() }))?;
+                seq
+            } else {
+                0
+            };
+            let plan = resolver.plan(c, seq).map_err(err)?;
+            let name =
+                c.id.clone()
+                    .unwrap_or_else(|| format!("{}{}", GENERATED_ID_PREFIX, i));
+            let backing = plan.open(&format!("tagmem:{name}")).map_err(err)?;
+            extents.push((plan, backing));
+        }
+        Ok(PreparedChain { extents })
+    }
+
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// True if the chain has no extent.
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+}
+
+/// Name and backing of an extent the control offered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Named {
+    name: String,
+    path: String,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    names: BTreeMap<u64, Named>,
+    next_name: u64,
+    next_source: u64,
+}
+
+/// Adds and releases tagged capacity on a running [`Vmm`] as the API and the command line ask:
+/// resolves, opens and registers backings (closed again once their extents are gone), offers the
+/// chains, and remembers each extent's name.
+pub struct TaggedMemoryControl {
+    vmm: Arc<Vmm>,
+    resolver: Resolver,
+    state: Mutex<ControlState>,
+}
+
+impl std::fmt::Debug for TaggedMemoryControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaggedMemoryControl")
+            .field("resolver", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// First backing id the control allocates, clear of ids a test might register by hand.
+const FIRST_SOURCE_ID: u64 = 1 << 32;
+
+impl TaggedMemoryControl {
+    /// Controls `vmm`, resolving tags through `resolver`.
+    pub fn new(vmm: Arc<Vmm>, resolver: Resolver) -> Self {
+        TaggedMemoryControl {
+            vmm,
+            resolver,
+            state: Mutex::new(ControlState {
+                next_source: FIRST_SOURCE_ID,
+                ..ControlState::default()
+            }),
+        }
+    }
+
+    /// The VMM.
+    pub fn vmm(&self) -> &Arc<Vmm> {
+        &self.vmm
+    }
+
+    fn state(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The name of extent `extent_id`, if the control offered it.
+    pub fn name_of(&self, extent_id: u64) -> Option<String> {
+        self.state().names.get(&extent_id).map(|n| n.name.clone())
+    }
+
+    /// Registers the backings of `chain`, offers it, and names its extents.
+    pub fn offer(&self, chain: PreparedChain) -> Result<AddReply, ApiError> {
+        let mut state = self.state();
+        let live: Vec<u64> = self.vmm.extents().iter().map(|e| e.id).collect();
+        state.names.retain(|id, _| live.contains(id));
+        for (plan, _) in &chain.extents {
+            if let Some(id) = &plan.id {
+                if state.names.values().any(|n| &n.name == id) {
+                    return Err(ApiError::BadRequest(
+                        ConfigError::DuplicateId { id: id.clone() }.to_string(),
+                    ));
+                }
+            }
+        }
+        let mut registered: Vec<SourceId> = Vec::new();
+        let mut specs = Vec::new();
+        let mut named = Vec::new();
+        let unregister = |ids: &[SourceId]| {
+            for id in ids {
+                let _ = self.vmm.unregister_backing(*id);
+            }
+        };
+        for (plan, backing) in chain.extents {
+            let mut id = SourceId(state.next_source);
+            while self.vmm.has_backing(id) {
+                id = SourceId(id.0.wrapping_add(1));
+            }
+            state.next_source = id.0.wrapping_add(1);
+            if let Err(e) = self.vmm.register_backing(id, backing, BackingLifetime::PerExtent) {
+                unregister(&registered);
+                return Err(ApiError::Internal(format!("registering the backing: {e}")));
+            }
+            registered.push(id);
+            specs.push(plan.spec(id));
+            named.push((plan.id.clone(), plan.backing_name(), plan.length));
+        }
+        let receipt = match self.vmm.offer(&specs) {
+            Ok(r) => r,
+            Err(e) => {
+                unregister(&registered);
+                return Err(e.into());
+            }
+        };
+        let mut extents = Vec::new();
+        for ((extent_id, gpa), (id, path, size)) in receipt.extents.into_iter().zip(named) {
+            let name = id.unwrap_or_else(|| {
+                let n = format!("{GENERATED_ID_PREFIX}{}", state.next_name);
+                state.next_name += 1;
+                n
+            });
+            state.names.insert(
+                extent_id,
+                Named {
+                    name: name.clone(),
+                    path,
+                },
+            );
+            extents.push(AddedExtent {
+                id: name,
+                extent_id,
+                gpa,
+                size,
+            });
+        }
+        Ok(AddReply {
+            chain_id: receipt.chain_id,
+            extents,
+        })
+    }
+}
+
+impl ApiBackend for TaggedMemoryControl {
+    fn ping(&self) -> PingInfo {
+        PingInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            device_ready: self.vmm.device_ready(),
+        }
+    }
+
+    fn add_tagged_memory(&self, extents: &[TaggedMemoryConfig]) -> Result<AddReply, ApiError> {
+        group_chains(extents).map_err(|e| ApiError::BadRequest(format!("extents: {}", e.error)))?;
+        let chain = PreparedChain::prepare(&self.resolver, extents, "extents")?;
+        self.offer(chain)
+    }
+
+    fn release_tagged_memory(&self, target: Target) -> Result<(), ApiError> {
+        let field = match target {
+            Target::Tag(_) => "tag",
+            Target::Extent(_) => "extent_id",
+        };
+        self.vmm
+            .request_release(target)
+            .map(|_| ())
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::BadRequest(m) => ApiError::BadRequest(format!("{field}: {m}")),
+                other => other,
+            })
+    }
+
+    fn tagged_memory(&self) -> Vec<ExtentRow> {
+        let state = self.state();
+        self.vmm
+            .extents()
+            .into_iter()
+            .map(|info| {
+                let (name, path) = match state.names.get(&info.id) {
+                    Some(n) => (n.name.clone(), n.path.clone()),
+                    None => (String::new(), String::new()),
+                };
+                ExtentRow { name, path, info }
+            })
+            .collect()
+    }
+}
+
+/// Errors of the API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to or talking over the socket failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The answer is not valid HTTP.
+    #[error("{path}: malformed answer: {reason}")]
+    Malformed {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Sends one request over the Unix socket at `socket` and returns the status and body.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), ClientError> {
+    let io_err = |source| ClientError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io_err)?;
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(req.as_bytes()).map_err(io_err)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(io_err)?;
+    parse_response(&answer).map_err(|reason| ClientError::Malformed {
+        path: socket.to_path_buf(),
+        reason,
+    })
+}
+
+/// Indents compact JSON text two spaces per level, keeping the order of members as sent.
+pub fn indent_json(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    let mut chars = compact.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                let close = if c == '{' { '}' } else { ']' };
+                if chars.peek() == Some(&close) {
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Splits an HTTP answer into status and body, skipping `100 Continue`.
+pub fn parse_response(mut bytes: &[u8]) -> Result<(u16, String), String> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(bytes) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Err("truncated".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = resp.code.ok_or("no status")?;
+        if status == 100 {
+            bytes = &bytes[n..];
+            continue;
+        }
+        let len = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        let rest = &bytes[n..];
+        let body = match len {
+            Some(len) => rest.get(..len).ok_or("body shorter than Content-Length")?,
+            None => rest,
+        };
+        return Ok((status, String::from_utf8_lossy(body).into_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const TAG: &str = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
+
+    /// Records what it was asked and answers with fixed values.
+    #[derive(Default)]
+    struct Fake {
+        adds: Mutex<Vec<Vec<TaggedMemoryConfig>>>,
+        releases: Mutex<Vec<Target>>,
+        next: AtomicU64,
+    }
+
+    impl ApiBackend for Fake {
+        fn ping(&self) -> PingInfo {
+            PingInfo {
+                version: "test".into(),
+                pid: 1,
+                device_ready: true,
+            }
+        }
+
+        fn add_tagged_memory(&self, extents: &[TaggedMemoryConfig]) -> Result<AddReply, ApiError> {
+            self.adds.lock().unwrap().push(extents.to_vec());
+            let chain_id = self.next.fetch_add(1, Ordering::SeqCst);
+            Ok(AddReply {
+                chain_id,
+                extents: extents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| AddedExtent {
+                        id: e.id.clone().unwrap_or_else(|| format!("_tagmem{i}")),
+                        extent_id: u64::try_from(i).unwrap(),
+                        gpa: 1 << 32,
+                        size: e.size.unwrap_or(0),
+                    })
+                    .collect(),
+            })
+        }
+
+        fn release_tagged_memory(&self, target: Target) -> Result<(), ApiError> {
+            if target == Target::Extent(99) {
+                return Err(ApiError::BadRequest(
+                    "extent_id: no such extent or tag: 99".into(),
+                ));
+            }
+            self.releases.lock().unwrap().push(target);
+            Ok(())
+        }
+
+        fn tagged_memory(&self) -> Vec<ExtentRow> {
+            Vec::new()
+        }
+    }
+
+    fn req(method: &str, path: &str, body: &str) -> Vec<u8> {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn answer(fake: &Fake, raw: &[u8]) -> (u16, serde_json::Value) {
+        let r = match parse_request(raw) {
+            Ok(Some(r)) => handle(fake, &r),
+            Ok(None) => panic!("incomplete"),
+            Err(e) => HttpResponse::error(&e),
+        };
+        let v = if r.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&r.body).unwrap()
+        };
+        (r.status, v)
+    }
+
+    fn error_of(v: &serde_json::Value) -> &str {
+        v["error"].as_str().unwrap()
+    }
+
+    #[test]
+    fn parse_waits_for_head_and_body() {
+        let full = req("PUT", ADD_TAGGED_MEMORY, r#"{"extents":[]}"#);
+        for cut in [0, 10, full.len() - 1] {
+            assert_eq!(parse_request(&full[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        let r = parse_request(&full).unwrap().unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", ADD_TAGGED_MEMORY));
+        assert_eq!(r.body, br#"{"extents":[]}"#);
+        let r = parse_request(b"GET /api/v1/vmm.ping?x=1 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.path.as_str(), r.body.len()), (PING, 0));
+    }
+
+    #[test]
+    fn parse_bounds_and_malformed_heads() {
+        assert!(matches!(
+            parse_request(b"GARBAGE\x01 / HTTP/1.1\r\n\r\n"),
+            Err(ApiError::BadRequest(m)) if m.starts_with("malformed HTTP request")
+        ));
+        let big = format!(
+            "PUT {ADD_TAGGED_MEMORY} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        let e = parse_request(big.as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "request body of {} bytes exceeds the limit of {MAX_BODY_BYTES} bytes",
+                MAX_BODY_BYTES + 1
+            )
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse_request(long.as_bytes()).unwrap_err().status(), 431);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_request(many.as_bytes()).unwrap_err().status(), 431);
+        let e = parse_request(b"PUT / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n").unwrap_err();
+        assert_eq!(e.to_string(), "Content-Length: \"1x\" is not a number");
+        let e = parse_request(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Transfer-Encoding: chunked: not supported; send Content-Length"
+        );
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        let f = Fake::default();
+        let (s, v) = answer(&f, &req("GET", PING, ""));
+        assert_eq!((s, v["device_ready"].as_bool()), (200, Some(true)));
+        let (s, v) = answer(&f, &req("GET", "/api/v1/vm.boot", ""));
+        assert_eq!((s, error_of(&v)), (404, "no such endpoint: /api/v1/vm.boot"));
+        let (s, v) = answer(&f, &req("GET", ADD_TAGGED_MEMORY, ""));
+        assert_eq!(
+            (s, error_of(&v)),
+            (405, "/api/v1/vm.add-tagged-memory does not accept GET; use PUT")
+        );
+        let (s, _) = answer(&f, &req("PUT", TAGGED_MEMORY, ""));
+        assert_eq!(s, 405);
+        let (s, v) = answer(&f, &req("GET", TAGGED_MEMORY, ""));
+        assert_eq!((s, v), (200, serde_json::json!([])));
+        let e = ApiError::MethodNotAllowed {
+            method: "GET".into(),
+            path: PING.into(),
+            allow: "PUT",
+        };
+        let wire = String::from_utf8(HttpResponse::error(&e).to_bytes()).unwrap();
+        assert!(
+            wire.starts_with("HTTP/1.1 405 Method Not Allowed\r\nAllow: PUT\r\n"),
+            "{wire}"
+        );
+    }
+
+    #[test]
+    fn add_decodes_and_validates_the_body() {
+        let f = Fake::default();
+        let body = format!(r#"{{"extents":[{{"tag":"{TAG}","path":"memfd","size":4194304,"id":"tm0"}}]}}"#);
+        let (s, v) = answer(&f, &req("PUT", ADD_TAGGED_MEMORY, &body));
+        assert_eq!(s, 200);
+        assert_eq!(v["extents"][0]["id"], "tm0");
+        assert_eq!(v["extents"][0]["size"], 4194304);
+        assert_eq!(f.adds.lock().unwrap()[0][0].tag, Some(TAG.parse().unwrap()));
+
+        let cases = [
+            ("", "vm.add-tagged-memory: a JSON body is required"),
+            (
+                "{",
+                "vm.add-tagged-memory: malformed JSON: EOF while parsing an object",
+            ),
+            ("[]", "vm.add-tagged-memory: expected a JSON object"),
+            ("{}", "vm.add-tagged-memory: missing field `extents`"),
+            (r#"{"extents":[]}"#, "extents: empty; give at least one extent"),
+            (
+                r#"{"extents":{}}"#,
+                "extents: invalid type: map, expected a sequence",
+            ),
+            (
+                r#"{"extents":[{"size":2097152}],"x":1}"#,
+                "x: unknown field `x`, expected `extents`",
+            ),
+            (r#"{"extents":[7]}"#, "extents[0]: expected a JSON object"),
+            (
+                r#"{"extents":[{"size":2097152},{"size":3145728}]}"#,
+                "extents[1]: size=3M: not a multiple of 2 MiB",
+            ),
+            (
+                r#"{"extents":[{"size":2097152,"shared":true}]}"#,
+                "extents[0]: shared=on: sharable capacity needs a tag=<uuid>",
+            ),
+            (
+                r#"{"extents":[{"size":"2M"}]}"#,
+                "extents[0].size: invalid type: string \"2M\", expected u64",
+            ),
+            (
+                r#"{"extents":[{"size":2097152,"node":70000}]}"#,
+                "extents[0].node: invalid value: integer `70000`, expected u16",
+            ),
+            (
+                r#"{"extents":[{"tag":"nope","size":2097152}]}"#,
+                "extents[0].tag: UUID parsing failed",
+            ),
+            (
+                r#"{"extents":[{"size":2097152,"colour":1}]}"#,
+                "extents[0].colour: unknown field `colour`, expected one of `tag`, `path`",
+            ),
+        ];
+        for (body, msg) in cases {
+            let (s, v) = answer(&f, &req("PUT", ADD_TAGGED_MEMORY, body));
+            assert_eq!(s, 400, "{body}");
+            assert!(error_of(&v).starts_with(msg), "{body}: {v}");
+        }
+        assert_eq!(f.adds.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn release_takes_exactly_one_target() {
+        let f = Fake::default();
+        let (s, v) = answer(
+            &f,
+            &req("PUT", RELEASE_TAGGED_MEMORY, &format!(r#"{{"tag":"{TAG}"}}"#)),
+        );
+        assert_eq!((s, v), (204, serde_json::Value::Null));
+        let (s, _) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, r#"{"extent_id":7}"#));
+        assert_eq!(s, 204);
+        assert_eq!(
+            *f.releases.lock().unwrap(),
+            vec![Target::Tag(TAG.parse().unwrap()), Target::Extent(7)]
+        );
+        let both = format!(r#"{{"tag":"{TAG}","extent_id":7}}"#);
+        for body in ["{}", both.as_str()] {
+            let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, body));
+            assert_eq!(
+                (s, error_of(&v)),
+                (400, "give exactly one of \"tag\" and \"extent_id\"")
+            );
+        }
+        let nil = r#"{"tag":"00000000-0000-0000-0000-000000000000"}"#;
+        let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, nil));
+        assert_eq!(s, 400);
+        assert!(error_of(&v).starts_with("tag: the nil UUID names no tag group"));
+        let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, r#"{"extent_id":99}"#));
+        assert_eq!((s, error_of(&v)), (400, "extent_id: no such extent or tag: 99"));
+        let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, r#"{"extent_id":-1}"#));
+        assert_eq!(s, 400);
+        assert!(
+            error_of(&v).starts_with("extent_id: invalid value: integer `-1`"),
+            "{v}"
+        );
+        let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, r#"{"id":"tm0"}"#));
+        assert_eq!(s, 400);
+        assert!(error_of(&v).starts_with("id: unknown field `id`"), "{v}");
+    }
+
+    #[test]
+    fn response_bytes_and_client_parsing() {
+        let r = HttpResponse {
+            status: 204,
+            body: String::new(),
+            allow: None,
+        };
+        let wire = r.to_bytes();
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(parse_response(&wire).unwrap(), (204, String::new()));
+        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        cont.extend(HttpResponse::json(200, &serde_json::json!({"a": 1})).to_bytes());
+        assert_eq!(parse_response(&cont).unwrap(), (200, r#"{"a":1}"#.to_string()));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn indent_keeps_member_order_and_strings() {
+        let s = r#"{"z":1,"a":[{"b":"x,\"y\":{"},[]],"e":{}}"#;
+        assert_eq!(
+            indent_json(s),
+            "{\n  \"z\": 1,\n  \"a\": [\n    {\n      \"b\": \"x,\\\"y\\\":{\"\n    },\n    []\n  ],\n  \"e\": {}\n}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&indent_json(s)).unwrap();
+        assert_eq!(v, serde_json::from_str::<serde_json::Value>(s).unwrap());
+    }
+
+    #[test]
+    fn server_answers_over_a_socket_with_expect_continue() {
+        // Drive the subscriber's connection logic directly over a socket pair.
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(server);
+        let f = Fake::default();
+        let body = r#"{"extents":[{"size":2097152}]}"#;
+        let head = format!(
+            "PUT {ADD_TAGGED_MEMORY} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        (&client).write_all(head.as_bytes()).unwrap();
+        assert!(matches!(conn.on_readable(&f), Next::Read));
+        let mut buf = [0u8; 64];
+        let n = (&client).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+        (&client).write_all(body.as_bytes()).unwrap();
+        assert!(matches!(conn.on_readable(&f), Next::Close));
+        drop(conn);
+        let mut rest = Vec::new();
+        (&client).read_to_end(&mut rest).unwrap();
+        let (status, body) = parse_response(&rest).unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.starts_with(r#"{"chain_id":0,"extents":[{"id":"_tagmem0""#),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_refused_before_it_arrives() {
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(server);
+        let head = format!(
+            "PUT {ADD_TAGGED_MEMORY} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            10 * MAX_BODY_BYTES
+        );
+        (&client).write_all(head.as_bytes()).unwrap();
+        assert!(matches!(conn.on_readable(&Fake::default()), Next::Close));
+        drop(conn);
+        let mut rest = Vec::new();
+        (&client).read_to_end(&mut rest).unwrap();
+        assert_eq!(parse_response(&rest).unwrap().0, 413);
+    }
+}
