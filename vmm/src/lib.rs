@@ -10,6 +10,7 @@ pub mod api;
 pub mod backing;
 pub mod bus;
 pub mod config;
+pub mod demo;
 pub mod layout;
 pub mod memslot;
 pub mod mmio;

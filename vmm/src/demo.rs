@@ -1,0 +1,676 @@
+//! `tagmem-vmm demo`: the whole life cycle in one command, narrated by what the guest reports.
+//!
+//! Boots a VM with the test guest, hot-adds tagged extents (by default from memfd: an untagged
+//! extent, a tagged group with HMAT-like metadata, a sharable group and a read-only extent), has
+//! the guest's driver accept them, writes a pattern from the host and has the guest read it back,
+//! updates metadata, reports poison, releases one tag group, and prints the guest's own view
+//! (its `DEV` lines) as a table before and after the release, with a timeline of host and guest
+//! events. Every step is checked; a mismatch ends the demo with an error.
+
+use crate::api::{PreparedChain, TaggedMemoryControl};
+use crate::config::{self, format_size, human_size, OptionError, Resolver, TaggedMemoryConfig};
+use crate::memslot::HostAccess;
+use crate::runtime::{Vmm, VmmConfig, VmmError};
+use crate::test_guest::{byte_sum, DevView, GuestView};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tagmem_device::{ExtentInfo, ExtentState, HostEvent, Perf, Target};
+use tagmem_lookup::{Flags, SourceClass};
+use uuid::Uuid;
+
+/// Tag of the built-in group with HMAT-like metadata ("fast memory").
+pub const HBM_TAG: Uuid = Uuid::from_u128(0x6f1c2a9e_0d3b_4c55_9a7e_3b1f00c0ffee);
+/// Tag of the built-in sharable group.
+pub const SHARED_TAG: Uuid = Uuid::from_u128(0x0b7e8c1d_2f3a_4b5c_8d9e_0f1a2b3c4d5e);
+/// Tag of the built-in read-only extent.
+pub const READONLY_TAG: Uuid = Uuid::from_u128(0x3c9d5e7f_8a1b_4c2d_9e0f_a1b2c3d4e5f6);
+/// Bytes the host writes into each extent and the guest reads back (the guest is slow at loops).
+pub const PATTERN_BYTES: u64 = 1024;
+/// Bytes the guest probes in released capacity.
+pub const PROBE_BYTES: u64 = 64;
+/// How long the demo waits for the guest's driver to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Errors of the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// A host command was refused.
+    #[error("{what}: {message}")]
+    Host {
+        /// The step.
+        what: String,
+        /// The refusal.
+        message: String,
+    },
+    /// The guest did not report what the host expects.
+    #[error("check failed: {0}")]
+    Check(String),
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn host_err(what: impl Into<String>) -> impl FnOnce(String) -> DemoError {
+    let what = what.into();
+    move |message| DemoError::Host { what, message }
+}
+
+/// The extents the demo uses and which groups it updates, poisons and releases.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    configs: Vec<TaggedMemoryConfig>,
+    chains: Vec<Vec<usize>>,
+    metadata_target: Option<Uuid>,
+    release_target: Option<Uuid>,
+}
+
+fn builtin_options() -> Vec<String> {
+    let hmat = "read_latency=80,write_latency=95,read_bandwidth=409600,write_bandwidth=307200";
+    vec![
+        "path=memfd,size=2M,id=scratch".to_string(),
+        format!("tag={HBM_TAG},path=memfd,size=4M,{hmat},node=1,id=hbm0"),
+        format!("tag={HBM_TAG},path=memfd,size=2M,{hmat},node=1,id=hbm1"),
+        format!(
+            "tag={SHARED_TAG},path=memfd,size=2M,shared=on,read_latency=250,write_latency=300,node=2,id=shm0"
+        ),
+        format!(
+            "tag={SHARED_TAG},path=memfd,size=2M,shared=on,read_latency=250,write_latency=300,node=2,id=shm1"
+        ),
+        format!("tag={READONLY_TAG},path=memfd,size=2M,readonly=on,id=ro0"),
+    ]
+}
+
+impl DemoOptions {
+    /// The built-in set: an untagged extent, a two-extent group with HMAT-like metadata, a
+    /// sharable two-extent group and a read-only extent, all on memfd.
+    pub fn builtin() -> Self {
+        let (configs, chains) =
+            config::parse_options(&builtin_options()).expect("the built-in demo options are valid");
+        DemoOptions {
+            configs,
+            chains,
+            metadata_target: Some(HBM_TAG),
+            release_target: Some(SHARED_TAG),
+        }
+    }
+
+    /// Extents from `--tagged-memory` values: the first tag group gets the metadata update, the
+    /// last one is released.
+    pub fn from_options(values: &[String]) -> Result<Self, OptionError> {
+        let (configs, chains) = config::parse_options(values)?;
+        let tags: Vec<Uuid> = chains
+            .iter()
+            .map(|c| configs[c[0]].tag())
+            .filter(|t| !t.is_nil())
+            .collect();
+        Ok(DemoOptions {
+            metadata_target: tags.first().copied(),
+            release_target: tags.last().copied(),
+            configs,
+            chains,
+        })
+    }
+
+    /// The option strings, one per extent, in the `--tagged-memory` syntax.
+    pub fn option_strings(&self) -> Vec<String> {
+        self.configs.iter().map(|c| c.to_option_string()).collect()
+    }
+
+    /// Plans every chain and opens its backings (before the VM starts).
+    pub fn prepare(&self, resolver: &Resolver) -> Result<Vec<PreparedChain>, OptionError> {
+        self.chains
+            .iter()
+            .map(|chain| {
+                let members: Vec<TaggedMemoryConfig> =
+                    chain.iter().map(|&i| self.configs[i].clone()).collect();
+                PreparedChain::prepare(resolver, &members, config::OPTION)
+            })
+            .collect()
+    }
+}
+
+/// What the demo observed, for tests.
+#[derive(Clone, Debug)]
+pub struct DemoSummary {
+    /// The guest's view after the hot-add.
+    pub before: GuestView,
+    /// The guest's view after the release.
+    pub after: GuestView,
+    /// Checks that passed.
+    pub checks: usize,
+    /// Wall time of the whole demo.
+    pub elapsed: Duration,
+}
+
+/// Collects the timeline: host steps and the guest driver's `EVT` lines, with times.
+struct Timeline<'a> {
+    start: Instant,
+    entries: Vec<(Duration, &'static str, String)>,
+    console_seen: usize,
+    vmm: Option<Arc<Vmm>>,
+    out: &'a mut dyn Write,
+}
+
+impl Timeline<'_> {
+    /// A host step of the life cycle: printed and kept for the timeline.
+    fn host(&mut self, text: impl Into<String>) -> Result<(), DemoError> {
+        let text = text.into();
+        let at = self.step(&text)?;
+        self.entries.push((at, "host", text));
+        Ok(())
+    }
+
+    /// A step printed as it happens but left out of the timeline (data checks).
+    fn step(&mut self, text: &str) -> Result<Duration, DemoError> {
+        self.guest_lines();
+        let at = self.start.elapsed();
+        writeln!(self.out, "[{:6.3} s] {text}", at.as_secs_f64())?;
+        Ok(at)
+    }
+
+    /// Picks up the guest's `EVT` lines printed since the last call.
+    fn guest_lines(&mut self) {
+        let Some(vmm) = &self.vmm else { return };
+        let lines = vmm.console_lines();
+        let at = self.start.elapsed();
+        for l in lines.iter().skip(self.console_seen) {
+            if let Some(evt) = l.strip_prefix("EVT ") {
+                self.entries.push((at, "guest", evt.to_string()));
+            }
+        }
+        self.console_seen = lines.len();
+    }
+
+    fn check(&mut self, ok: bool, what: impl Into<String>) -> Result<(), DemoError> {
+        let what = what.into();
+        if ok {
+            writeln!(self.out, "           ok: {what}")?;
+            Ok(())
+        } else {
+            Err(DemoError::Check(what))
+        }
+    }
+}
+
+/// Runs the demo with `chains` (prepared from `options`), writing to `out`.
+pub fn run(
+    options: DemoOptions,
+    chains: Vec<PreparedChain>,
+    resolver: Resolver,
+    out: &mut dyn Write,
+) -> Result<DemoSummary, DemoError> {
+    let start = Instant::now();
+    writeln!(
+        out,
+        "tagmem demo: tagged capacity hot-added into a KVM guest over virtio-mem\n"
+    )?;
+    writeln!(out, "Extents (--tagged-memory):")?;
+    for s in options.option_strings() {
+        writeln!(out, "  {s}")?;
+    }
+    writeln!(out)?;
+    let mut tl = Timeline {
+        start,
+        entries: Vec::new(),
+        console_seen: 0,
+        vmm: None,
+        out,
+    };
+    let mut checks = 0usize;
+
+    let vmm = Arc::new(Vmm::new(VmmConfig::default())?);
+    tl.vmm = Some(vmm.clone());
+    vmm.wait_ready()?;
+    tl.host("VM booted; the guest's driver negotiated tagged extents")?;
+    let control = TaggedMemoryControl::new(vmm.clone(), resolver);
+
+    // Hot-add: one chain per tag group, answered by the guest's driver.
+    let mut pending: BTreeSet<u64> = BTreeSet::new();
+    for chain in chains {
+        let reply = control.offer(chain).map_err(|e| DemoError::Host {
+            what: "offer".into(),
+            message: e.to_string(),
+        })?;
+        let names: Vec<String> = reply
+            .extents
+            .iter()
+            .map(|e| format!("{} ({} at {:#x})", e.id, human_size(e.size), e.gpa))
+            .collect();
+        tl.host(format!("offered chain {}: {}", reply.chain_id, names.join(", ")))?;
+        pending.insert(reply.chain_id);
+    }
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    while !pending.is_empty() {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(DemoError::Check(format!(
+                "the guest did not answer chains {pending:?} within {ANSWER_TIMEOUT:?}"
+            )));
+        }
+        for e in vmm.wait_host_events(deadline - now) {
+            match e {
+                HostEvent::ChainAnswered {
+                    chain_id,
+                    accepted,
+                    rejected,
+                } => {
+                    pending.remove(&chain_id);
+                    tl.host(format!(
+                        "chain {chain_id} answered: accepted {accepted:?}, rejected {rejected:?}"
+                    ))?;
+                }
+                HostEvent::ChainDropped { chain_id, reason, .. } => {
+                    pending.remove(&chain_id);
+                    tl.host(format!("chain {chain_id} dropped: {reason}"))?;
+                }
+                other => tl.host(format!("event: {other:?}"))?,
+            }
+        }
+    }
+    let accepted: Vec<ExtentInfo> = vmm
+        .extents()
+        .into_iter()
+        .filter(|e| e.state == ExtentState::Accepted)
+        .collect();
+    let before = vmm.guest_view()?;
+    tl.check(
+        accepted.iter().all(|e| before.by_extent(e.id).is_some()),
+        format!("the guest reports all {} accepted extents", accepted.len()),
+    )?;
+    checks += 1;
+    tl.guest_lines();
+    writeln!(tl.out, "\nWhat the guest reports after the hot-add:\n")?;
+    writeln!(tl.out, "{}", render_view(&before))?;
+
+    // Data path: the host writes a pattern into each extent's backing; the guest reads it back.
+    for e in &accepted {
+        let name = control.name_of(e.id).unwrap_or_default();
+        let pattern = pattern(PATTERN_BYTES, e.id);
+        if !host_write(&vmm, e, &pattern) {
+            tl.step(&format!(
+                "{name}: backing not writable from the host; pattern skipped"
+            ))?;
+            continue;
+        }
+        let (sum, first) = vmm.guest_read(e.gpa, PATTERN_BYTES)?;
+        let ok = sum == byte_sum(&pattern) && first.as_slice() == &pattern[..first.len()];
+        tl.step(&format!(
+            "{name}: host wrote {PATTERN_BYTES} bytes (sum {:#x}) at offset {:#x} of its backing; \
+             the guest read sum {sum:#x} at {:#x}",
+            byte_sum(&pattern),
+            e.source.offset,
+            e.gpa
+        ))?;
+        tl.check(ok, format!("{name}: the guest read exactly the host's bytes"))?;
+        checks += 1;
+        if e.flags.readonly {
+            vmm.guest_write(e.gpa, PROBE_BYTES, 0)?;
+            let (sum, _) = vmm.guest_read(e.gpa, PROBE_BYTES)?;
+            let expect = byte_sum(&pattern[..usize::try_from(PROBE_BYTES).unwrap_or(0)]);
+            tl.step(&format!(
+                "{name}: the guest wrote zeros over {PROBE_BYTES} bytes of it"
+            ))?;
+            tl.check(
+                sum == expect,
+                format!("{name}: read-only, the backing kept the host's bytes"),
+            )?;
+            checks += 1;
+        }
+    }
+
+    // Metadata update of one tag group.
+    if let Some(tag) = options.metadata_target {
+        let old = before.by_tag(&tag).map(|d| d.read_latency_ns).unwrap_or(0);
+        let perf = Perf {
+            read_latency_ns: u32::try_from(old).unwrap_or(0).saturating_add(40).max(120),
+            write_latency_ns: 140,
+            read_bandwidth_mbps: 204_800,
+            write_bandwidth_mbps: 153_600,
+        };
+        let ids = vmm
+            .update_metadata(Target::Tag(tag), perf)
+            .map_err(|e| host_err("metadata update")(e.to_string()))?;
+        vmm.guest_poll()?;
+        tl.host(format!(
+            "metadata update of tag {tag} (extents {ids:?}): read latency {} ns, write latency {} ns, \
+             read bandwidth {} MB/s, write bandwidth {} MB/s",
+            perf.read_latency_ns, perf.write_latency_ns, perf.read_bandwidth_mbps, perf.write_bandwidth_mbps
+        ))?;
+        let view = vmm.guest_view()?;
+        let dev = view.by_tag(&tag);
+        tl.check(
+            dev.is_some_and(|d| {
+                d.read_latency_ns == u64::from(perf.read_latency_ns)
+                    && d.write_bandwidth_mbps == u64::from(perf.write_bandwidth_mbps)
+            }),
+            format!("the guest reports the new metadata of {}", dev_name(dev)),
+        )?;
+        checks += 1;
+    }
+
+    // Poison: 4 KiB of the last extent of the metadata group (or the first extent).
+    let poison_extent = options
+        .metadata_target
+        .and_then(|t| accepted.iter().rev().find(|e| e.tag == t))
+        .or(accepted.first());
+    if let Some(e) = poison_extent {
+        let (offset, length) = (e.length / 2, 4096);
+        vmm.inject_poison(e.id, offset, length)
+            .map_err(|err| host_err("poison")(err.to_string()))?;
+        vmm.guest_poll()?;
+        tl.host(format!(
+            "poison reported in extent {} at {offset:#x}+{length:#x}",
+            e.id
+        ))?;
+        let view = vmm.guest_view()?;
+        let dev = view.by_extent(e.id);
+        tl.check(
+            dev.is_some_and(|d| {
+                d.poison
+                    .iter()
+                    .any(|p| p.id == e.id && p.offset == offset && p.len == length)
+            }),
+            format!("the guest reports the poisoned range in {}", dev_name(dev)),
+        )?;
+        checks += 1;
+    }
+
+    // Release one tag group through the guest's driver.
+    let mut after = before.clone();
+    if let Some(tag) = options.release_target {
+        let ids = vmm
+            .request_release(Target::Tag(tag))
+            .map_err(|e| host_err("release")(e.to_string()))?;
+        tl.host(format!("release of tag {tag} requested (extents {ids:?})"))?;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut left: BTreeSet<u64> = ids.iter().copied().collect();
+        while !left.is_empty() && Instant::now() < deadline {
+            for ev in vmm.wait_host_events(deadline.saturating_duration_since(Instant::now())) {
+                if let HostEvent::Released { extents } = ev {
+                    for (id, _) in &extents {
+                        left.remove(id);
+                    }
+                    let ids: Vec<u64> = extents.iter().map(|(id, _)| *id).collect();
+                    tl.host(format!("released {ids:?}: unmapped, backings closed"))?;
+                }
+            }
+        }
+        tl.check(
+            left.is_empty(),
+            format!("the device released every extent of tag {tag}"),
+        )?;
+        checks += 1;
+        after = vmm.guest_view()?;
+        tl.check(
+            after.by_tag(&tag).is_none(),
+            "the guest no longer lists the released group",
+        )?;
+        checks += 1;
+        for e in accepted.iter().filter(|e| e.tag == tag) {
+            let (sum, _) = vmm.guest_read(e.gpa, PROBE_BYTES)?;
+            tl.check(
+                sum == 0xff * PROBE_BYTES,
+                format!(
+                    "extent {} at {:#x}: the guest reads only unbacked all-ones now",
+                    e.id, e.gpa
+                ),
+            )?;
+            checks += 1;
+        }
+        tl.guest_lines();
+        writeln!(tl.out, "\nWhat the guest reports after releasing tag {tag}:\n")?;
+        writeln!(tl.out, "{}", render_view(&after))?;
+    }
+    tl.guest_lines();
+    vmm.shutdown();
+    let elapsed = start.elapsed();
+
+    writeln!(
+        tl.out,
+        "\nTimeline (host steps and the guest driver's own log):\n"
+    )?;
+    let entries = std::mem::take(&mut tl.entries);
+    for (at, who, text) in &entries {
+        writeln!(tl.out, "  {:7.3} s  {who:<5}  {text}", at.as_secs_f64())?;
+    }
+    writeln!(
+        tl.out,
+        "\n{checks} checks passed in {:.2} s.",
+        elapsed.as_secs_f64()
+    )?;
+    Ok(DemoSummary {
+        before,
+        after,
+        checks,
+        elapsed,
+    })
+}
+
+fn dev_name(dev: Option<&DevView>) -> String {
+    dev.map_or_else(|| "(no device)".to_string(), |d| d.name.clone())
+}
+
+/// A pseudo-random pattern (xorshift) for extent `id`: its sum and first bytes differ per extent.
+fn pattern(len: u64, id: u64) -> Vec<u8> {
+    let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// Writes `bytes` at the start of extent `e` from the host: through its backing's descriptor,
+/// or, for devdax (no write(2)), through the VMM's host mapping. False if neither is possible
+/// (a read-only devdax or file mapping).
+fn host_write(vmm: &Vmm, e: &ExtentInfo, bytes: &[u8]) -> bool {
+    let mapper = vmm.mapper();
+    let mapper = mapper.lock();
+    if let Some(b) = mapper.backing(e.source.id) {
+        if b.writable() && b.file_handle().write_all_at(bytes, e.source.offset).is_ok() {
+            return true;
+        }
+    }
+    let mut data = bytes.to_vec();
+    mapper.host_access(e.gpa, &mut data, true) == HostAccess::Done
+}
+
+/// Renders the guest's view as a table: device, tag, size, node, flags, class, performance with
+/// units, extents (`id@gpa+size`) and poison.
+pub fn render_view(view: &GuestView) -> String {
+    let headers = [
+        "dax", "uuid", "size", "node", "flags", "class", "rd lat", "wr lat", "rd bw", "wr bw", "extents",
+        "poison",
+    ];
+    let unit = |v: u64, u: &str| {
+        if v == 0 {
+            "-".to_string()
+        } else {
+            format!("{v} {u}")
+        }
+    };
+    let rows: Vec<Vec<String>> = view
+        .devices
+        .iter()
+        .map(|d| {
+            let flags = Flags::from_bits(u32::try_from(d.flags).unwrap_or(u32::MAX)).names();
+            let class = u8::try_from(d.class)
+                .ok()
+                .and_then(SourceClass::from_wire)
+                .map_or_else(|| format!("#{}", d.class), |c| c.as_str().to_string());
+            let extents: Vec<String> = d
+                .extents
+                .iter()
+                .map(|e| format!("{}@{:#x}+{}", e.id, e.gpa, format_size(e.len)))
+                .collect();
+            let poison: Vec<String> = d
+                .poison
+                .iter()
+                .map(|p| format!("{}@{:#x}+{}", p.id, p.offset, format_size(p.len)))
+                .collect();
+            vec![
+                d.name.clone(),
+                d.uuid.to_string(),
+                human_size(d.size),
+                d.node.to_string(),
+                if flags.is_empty() {
+                    "-".into()
+                } else {
+                    flags.join(",")
+                },
+                class,
+                unit(d.read_latency_ns, "ns"),
+                unit(d.write_latency_ns, "ns"),
+                unit(d.read_bandwidth_mbps, "MB/s"),
+                unit(d.write_bandwidth_mbps, "MB/s"),
+                extents.join(" "),
+                if poison.is_empty() {
+                    "-".into()
+                } else {
+                    poison.join(" ")
+                },
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    let mut out = vec![line(headers.to_vec())];
+    out.push(line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in &rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push("  (no dax devices)".into());
+    }
+    out.push(format!(
+        "  {} devices, {} offer chains pending in the driver",
+        view.devices.len(),
+        view.pending_chains
+    ));
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_guest::{ExtentView, PoisonView};
+
+    #[test]
+    fn builtin_options_form_four_groups() {
+        let o = DemoOptions::builtin();
+        assert_eq!(o.chains, vec![vec![0], vec![1, 2], vec![3, 4], vec![5]]);
+        assert!(o.configs[3].shared && o.configs[5].readonly);
+        let p = o.prepare(&Resolver::new("/nonexistent")).unwrap();
+        assert_eq!(
+            p.iter().map(PreparedChain::len).collect::<Vec<_>>(),
+            vec![1, 2, 2, 1]
+        );
+    }
+
+    #[test]
+    fn user_options_pick_first_and_last_tag_groups() {
+        let a = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
+        let b = "0b7e8c1d-2f3a-4b5c-8d9e-0f1a2b3c4d5e";
+        let o = DemoOptions::from_options(&[
+            "size=2M".into(),
+            format!("tag={a},path=memfd,size=2M"),
+            format!("tag={b},path=memfd,size=2M"),
+        ])
+        .unwrap();
+        assert_eq!(o.metadata_target, Some(a.parse().unwrap()));
+        assert_eq!(o.release_target, Some(b.parse().unwrap()));
+        assert!(DemoOptions::from_options(&["size=3M".into()]).is_err());
+    }
+
+    #[test]
+    fn table_shows_units_flags_and_extents() {
+        let view = GuestView {
+            devices: vec![DevView {
+                name: "dax0.1".into(),
+                uuid: HBM_TAG,
+                size: 6 << 20,
+                node: 1,
+                flags: 3,
+                read_latency_ns: 80,
+                write_latency_ns: 0,
+                read_bandwidth_mbps: 409600,
+                write_bandwidth_mbps: 0,
+                class: 4,
+                busy: false,
+                extents: vec![
+                    ExtentView {
+                        id: 2,
+                        gpa: 1 << 32,
+                        len: 4 << 20,
+                    },
+                    ExtentView {
+                        id: 3,
+                        gpa: (1 << 32) + (4 << 20),
+                        len: 2 << 20,
+                    },
+                ],
+                poison: vec![PoisonView {
+                    id: 3,
+                    offset: 0x10_0000,
+                    len: 4096,
+                }],
+            }],
+            pending_chains: 0,
+        };
+        let t = render_view(&view);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].trim_start().starts_with("dax "), "{t}");
+        let row = lines[2];
+        for cell in [
+            "dax0.1",
+            "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee",
+            "6 MiB",
+            "sharable,readonly",
+            "file",
+            "80 ns",
+            "409600 MB/s",
+            "2@0x100000000+4M 3@0x100400000+2M",
+            "3@0x100000+4K",
+        ] {
+            assert!(row.contains(cell), "{cell} missing in {row}");
+        }
+        assert!(t.ends_with("1 devices, 0 offer chains pending in the driver"));
+        let empty = render_view(&GuestView::default());
+        assert!(empty.contains("(no dax devices)"));
+    }
+
+    #[test]
+    fn patterns_differ_per_extent() {
+        assert_ne!(pattern(64, 1), pattern(64, 2));
+        assert_eq!(pattern(PATTERN_BYTES, 1).len(), 1024);
+    }
+}
