@@ -9,6 +9,7 @@
 pub mod api;
 pub mod backing;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod layout;
