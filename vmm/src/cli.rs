@@ -13,36 +13,40 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 const TAGGED_MEMORY_HELP: &str = "\
-Tagged capacity to hot-add: one extent per option, repeatable. Options with the same tag form one \
-offer chain (one tag group), in command-line order; for shared=on their order gives the sequence \
-numbers.
+Tagged capacity to hot-add: one extent per option, repeatable. Options with the same
+tag form one offer chain (one tag group), in command-line order; for shared=on their
+order gives the sequence numbers.
 
 Keys (comma-separated key=value, Cloud Hypervisor style):
-  tag=<uuid>          the tag naming the capacity; omit (or nil) for untagged capacity
-  path=<p>            backing: a regular or hugetlbfs file, a devdax device /dev/daxX.Y, or the
-                      word memfd (anonymous, sparse). Without path=, untagged capacity uses a memfd
-                      and a tag is looked up among the host's dax devices
-  size=<bytes>        K, M, G, T suffixes (powers of 1024); a non-zero multiple of 2 MiB.
-                      Default: the rest of the backing after offset (files, devdax)
-  offset=<bytes>      offset into the backing, 2 MiB aligned (default 0)
-  shared=on|off       sharable capacity: needs a tag, never onlined as guest RAM (default off)
-  readonly=on|off     the guest may read but not write (default off)
-  read_latency=<ns>   write_latency=<ns>   read_bandwidth=<MB/s>   write_bandwidth=<MB/s>
-                      performance as Linux HMAT reports it. Default: the host's HMAT values for
-                      a devdax backing's node, else not reported
-  node=<n>            guest NUMA node / proximity domain (default 0)
-  id=<name>           the extent's name in API answers (default _tagmemN)
+  tag=<uuid>         the tag naming the capacity; omit (or nil) for untagged capacity
+  path=<p>           backing: a regular or hugetlbfs file, a devdax device /dev/daxX.Y,
+                     or the word memfd (anonymous, sparse). Without path=, untagged
+                     capacity uses a memfd and a tag is looked up among the host's dax
+                     devices
+  size=<bytes>       K, M, G, T suffixes (powers of 1024); a non-zero multiple of 2 MiB.
+                     Default: the rest of the backing after offset (files, devdax)
+  offset=<bytes>     offset into the backing, 2 MiB aligned (default 0)
+  shared=on|off      sharable capacity: needs a tag, never onlined as guest RAM
+                     (default off)
+  readonly=on|off    the guest may read but not write (default off)
+  read_latency=<ns>, write_latency=<ns>, read_bandwidth=<MB/s>, write_bandwidth=<MB/s>
+                     performance as Linux HMAT reports it. Default: the host's HMAT
+                     values for a devdax backing's node, else not reported
+  node=<n>           guest NUMA node / proximity domain (default 0)
+  id=<name>          the extent's name in API answers (default _tagmemN)
 
-Examples:
+Examples (TAG=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee):
   --tagged-memory size=64M
-  --tagged-memory tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M,read_latency=250
-  --tagged-memory tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=/dev/dax0.0,offset=2M,size=1G,shared=on
-  --tagged-memory tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee   (resolved on the host by tag)";
+  --tagged-memory tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M,
+                  read_latency=250,write_latency=300,read_bandwidth=20000,node=1
+                  (one value; broken here only to fit the help)
+  --tagged-memory tag=$TAG,path=/dev/dax0.0,offset=2M,size=1G,shared=on
+  --tagged-memory tag=$TAG,path=/dev/hugepages/tm,size=2G,readonly=on,id=huge0
+  --tagged-memory tag=$TAG    (no path=: the host's dax device carrying this tag)";
 
 const API_SOCKET_HELP: &str = "\
-Serve the HTTP/JSON control API on this Unix socket: path=<file> (a bare path works too).
-
-Endpoints: PUT /api/v1/vm.add-tagged-memory, PUT /api/v1/vm.release-tagged-memory,
+Serve the HTTP/JSON control API on this Unix socket: path=<file> (a bare path works
+too). Endpoints: PUT /api/v1/vm.add-tagged-memory, PUT /api/v1/vm.release-tagged-memory,
 GET /api/v1/vm.tagged-memory, GET /api/v1/vmm.ping.
 
 Example:
@@ -50,18 +54,67 @@ Example:
   curl --unix-socket /tmp/tagmem.sock http://localhost/api/v1/vm.tagged-memory";
 
 const MEMORY_HELP: &str = "\
-Boot RAM of the VM: size=<bytes> with K, M, G suffixes, a multiple of 2 MiB (default 64M). It holds \
-the test guest; tagged capacity lives above 4 GiB.
+Boot RAM of the VM: size=<bytes> with K, M, G suffixes, a multiple of 2 MiB (default
+64M). It holds the test guest; tagged capacity lives above 4 GiB.
 
 Example:
   --memory size=128M";
 
 const SYSFS_ROOT_HELP: &str = "\
-Directory the host's sysfs and /dev are read below when a tag is resolved without path= and for \
-devdax HMAT values (default /). Useful with a prepared sysfs tree.
+Directory the host's sysfs and /dev are read below, to resolve a tag given without
+path= and for the HMAT values of devdax backings (default /).
 
 Example:
   --sysfs-root /";
+
+const ABOUT: &str = "\
+Reference VMM for tagged-capacity virtio-mem on KVM.
+
+Runs the bundled bare-metal test guest with the tagged virtio-mem device on virtio-mmio,
+hot-adds tagged extents from memfd, files or devdax, and controls them over an HTTP/JSON
+API on a Unix socket (docs/interface.md).";
+
+const EXAMPLES: &str = "\
+Examples:
+  tagmem-vmm demo
+  tagmem-vmm run --api-socket path=/tmp/tagmem.sock --tagged-memory size=64M
+  tagmem-vmm client --api-socket /tmp/tagmem.sock add-tagged-memory \\
+      tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M
+  tagmem-vmm client --api-socket /tmp/tagmem.sock tagged-memory";
+
+const DEMO_ABOUT: &str = "\
+Boot a VM with the test guest and hot-add tagged extents: by default from memfd, an
+untagged extent, a tagged group with HMAT-like metadata, a sharable group and a
+read-only extent. The guest's driver accepts them; the host writes a pattern that the
+guest reads back; metadata is updated, poison reported and one tag group released. The
+guest's own view is printed before and after the release, with a timeline.
+
+With --tagged-memory the given extents replace the built-in set; the first tag group
+gets the metadata update and the last one is released. On real devdax, e.g.:
+  tagmem-vmm demo --tagged-memory tag=$TAG,path=/dev/dax0.0,size=2G";
+
+const CLIENT_SOCKET_HELP: &str = "\
+The API socket of a running `tagmem-vmm run --api-socket path=<file>`: the file, or
+path=<file>.
+
+Example:
+  --api-socket /tmp/tagmem.sock";
+
+const ADD_ABOUT: &str = "\
+Offer extents as one chain (PUT /api/v1/vm.add-tagged-memory). Each argument is one
+extent in the --tagged-memory syntax (see run --help).
+
+Example:
+  tagmem-vmm client --api-socket /tmp/tagmem.sock add-tagged-memory \\
+      tag=$TAG,path=memfd,size=4M,shared=on tag=$TAG,path=memfd,size=2M,shared=on";
+
+const RELEASE_ABOUT: &str = "\
+Ask the guest to release a tag group or an extent (PUT /api/v1/vm.release-tagged-memory).
+Returns once the release was requested; the guest's driver gives the capacity back.
+
+Examples:
+  tagmem-vmm client --api-socket /tmp/tagmem.sock release-tagged-memory --tag $TAG
+  tagmem-vmm client --api-socket /tmp/tagmem.sock release-tagged-memory --extent 3";
 
 /// `tagmem-vmm`: reference VMM for tagged-capacity virtio-mem on KVM.
 #[derive(Debug, Parser)]
@@ -69,15 +122,9 @@ Example:
     name = "tagmem-vmm",
     version,
     about = "Reference VMM for tagged-capacity virtio-mem on KVM",
-    long_about = "Reference VMM for tagged-capacity virtio-mem on KVM.\n\n\
-        Runs the bundled bare-metal test guest with the tagged virtio-mem device on virtio-mmio, \
-        hot-adds tagged extents from memfd, files or devdax, and controls them over an HTTP/JSON \
-        API on a Unix socket (docs/interface.md).",
-    after_long_help = "Examples:\n  \
-        tagmem-vmm demo\n  \
-        tagmem-vmm run --api-socket path=/tmp/tagmem.sock --tagged-memory size=64M\n  \
-        tagmem-vmm client --api-socket /tmp/tagmem.sock add-tagged-memory \
-        tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M"
+    long_about = ABOUT,
+    after_help = EXAMPLES,
+    term_width = 0
 )]
 pub struct Cli {
     /// What to do.
@@ -93,22 +140,14 @@ pub enum CliCommand {
     /// Talk to a running VMM over its API socket, like ch-remote.
     Client(ClientArgs),
     /// Boot, hot-add and release tagged extents, and print what the guest reports.
-    #[command(
-        long_about = "Boot a VM with the test guest, hot-add tagged extents (memfd by default: an \
-        untagged extent, a tagged group with HMAT-like metadata, a sharable group and a read-only \
-        extent), have the guest accept them, write a pattern from the host and read it back in the \
-        guest, update metadata, report poison, release one tag group, and print the guest's own \
-        view before and after, with a timeline.\n\n\
-        With --tagged-memory the given extents replace the built-in set, e.g. on real devdax:\n  \
-        tagmem-vmm demo --tagged-memory tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=/dev/dax0.0,size=2G"
-    )]
+    #[command(long_about = DEMO_ABOUT)]
     Demo(DemoArgs),
 }
 
 /// Options of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Tagged capacity to hot-add at boot: tag=<uuid>,path=<file|/dev/daxX.Y|memfd>,size=<bytes>,...
+    /// Tagged capacity to hot-add at boot (repeatable; see --help).
     #[arg(long = "tagged-memory", value_name = "tag=..,path=..,size=..", long_help = TAGGED_MEMORY_HELP)]
     pub tagged_memory: Vec<String>,
     /// Serve the control API on a Unix socket: path=<file>.
@@ -125,7 +164,7 @@ pub struct RunArgs {
 /// Options of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Extents to use instead of the built-in memfd set (e.g. on devdax); same syntax as `run`.
+    /// Extents to use instead of the built-in memfd set (repeatable; see --help).
     #[arg(long = "tagged-memory", value_name = "tag=..,path=..,size=..", long_help = TAGGED_MEMORY_HELP)]
     pub tagged_memory: Vec<String>,
     /// Where host sysfs is read for tag lookups and HMAT values.
@@ -137,13 +176,7 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The VMM's API socket: <file> or path=<file>.
-    #[arg(
-        long = "api-socket",
-        value_name = "path",
-        long_help = "The API socket of a running \
-        `tagmem-vmm run --api-socket path=<file>`: the file, or path=<file>.\n\nExample:\n  \
-        --api-socket /tmp/tagmem.sock"
-    )]
+    #[arg(long = "api-socket", value_name = "path", long_help = CLIENT_SOCKET_HELP)]
     pub api_socket: String,
     /// The request.
     #[command(subcommand)]
@@ -156,24 +189,14 @@ pub enum ClientRequest {
     /// Check that the VMM answers (GET /api/v1/vmm.ping).
     Ping,
     /// Offer extents as one chain (PUT /api/v1/vm.add-tagged-memory).
-    #[command(
-        long_about = "Offer extents as one chain (PUT /api/v1/vm.add-tagged-memory). Each \
-        argument is one extent in the --tagged-memory syntax.\n\nExample:\n  \
-        tagmem-vmm client --api-socket /tmp/tagmem.sock add-tagged-memory \
-        tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M \
-        tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=2M"
-    )]
+    #[command(long_about = ADD_ABOUT)]
     AddTaggedMemory {
         /// Extents: tag=<uuid>,path=<file|/dev/daxX.Y|memfd>,size=<bytes>,... (see run --help).
         #[arg(required = true, value_name = "tag=..,path=..,size=..")]
         extents: Vec<String>,
     },
     /// Ask the guest to release a tag group or an extent (PUT /api/v1/vm.release-tagged-memory).
-    #[command(long_about = "Ask the guest to release a tag group or an extent (PUT \
-        /api/v1/vm.release-tagged-memory); answers once the release was requested.\n\nExamples:\n  \
-        tagmem-vmm client --api-socket /tmp/tagmem.sock release-tagged-memory \
-        --tag 6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee\n  \
-        tagmem-vmm client --api-socket /tmp/tagmem.sock release-tagged-memory --extent 3")]
+    #[command(long_about = RELEASE_ABOUT)]
     ReleaseTaggedMemory {
         /// Release every extent carrying this tag.
         #[arg(
