@@ -20,7 +20,7 @@ use crate::layout;
 use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
 use crate::mmio::{MmioInterrupt, MmioRestoreError, MmioTransport};
 use crate::test_guest::protocol::{CONTROL_BASE, CONTROL_SIZE};
-use crate::test_guest::{image, Command, CommandError, GuestView, Policy, Report, TestControl};
+use crate::test_guest::{image, Command, CommandError, ExtentDetail, GuestView, Policy, Report, TestControl};
 use crate::vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuKicker};
 use crate::vm::{BootMemory, Vm, VmConfig, VmError};
 use event_manager::{
@@ -795,6 +795,25 @@ impl Vmm {
     pub fn guest_write(&self, gpa: u64, len: u64, byte: u8) -> Result<(), VmmError> {
         self.expect(Command::Write { gpa, len, byte }, |r| {
             matches!(r, Report::Wrote { .. }).then_some(())
+        })
+    }
+
+    /// Every extent the guest's driver holds accepted, with its record fields and its device's
+    /// busy and release-requested state.
+    pub fn guest_extents(&self) -> Result<Vec<ExtentDetail>, VmmError> {
+        let lines = self.command_lines(&Command::Extents)?;
+        ExtentDetail::parse_all(&lines).ok_or_else(|| VmmError::NoReport {
+            cmd: Command::Extents,
+            console: self.shared.console.contents(),
+        })
+    }
+
+    /// Marks the device `target` names busy (`true`) or idle in the guest's driver; returns
+    /// whether the target named a device or tag.
+    pub fn guest_set_busy(&self, target: Target, busy: bool) -> Result<bool, VmmError> {
+        self.expect(Command::Busy { target, busy }, |r| match r {
+            Report::Busy { ok } => Some(*ok),
+            _ => None,
         })
     }
 

@@ -97,6 +97,8 @@ pub enum Command {
     },
     /// Print driver log lines as they happen (`true`) or only count them.
     Verbose(bool),
+    /// Print every accepted extent with its record fields (`EXT` lines).
+    Extents,
 }
 
 fn tag_halves(tag: &Uuid) -> [u64; 2] {
@@ -150,6 +152,7 @@ impl Command {
                 (CMD_BUSY, args)
             }
             Command::Verbose(on) => (CMD_VERBOSE, vec![u64::from(*on)]),
+            Command::Extents => (CMD_EXTENTS, Vec::new()),
         }
     }
 }
@@ -350,6 +353,11 @@ pub enum Report {
     },
     /// `FAULT ...`: the guest took an exception or refused a command.
     Fault(String),
+    /// `EXTENTS count=..`, after the `EXT` lines.
+    Extents {
+        /// Number of accepted extents listed.
+        count: u64,
+    },
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -406,6 +414,7 @@ impl Report {
             "BUSY" => Some(Report::Busy { ok: flag("ok")? }),
             "VERBOSE" => Some(Report::Verbose { on: flag("on")? }),
             "FAULT" => Some(Report::Fault(line.to_string())),
+            "EXTENTS" => Some(Report::Extents { count: n("count")? }),
             _ => None,
         }
     }
@@ -546,6 +555,88 @@ impl GuestView {
     /// The device holding extent `id`.
     pub fn by_extent(&self, id: u64) -> Option<&DevView> {
         self.devices.iter().find(|d| d.has_extent(id))
+    }
+}
+
+/// One accepted extent as the guest's driver holds it (an `EXT` line of [`Command::Extents`]):
+/// the record fields SPEC.md T-NEST-1 has a nested VMM copy, and its device's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtentDetail {
+    /// Name of the device holding it (`dax0.N`).
+    pub device: String,
+    /// Tag (nil for untagged capacity).
+    pub uuid: Uuid,
+    /// The device is marked busy in the guest.
+    pub busy: bool,
+    /// The host asked for the device back and the guest has not released it yet.
+    pub release_requested: bool,
+    /// Extent id.
+    pub id: u64,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `EXTENT_F_*` flags.
+    pub flags: u32,
+    /// Sequence number within its tag group.
+    pub seq: u16,
+    /// NUMA node.
+    pub node: u16,
+    /// `SOURCE_*` class.
+    pub class: u8,
+    /// Read latency, ns.
+    pub read_latency_ns: u32,
+    /// Write latency, ns.
+    pub write_latency_ns: u32,
+    /// Read bandwidth, MB/s.
+    pub read_bandwidth_mbps: u32,
+    /// Write bandwidth, MB/s.
+    pub write_bandwidth_mbps: u32,
+    /// Poisoned ranges as (offset in the extent, length).
+    pub poison: Vec<(u64, u64)>,
+}
+
+impl ExtentDetail {
+    /// Parses an `EXT ...` line.
+    pub fn parse(line: &str) -> Option<ExtentDetail> {
+        if line.split_whitespace().next()? != "EXT" {
+            return None;
+        }
+        let n = |k| field(line, k).and_then(num);
+        let n32 = |k| n(k).and_then(|v| u32::try_from(v).ok());
+        let n16 = |k| n(k).and_then(|v| u16::try_from(v).ok());
+        Some(ExtentDetail {
+            device: field(line, "dev")?.to_string(),
+            uuid: Uuid::parse_str(field(line, "uuid")?).ok()?,
+            busy: n("busy")? != 0,
+            release_requested: n("rr")? != 0,
+            id: n("id")?,
+            gpa: n("gpa")?,
+            len: n("len")?,
+            flags: n32("flags")?,
+            seq: n16("seq")?,
+            node: n16("node")?,
+            class: n("class").and_then(|v| u8::try_from(v).ok())?,
+            read_latency_ns: n32("rl")?,
+            write_latency_ns: n32("wl")?,
+            read_bandwidth_mbps: n32("rb")?,
+            write_bandwidth_mbps: n32("wb")?,
+            poison: triples(field(line, "poison")?)?
+                .into_iter()
+                .map(|(_, offset, len)| (offset, len))
+                .collect(),
+        })
+    }
+
+    /// Parses the console lines of one [`Command::Extents`]; `None` without the closing
+    /// `EXTENTS` line or if its count disagrees with the `EXT` lines.
+    pub fn parse_all(lines: &[String]) -> Option<Vec<ExtentDetail>> {
+        let all: Vec<ExtentDetail> = lines.iter().filter_map(|l| ExtentDetail::parse(l)).collect();
+        let count = lines.iter().rev().find_map(|l| match Report::parse(l) {
+            Some(Report::Extents { count }) => Some(count),
+            _ => None,
+        })?;
+        (u64::try_from(all.len()).ok()? == count).then_some(all)
     }
 }
 
@@ -849,5 +940,26 @@ mod tests {
     #[test]
     fn image_is_embedded() {
         assert!(!image::BYTES.is_empty());
+    }
+
+    #[test]
+    fn parse_extent_details() {
+        let line = "EXT dev=dax0.1 uuid=00000000-0000-0000-0000-000000000005 busy=1 rr=0 id=7 \
+                    gpa=0x4000000000 len=0x200000 flags=0x1 seq=1 node=2 class=1 rl=250 wl=300 \
+                    rb=25000 wb=12000 poison=7@0x1000+0x1000";
+        let e = ExtentDetail::parse(line).unwrap();
+        assert_eq!(
+            (e.device.as_str(), e.id, e.gpa, e.seq, e.class),
+            ("dax0.1", 7, 0x40_0000_0000, 1, 1)
+        );
+        assert!(e.busy && !e.release_requested);
+        assert_eq!((e.read_latency_ns, e.write_bandwidth_mbps), (250, 12_000));
+        assert_eq!(e.poison, vec![(0x1000, 0x1000)]);
+        let lines = vec![line.to_string(), "EXTENTS count=1".to_string()];
+        assert_eq!(ExtentDetail::parse_all(&lines).unwrap(), vec![e]);
+        assert!(ExtentDetail::parse_all(&lines[..1]).is_none());
+        let wrong = vec![line.to_string(), "EXTENTS count=2".to_string()];
+        assert!(ExtentDetail::parse_all(&wrong).is_none());
+        assert_eq!(Command::Extents.encode(), (CMD_EXTENTS, Vec::new()));
     }
 }

@@ -305,6 +305,41 @@ impl Guest {
         println!("BUSY ok={}", u8::from(ok));
     }
 
+    /// Prints every accepted extent with the record fields a nested VMM copies (`EXT` lines).
+    fn extents(&mut self) {
+        let Some(drv) = self.drv.as_ref() else {
+            println!("FAULT no driver");
+            return;
+        };
+        let mut count = 0u64;
+        for d in drv.devices() {
+            for e in &d.extents {
+                println!(
+                    "EXT dev={} uuid={} busy={} rr={} id={} gpa={:#x} len={:#x} flags={:#x} seq={} node={} \
+                     class={} rl={} wl={} rb={} wb={} poison={}",
+                    d.name,
+                    format_uuid(&d.uuid),
+                    u8::from(d.busy),
+                    u8::from(d.release_requested),
+                    e.id,
+                    e.gpa,
+                    e.len,
+                    e.flags,
+                    e.seq,
+                    e.node,
+                    e.source,
+                    e.perf.read_latency_ns,
+                    e.perf.write_latency_ns,
+                    e.perf.read_bandwidth_mbps,
+                    e.perf.write_bandwidth_mbps,
+                    Triples(e.poison.iter().map(|p| (e.id, p.offset, p.length))),
+                );
+                count += 1;
+            }
+        }
+        println!("EXTENTS count={}", count);
+    }
+
     /// Runs one command; prints its result line.
     fn run(&mut self, cmd: u64, args: &[u64]) {
         let arg = |i: usize| args.get(i).copied().unwrap_or(0);
@@ -351,6 +386,7 @@ impl Guest {
                 self.verbose = arg(0) != 0;
                 println!("VERBOSE on={}", u8::from(self.verbose));
             }
+            CMD_EXTENTS => self.extents(),
             other => println!("FAULT unknown command={:#x}", other),
         }
     }

@@ -66,6 +66,11 @@ pub const CMD_BUSY: u64 = 10;
 /// Command: print driver log lines (`EVT ...`) as they happen (`arg0` = 1) or keep them quiet and
 /// only count them (0); prints `VERBOSE on=..`.
 pub const CMD_VERBOSE: u64 = 11;
+/// Command: print one `EXT ...` line per accepted extent, in device order and within a device in
+/// `seq` order: its device's name, tag, busy and release-requested state, and the extent's id,
+/// address, length, flags, `seq`, node, source class, performance and poison (the record fields
+/// SPEC.md T-NEST-1 copies); then `EXTENTS count=..`.
+pub const CMD_EXTENTS: u64 = 12;
 
 /// Policy: accept every valid offer (the driver's default).
 pub const POLICY_ACCEPT_ALL: u64 = 0;
