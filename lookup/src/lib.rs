@@ -8,12 +8,16 @@
 //! [`SysfsSource`] reads the kernel ABIs under a configurable root, so it serves a host and a
 //! guest alike; [`output`] prints the result as `daxctl list`-style JSON or a table.
 
+mod driver;
 mod error;
+#[cfg(feature = "fixture")]
+pub mod fixture;
 mod model;
 pub mod output;
 mod source;
 mod sysfs;
 
+pub use driver::{DriverDevice, DriverExtent, DAX_ALIGN};
 pub use error::LookupError;
 pub use model::{DaxDevice, Extent, Flags, Mapping, Mode, Perf, Poison, SourceClass, PAGE_SIZE};
 pub use source::{lookup, CapacitySource};

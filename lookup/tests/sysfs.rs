@@ -7,8 +7,8 @@ mod common;
 use common::{c_hex, dcd_host, Dev, Tree, VirtioExtent, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
 use serde_json::Value;
 use tagmem_lookup::{
-    lookup, output, CapacitySource, DaxDevice, Extent, Flags, LookupError, Mapping, Mode, Perf, SourceClass,
-    SysfsSource,
+    lookup, output, CapacitySource, DaxDevice, DriverDevice, DriverExtent, Extent, Flags, LookupError,
+    Mapping, Mode, Perf, SourceClass, SysfsSource,
 };
 use uuid::Uuid;
 
@@ -452,4 +452,26 @@ fn a_tag_reads_the_same_on_host_in_a_guest_and_in_a_nested_guest() {
         found[0], l1_dev[0],
         "driver view and guest sysfs agree field by field"
     );
+
+    // The same, from the driver's records through `DriverDevice` (as the VMM's nested tests do).
+    let record = |id, seq, start, length| DriverExtent {
+        id,
+        start,
+        length,
+        flags: Flags::SHARABLE_BIT,
+        seq,
+        node: 2,
+        source: 1,
+        perf: Perf::from_record(250, 300, 25_000, 12_000),
+        poison: Vec::new(),
+    };
+    let records = DriverDevice {
+        name: "dax0.0".into(),
+        uuid: tag_a(),
+        extents: vec![
+            record(8, 1, 0x1_4000_0000, 2 * MIB2),
+            record(7, 0, 0x1_0000_0000, MIB2),
+        ],
+    };
+    assert_eq!(records.to_dax(Some(0)).unwrap(), l1_dev[0]);
 }
