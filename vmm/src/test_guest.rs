@@ -99,6 +99,38 @@ pub enum Command {
     Verbose(bool),
     /// Print every accepted extent with its record fields (`EXT` lines).
     Extents,
+    /// Read `len` bytes at `gpa` (8-byte aligned) `reps` times with 8-byte loads.
+    ReadLoop {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// Passes over the range.
+        reps: u64,
+    },
+    /// Fill `len` bytes at `gpa` (8-byte aligned) `reps` times with 8-byte stores of `byte`.
+    WriteLoop {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// Passes over the range.
+        reps: u64,
+        /// Fill value.
+        byte: u8,
+    },
+    /// Plug `requests` consecutive ranges of `blocks` base blocks from `addr` on through the base
+    /// virtio-mem path, then read the first byte.
+    BasePlug {
+        /// Guest-physical start of the first range.
+        addr: u64,
+        /// PLUG requests to send.
+        requests: u64,
+        /// Blocks per request.
+        blocks: u64,
+    },
+    /// Send a base virtio-mem UNPLUG_ALL request.
+    BaseUnplugAll,
 }
 
 fn tag_halves(tag: &Uuid) -> [u64; 2] {
@@ -153,6 +185,16 @@ impl Command {
             }
             Command::Verbose(on) => (CMD_VERBOSE, vec![u64::from(*on)]),
             Command::Extents => (CMD_EXTENTS, Vec::new()),
+            Command::ReadLoop { gpa, len, reps } => (CMD_READ_LOOP, vec![*gpa, *len, *reps]),
+            Command::WriteLoop { gpa, len, reps, byte } => {
+                (CMD_WRITE_LOOP, vec![*gpa, *len, *reps, u64::from(*byte)])
+            }
+            Command::BasePlug {
+                addr,
+                requests,
+                blocks,
+            } => (CMD_BASE_PLUG, vec![*addr, *requests, *blocks]),
+            Command::BaseUnplugAll => (CMD_BASE_UNPLUG_ALL, Vec::new()),
         }
     }
 }
@@ -358,6 +400,44 @@ pub enum Report {
         /// Number of accepted extents listed.
         count: u64,
     },
+    /// `READLOOP gpa=.. len=.. reps=.. acc=..`.
+    ReadLoop {
+        /// Address read.
+        gpa: u64,
+        /// Bytes per pass.
+        len: u64,
+        /// Passes.
+        reps: u64,
+        /// Wrapping sum of the words loaded.
+        acc: u64,
+    },
+    /// `WROTELOOP gpa=.. len=.. reps=..`.
+    WroteLoop {
+        /// Address written.
+        gpa: u64,
+        /// Bytes per pass.
+        len: u64,
+        /// Passes.
+        reps: u64,
+    },
+    /// `PLUGGED addr=.. requests=.. acked=.. resp=.. first=..`.
+    Plugged {
+        /// Start of the first range.
+        addr: u64,
+        /// Requests asked for.
+        requests: u64,
+        /// Requests acknowledged (they come first).
+        acked: u64,
+        /// The first non-ACK response type (255: driver error), 0 if all were acknowledged.
+        resp: u64,
+        /// The byte at `addr` (empty if nothing was plugged).
+        first: Vec<u8>,
+    },
+    /// `UNPLUGGED resp=..`.
+    Unplugged {
+        /// Response type (255: driver error).
+        resp: u64,
+    },
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -415,6 +495,25 @@ impl Report {
             "VERBOSE" => Some(Report::Verbose { on: flag("on")? }),
             "FAULT" => Some(Report::Fault(line.to_string())),
             "EXTENTS" => Some(Report::Extents { count: n("count")? }),
+            "READLOOP" => Some(Report::ReadLoop {
+                gpa: n("gpa")?,
+                len: n("len")?,
+                reps: n("reps")?,
+                acc: n("acc")?,
+            }),
+            "WROTELOOP" => Some(Report::WroteLoop {
+                gpa: n("gpa")?,
+                len: n("len")?,
+                reps: n("reps")?,
+            }),
+            "PLUGGED" => Some(Report::Plugged {
+                addr: n("addr")?,
+                requests: n("requests")?,
+                acked: n("acked")?,
+                resp: n("resp")?,
+                first: hex_bytes(field(line, "first")?)?,
+            }),
+            "UNPLUGGED" => Some(Report::Unplugged { resp: n("resp")? }),
             _ => None,
         }
     }
@@ -961,5 +1060,79 @@ mod tests {
         let wrong = vec![line.to_string(), "EXTENTS count=2".to_string()];
         assert!(ExtentDetail::parse_all(&wrong).is_none());
         assert_eq!(Command::Extents.encode(), (CMD_EXTENTS, Vec::new()));
+    }
+
+    #[test]
+    fn benchmark_commands_encode_and_parse() {
+        assert_eq!(
+            Command::ReadLoop {
+                gpa: 8,
+                len: 16,
+                reps: 2
+            }
+            .encode(),
+            (CMD_READ_LOOP, vec![8, 16, 2])
+        );
+        assert_eq!(
+            Command::WriteLoop {
+                gpa: 8,
+                len: 16,
+                reps: 2,
+                byte: 0xab
+            }
+            .encode(),
+            (CMD_WRITE_LOOP, vec![8, 16, 2, 0xab])
+        );
+        assert_eq!(
+            Command::BasePlug {
+                addr: 1 << 40,
+                requests: 3,
+                blocks: 64
+            }
+            .encode(),
+            (CMD_BASE_PLUG, vec![1 << 40, 3, 64])
+        );
+        assert_eq!(Command::BaseUnplugAll.encode(), (CMD_BASE_UNPLUG_ALL, Vec::new()));
+        assert_eq!(
+            Report::parse("READLOOP gpa=0x8 len=16 reps=2 acc=0x2a"),
+            Some(Report::ReadLoop {
+                gpa: 8,
+                len: 16,
+                reps: 2,
+                acc: 42
+            })
+        );
+        assert_eq!(
+            Report::parse("WROTELOOP gpa=0x8 len=16 reps=2"),
+            Some(Report::WroteLoop {
+                gpa: 8,
+                len: 16,
+                reps: 2
+            })
+        );
+        assert_eq!(
+            Report::parse("PLUGGED addr=0x10000000000 requests=3 acked=2 resp=1 first=5a"),
+            Some(Report::Plugged {
+                addr: 1 << 40,
+                requests: 3,
+                acked: 2,
+                resp: 1,
+                first: vec![0x5a]
+            })
+        );
+        assert_eq!(
+            Report::parse("PLUGGED addr=0x0 requests=1 acked=0 resp=3 first="),
+            Some(Report::Plugged {
+                addr: 0,
+                requests: 1,
+                acked: 0,
+                resp: 3,
+                first: Vec::new()
+            })
+        );
+        assert_eq!(
+            Report::parse("UNPLUGGED resp=0"),
+            Some(Report::Unplugged { resp: 0 })
+        );
     }
 }

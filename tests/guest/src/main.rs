@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr;
 use protocol::*;
-use tagmem_driver::{format_uuid, AcceptAll, Extent, RejectAll, TagMemDriver, Target};
+use tagmem_driver::{format_uuid, AcceptAll, Extent, MemResponse, RejectAll, TagMemDriver, Target};
 use virtio::{DmaWindow, MmioTransport};
 
 core::arch::global_asm!(
@@ -118,6 +118,46 @@ fn write_range(gpa: u64, len: u64, byte: u8) {
         // SAFETY: the test asked for this range outside the guest's own image, stack and heap
         // (it lies in memory the VMM mapped for the test, or in none); see `read_range`.
         unsafe { ptr::write_volatile(gpa.wrapping_add(off) as *mut u8, byte) };
+    }
+}
+
+/// Reads `len` bytes at `gpa` `reps` times with aligned 8-byte volatile loads; returns the
+/// wrapping sum of the words, so no load can be left out.
+fn read_loop(gpa: u64, len: u64, reps: u64) -> u64 {
+    let mut acc = 0u64;
+    for _ in 0..reps {
+        let mut off = 0u64;
+        while len - off >= 8 {
+            // SAFETY: as in `read_range`: the VMM identity-maps the range the benchmark asked for.
+            let v = unsafe { ptr::read_volatile(gpa.wrapping_add(off) as *const u64) };
+            acc = acc.wrapping_add(v);
+            off += 8;
+        }
+    }
+    acc
+}
+
+/// Fills `len` bytes at `gpa` `reps` times with aligned 8-byte volatile stores of `byte` repeated.
+fn write_loop(gpa: u64, len: u64, reps: u64, byte: u8) {
+    let word = u64::from_ne_bytes([byte; 8]);
+    for _ in 0..reps {
+        let mut off = 0u64;
+        while len - off >= 8 {
+            // SAFETY: as in `write_range`: memory the VMM mapped for the benchmark, outside the
+            // guest's own image, stack and heap.
+            unsafe { ptr::write_volatile(gpa.wrapping_add(off) as *mut u64, word) };
+            off += 8;
+        }
+    }
+}
+
+/// A base virtio-mem response type as the `PLUGGED` and `UNPLUGGED` lines print it.
+fn resp_code(r: MemResponse) -> u64 {
+    match r {
+        MemResponse::Ack => 0,
+        MemResponse::Nack => 1,
+        MemResponse::Busy => 2,
+        MemResponse::Error => 3,
     }
 }
 
@@ -340,6 +380,47 @@ impl Guest {
         println!("EXTENTS count={}", count);
     }
 
+    /// Plugs `requests` consecutive ranges of `blocks` base blocks from `addr` on, as Linux's
+    /// driver does after a config change; then reads the first byte.
+    fn base_plug(&mut self, addr: u64, requests: u64, blocks: u64) {
+        let Some(drv) = self.drv.as_mut() else {
+            println!("FAULT no driver");
+            return;
+        };
+        let Some(nb) = u16::try_from(blocks).ok().filter(|n| *n > 0) else {
+            println!("FAULT bad block count={}", blocks);
+            return;
+        };
+        if let Err(e) = drv.refresh_config() {
+            println!("FAULT refresh config: {}", e);
+            return;
+        }
+        let step = drv.config().block_size.get().wrapping_mul(blocks);
+        let (mut acked, mut resp) = (0u64, 0u64);
+        for i in 0..requests {
+            match drv.plug(addr.wrapping_add(i.wrapping_mul(step)), nb) {
+                Ok(MemResponse::Ack) => acked += 1,
+                Ok(r) => {
+                    resp = resp_code(r);
+                    break;
+                }
+                Err(_) => {
+                    resp = 255;
+                    break;
+                }
+            }
+        }
+        let first = if acked > 0 { read_range(addr, 1) } else { Digest::default() };
+        println!(
+            "PLUGGED addr={:#x} requests={} acked={} resp={} first={}",
+            addr,
+            requests,
+            acked,
+            resp,
+            Hex(&first.first[..first.nfirst])
+        );
+    }
+
     /// Runs one command; prints its result line.
     fn run(&mut self, cmd: u64, args: &[u64]) {
         let arg = |i: usize| args.get(i).copied().unwrap_or(0);
@@ -387,6 +468,24 @@ impl Guest {
                 println!("VERBOSE on={}", u8::from(self.verbose));
             }
             CMD_EXTENTS => self.extents(),
+            CMD_READ_LOOP | CMD_WRITE_LOOP if arg(0) % 8 != 0 => {
+                println!("FAULT unaligned gpa={:#x}", arg(0));
+            }
+            CMD_READ_LOOP => {
+                let acc = read_loop(arg(0), arg(1), arg(2));
+                println!("READLOOP gpa={:#x} len={} reps={} acc={:#x}", arg(0), arg(1), arg(2), acc);
+            }
+            CMD_WRITE_LOOP => {
+                // Truncation intended: the byte value travels in the low 8 bits of arg3.
+                write_loop(arg(0), arg(1), arg(2), (arg(3) & 0xff) as u8);
+                println!("WROTELOOP gpa={:#x} len={} reps={}", arg(0), arg(1), arg(2));
+            }
+            CMD_BASE_PLUG => self.base_plug(arg(0), arg(1), arg(2)),
+            CMD_BASE_UNPLUG_ALL => match self.drv.as_mut().map(|d| d.unplug_all()) {
+                Some(Ok(r)) => println!("UNPLUGGED resp={}", resp_code(r)),
+                Some(Err(_)) => println!("UNPLUGGED resp=255"),
+                None => println!("FAULT no driver"),
+            },
             other => println!("FAULT unknown command={:#x}", other),
         }
     }

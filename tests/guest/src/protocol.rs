@@ -71,6 +71,22 @@ pub const CMD_VERBOSE: u64 = 11;
 /// address, length, flags, `seq`, node, source class, performance and poison (the record fields
 /// SPEC.md T-NEST-1 copies); then `EXTENTS count=..`.
 pub const CMD_EXTENTS: u64 = 12;
+/// Command (benchmarks): read `arg1` bytes at GPA `arg0` (8-byte aligned) `arg2` times with aligned
+/// 8-byte volatile loads; prints `READLOOP gpa=.. len=.. reps=.. acc=..` (`acc` the wrapping sum
+/// of the words loaded).
+pub const CMD_READ_LOOP: u64 = 0x40;
+/// Command (benchmarks): fill `arg1` bytes at GPA `arg0` (8-byte aligned) `arg2` times with 8-byte
+/// volatile stores of byte `arg3` repeated; prints `WROTELOOP gpa=.. len=.. reps=..`.
+pub const CMD_WRITE_LOOP: u64 = 0x41;
+/// Command (benchmarks): re-read the device configuration, then send `arg1` base virtio-mem PLUG
+/// requests of `arg2` blocks each for consecutive ranges from GPA `arg0` on, stopping at the first
+/// one not acknowledged; then read the byte at `arg0` if any was; prints
+/// `PLUGGED addr=.. requests=.. acked=.. resp=.. first=..` (`resp` the first non-ACK response
+/// type, 255 for a driver error, 0 if all were acknowledged).
+pub const CMD_BASE_PLUG: u64 = 0x42;
+/// Command (benchmarks): send a base virtio-mem UNPLUG_ALL request; prints `UNPLUGGED resp=..`
+/// (the response type, 255 for a driver error).
+pub const CMD_BASE_UNPLUG_ALL: u64 = 0x43;
 
 /// Policy: accept every valid offer (the driver's default).
 pub const POLICY_ACCEPT_ALL: u64 = 0;
