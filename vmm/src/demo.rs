@@ -433,7 +433,7 @@ pub fn run(
 
     writeln!(
         tl.out,
-        "\nTimeline (host steps and the guest driver's own log):\n"
+        "\nTimeline (host steps and the guest driver's own log, as the host saw them):\n"
     )?;
     let entries = std::mem::take(&mut tl.entries);
     for (at, who, text) in &entries {
