@@ -15,6 +15,7 @@ pub mod demo;
 pub mod layout;
 pub mod memslot;
 pub mod mmio;
+pub mod nested;
 pub mod runtime;
 pub mod snapshot;
 pub mod test_guest;
