@@ -1,0 +1,464 @@
+//! Nested pass-through on real KVM: a tag found the same way at L0 (host sysfs), in VM "L1" and
+//! in VM "L2"; data shared across the levels; the release cascade; tags L1 never received.
+//!
+//! What this models. L0 is the test acting as the host: it looks tags up in a host sysfs tree
+//! written under a temporary directory (a CXL Dynamic Capacity region whose extents form tagged
+//! dax devices on target node 2, with HMAT `access0`/`access1` attributes for that node), and
+//! offers VM "L1" one extent per host extent, with the HMAT values as performance, at the
+//! host-physical address of the extent (address-preserving placement). No devdax device exists
+//! here, so each device is backed by a memfd standing in for `/dev/daxX.Y` (registered as a
+//! devdax backing, so it is mapped in 2 MiB units as a devdax would be). The L1 VMM is
+//! [`NestedPassthrough`] in this process: it resolves a tag through the lookup over what the L1
+//! guest's driver reports, and offers VM "L2" the same extents, backed by the L1 guest-physical
+//! ranges, that is by the same memfd descriptor and offsets L0 maps into L1, at the same
+//! guest-physical addresses. Both VMs are real KVM VMs running the test guest and the reference
+//! driver on their own vCPU.
+//!
+//! What it does not model: no VM runs inside a VM (KVM here cannot nest), so L2 is not a guest of
+//! L1's kernel; the L1 VMM does not `mmap` an L1 `/dev/daxX.Y`, it uses the host descriptor behind
+//! that L1 range; and it learns of L0's release requests by polling the L1 guest, not from a
+//! kernel notification. Set `--nocapture` to see the JSON and tables of each level.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+
+use common::*;
+use serde_json::Value;
+use tagmem_device::Target;
+use tagmem_device::{
+    ExtentFlags, ExtentSpec, ExtentState, HostEvent, Perf, SourceClass, SourceId, SourceRef,
+};
+use tagmem_lookup::fixture::{Dev, Tree, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
+use tagmem_lookup::{lookup, output, DaxDevice, SysfsSource};
+use tagmem_vmm::nested::{guest_dax_devices, CascadeStep, NestedError, NestedPassthrough};
+use tagmem_vmm::{Backing, BackingKind, BackingLifetime, Vmm, VmmConfig};
+use uuid::Uuid;
+
+/// A read-only single-extent group L0 gives L1.
+const TAG_B: &str = "3d5e7f90-1a2b-4c3d-8e4f-5a6b7c8d9e0f";
+/// A tag the host has but L0 never gives L1.
+const TAG_C: &str = "9c8b7a65-4321-4fed-8cba-0987654321fe";
+/// Backing ids L0 uses for the memfds standing in for the host's dax devices.
+const L0_SOURCE_A: u64 = 1;
+const L0_SOURCE_B: u64 = 2;
+/// What a guest reads where nothing is mapped.
+const UNBACKED: u8 = 0xff;
+
+fn tag(s: &str) -> Uuid {
+    Uuid::parse_str(s).unwrap()
+}
+
+/// The host: CXL region 2 at [`REGION2_BASE`] with the two-extent group `TAG_A` (`dax2.1`), the
+/// one-extent groups `TAG_B` (`dax2.2`) and `TAG_C` (`dax2.3`), all on target node 2, whose HMAT
+/// attributes give access class 0 and 1.
+fn host_tree() -> Tree {
+    let t = Tree::new();
+    let r = t.cxl_region(2, Some(REGION2_BASE), 1 << 32);
+    t.cxl_extent(&r, 2, 0, 0, MIB2, Some(TAG_A));
+    t.cxl_extent(&r, 2, 1, 0x1000_0000, 2 * MIB2, Some(TAG_A));
+    t.cxl_extent(&r, 2, 2, 0x2000_0000, MIB2, Some(TAG_B));
+    t.cxl_extent(&r, 2, 3, 0x3000_0000, MIB2, Some(TAG_C));
+    let at = |off: u64, len: u64| (REGION2_BASE + off, len);
+    for (name, uuid, ranges) in [
+        ("dax2.1", TAG_A, vec![at(0, MIB2), at(0x1000_0000, 2 * MIB2)]),
+        ("dax2.2", TAG_B, vec![at(0x2000_0000, MIB2)]),
+        ("dax2.3", TAG_C, vec![at(0x3000_0000, MIB2)]),
+    ] {
+        let mut d = Dev::new(name, &r, Some(uuid), &ranges);
+        d.target_node = 2;
+        t.dax(&d);
+    }
+    t.hmat(2, 0, (250, 300), (25_000, 12_000));
+    t.hmat(2, 1, (400, 450), (20_000, 10_000));
+    t
+}
+
+/// The host's device for `tag` (L0's lookup).
+fn host_device(host: &Tree, t: Uuid) -> DaxDevice {
+    let mut found = lookup(&SysfsSource::new(host.root()), &t).unwrap();
+    assert_eq!(found.len(), 1, "{t}");
+    found.remove(0)
+}
+
+/// L0 offers VM L1 the host device `dev`, one extent per mapping at its host-physical address,
+/// backed by a fresh memfd standing in for the devdax (backing `source`, offset = the mapping's
+/// offset in the device), with the device's HMAT values, node and source class; sequence numbers
+/// follow the mappings. Returns the L1 extent ids once L1's driver accepted them.
+fn l0_offer(l1: &Vmm, dev: &DaxDevice, source: u64, flags: ExtentFlags) -> Vec<u64> {
+    let memfd = Backing::memfd(&format!("l0-{}", dev.chardev), dev.size).unwrap();
+    let file = memfd.file_handle().try_clone().unwrap();
+    let standin = Backing::from_file(file, dev.size, BackingKind::DevDax, true);
+    l1.register_backing(SourceId(source), standin, BackingLifetime::Persistent)
+        .unwrap();
+    let perf = dev.perf.expect("HMAT reports the node");
+    let class = match dev.source_class {
+        Some(tagmem_lookup::SourceClass::CxlDc) => SourceClass::CxlDc,
+        other => panic!("{}: unexpected source class {other:?}", dev.chardev),
+    };
+    let chain: Vec<ExtentSpec> = dev
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ExtentSpec {
+            tag: dev.uuid,
+            length: m.size,
+            source: SourceRef {
+                id: SourceId(source),
+                offset: m.page_offset * tagmem_lookup::PAGE_SIZE,
+            },
+            gpa: Some(m.start),
+            flags,
+            perf: Perf {
+                read_latency_ns: perf.read_latency_ns,
+                write_latency_ns: perf.write_latency_ns,
+                read_bandwidth_mbps: perf.read_bandwidth_mbps,
+                write_bandwidth_mbps: perf.write_bandwidth_mbps,
+            },
+            node: u16::try_from(dev.target_node.unwrap()).unwrap(),
+            seq: u16::try_from(i).unwrap(),
+            class,
+        })
+        .collect();
+    let receipt = l1.offer(&chain).unwrap();
+    l1.guest_poll().unwrap();
+    let ids: Vec<u64> = receipt.extents.iter().map(|(id, _)| *id).collect();
+    let table = l1.extents();
+    for id in &ids {
+        let e = table.iter().find(|e| e.id == *id).unwrap();
+        assert_eq!(e.state, ExtentState::Accepted, "L1 accepted extent {id}");
+    }
+    ids
+}
+
+/// The host, VM L1 holding `TAG_A` (sharable) and `TAG_B` (read-only) from L0, and VM L2.
+struct Levels {
+    host: Tree,
+    l1: Vmm,
+    l2: Vmm,
+    l1_ids: Vec<u64>,
+}
+
+fn levels() -> Option<Levels> {
+    let host = host_tree();
+    let l1 = vmm_or_skip(VmmConfig::default())?;
+    let l2 = vmm_or_skip(VmmConfig::default())?;
+    let mut l1_ids = l0_offer(
+        &l1,
+        &host_device(&host, tag(TAG_A)),
+        L0_SOURCE_A,
+        ExtentFlags {
+            sharable: true,
+            readonly: false,
+        },
+    );
+    l1_ids.extend(l0_offer(
+        &l1,
+        &host_device(&host, tag(TAG_B)),
+        L0_SOURCE_B,
+        ExtentFlags {
+            sharable: false,
+            readonly: true,
+        },
+    ));
+    Some(Levels { host, l1, l2, l1_ids })
+}
+
+/// The lookup of `t` in a guest, over its driver's report.
+fn guest_lookup(vmm: &Vmm, t: Uuid) -> Vec<DaxDevice> {
+    lookup(&guest_dax_devices(vmm).unwrap(), &t).unwrap()
+}
+
+/// JSON paths at which `a` and `b` differ (a key missing on one side counts).
+fn differing_paths(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = format!("{at}/{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => differing_paths(p, q, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                differing_paths(p, q, &format!("{at}/{i}"), out);
+            }
+        }
+        _ if a != b => out.push(at.to_owned()),
+        _ => {}
+    }
+}
+
+/// Guest-physical address (= host-physical address here) and backing offset of byte `off` of
+/// mapping `i` of `dev`.
+fn addr(dev: &DaxDevice, i: usize, off: u64) -> (u64, u64) {
+    let m = dev.mappings[i];
+    (m.start + off, m.page_offset * tagmem_lookup::PAGE_SIZE + off)
+}
+
+#[test]
+fn l2_lookup_matches_l0_and_bytes_flow_between_l0_and_l2() {
+    let Some(lv) = levels() else {
+        return;
+    };
+    let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
+    for t in [TAG_A, TAG_B] {
+        let offer = l1_vmm.offer_tag(tag(t)).unwrap();
+        assert!(
+            offer.extents.iter().all(|e| e.accepted && e.l2_gpa == e.l1_gpa),
+            "{offer:?}"
+        );
+    }
+    lv.l2.guest_poll().unwrap();
+
+    for t in [TAG_A, TAG_B] {
+        let host = host_device(&lv.host, tag(t));
+        let l1_dev = guest_lookup(&lv.l1, tag(t));
+        let l2_dev = guest_lookup(&lv.l2, tag(t));
+        println!(
+            "tag {t} at L0 (host sysfs):\n{}",
+            output::json_string(std::slice::from_ref(&host))
+        );
+        println!(
+            "tag {t} at L1 (L1 guest driver):\n{}",
+            output::json_string(&l1_dev)
+        );
+        println!(
+            "tag {t} at L2 (L2 guest driver):\n{}",
+            output::json_string(&l2_dev)
+        );
+        let l0 = output::to_json(std::slice::from_ref(&host));
+        let l1 = output::to_json(&l1_dev);
+        let l2 = output::to_json(&l2_dev);
+        // L1 and L2 agree entirely: same names (first devices of each guest), same addresses.
+        assert_eq!(l1, l2, "{t}: L1 and L2 lookups differ");
+        // L2 and L0 differ exactly in the device name and path (`dax0.N` in a guest), in `flags`
+        // (shown by the guest driver, absent from bare-metal CXL sysfs) and in each extent's
+        // `offset` (the offset within the CXL region, which only the host knows).
+        let mut diff = Vec::new();
+        differing_paths(&l0, &l2, "", &mut diff);
+        let mut expected: Vec<String> = ["/0/chardev", "/0/flags", "/0/path"].map(String::from).to_vec();
+        expected.extend((0..host.extents.len()).map(|i| format!("/0/extents/{i}/offset")));
+        expected.sort();
+        diff.sort();
+        assert_eq!(diff, expected, "{t}: L0 and L2 lookups differ elsewhere");
+        assert!(l0[0].get("flags").is_none() && l2[0]["flags"].is_array());
+    }
+    let l2_devices = guest_dax_devices(&lv.l2).unwrap();
+    println!(
+        "L2 `tagmem list --human` equivalent:\n{}",
+        output::human_table(&l2_devices)
+    );
+    println!(
+        "L0 `tagmem list --human` equivalent:\n{}",
+        output::human_table(&[
+            host_device(&lv.host, tag(TAG_A)),
+            host_device(&lv.host, tag(TAG_B))
+        ])
+    );
+
+    // The L2 records copy L1's: tag, range, flags, seq, node, class, performance (T-NEST-1); L1
+    // keeps the groups busy while L2 holds them (T-NEST-2).
+    let l1_ext = lv.l1.guest_extents().unwrap();
+    let l2_ext = lv.l2.guest_extents().unwrap();
+    assert_eq!(l1_ext.len(), 3);
+    assert_eq!(l2_ext.len(), 3);
+    for (a, b) in l1_ext.iter().zip(&l2_ext) {
+        let key = |e: &tagmem_vmm::test_guest::ExtentDetail| {
+            (
+                e.uuid,
+                e.gpa,
+                e.len,
+                e.flags,
+                e.seq,
+                e.node,
+                e.class,
+                (
+                    e.read_latency_ns,
+                    e.write_latency_ns,
+                    e.read_bandwidth_mbps,
+                    e.write_bandwidth_mbps,
+                ),
+            )
+        };
+        assert_eq!(key(a), key(b));
+        assert!(a.busy && !b.busy, "L1 busy, L2 idle: {a:?} {b:?}");
+    }
+
+    // Bytes L0 writes into the backing are read by L2 (both groups, both ends of an extent).
+    let a = host_device(&lv.host, tag(TAG_A));
+    let b = host_device(&lv.host, tag(TAG_B));
+    let probes = [
+        (&a, L0_SOURCE_A, 0, 0u64),
+        (&a, L0_SOURCE_A, 1, 2 * MIB2 - 4096),
+        (&b, L0_SOURCE_B, 0, 8192),
+    ];
+    for (k, (dev, source, i, off)) in probes.into_iter().enumerate() {
+        let bytes = leak_pattern(4096, u8::try_from(k).unwrap() + 1);
+        let (gpa, offset) = addr(dev, i, off);
+        vmm_host_write(&lv.l1, source, offset, &bytes);
+        let (sum, first) = lv.l2.guest_read(gpa, 4096).unwrap();
+        assert_eq!(
+            (sum, first.as_slice()),
+            (tagmem_vmm::test_guest::byte_sum(&bytes), &bytes[..8]),
+            "L2 reads what L0 wrote at {gpa:#x}"
+        );
+    }
+    // L2's writes to the sharable group are seen by L0 (and by L1).
+    let (gpa, offset) = addr(&a, 1, 12288);
+    lv.l2.guest_write(gpa, 256, 0x5a).unwrap();
+    assert_eq!(vmm_host_read(&lv.l1, L0_SOURCE_A, offset, 256), vec![0x5a; 256]);
+    let (sum, _) = lv.l1.guest_read(gpa, 256).unwrap();
+    assert_eq!(sum, 0x5a * 256);
+    // The read-only group stays read-only in L2: its write does not reach the backing.
+    let (gpa, offset) = addr(&b, 0, 0);
+    let before = vmm_host_read(&lv.l1, L0_SOURCE_B, offset, 64);
+    lv.l2.guest_write(gpa, 64, 0x33).unwrap();
+    assert_eq!(vmm_host_read(&lv.l1, L0_SOURCE_B, offset, 64), before);
+    assert_eq!(lv.l1_ids.len(), 3);
+}
+
+#[test]
+fn release_at_l0_cascades_through_l1_to_l2() {
+    let Some(lv) = levels() else {
+        return;
+    };
+    let tag_a = tag(TAG_A);
+    let a = host_device(&lv.host, tag_a);
+    let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
+    let offer = l1_vmm.offer_tag(tag_a).unwrap();
+    let l2_ids: Vec<u64> = offer.extents.iter().map(|e| e.l2_id).collect();
+    let (gpa, offset) = addr(&a, 1, 0);
+    vmm_host_write(&lv.l1, L0_SOURCE_A, offset, &[7; 64]);
+    assert_eq!(lv.l2.guest_read(gpa, 64).unwrap().0, 7 * 64, "L2 holds the group");
+    lv.l1.take_host_events();
+
+    // L0 asks L1 for the group back. L1's driver holds it busy for L2 and answers RELEASE_BUSY.
+    let l1_ids = lv.l1.request_release(Target::Tag(tag_a)).unwrap();
+    assert_eq!(l1_ids, lv.l1_ids[..2]);
+
+    let mut steps = Vec::new();
+    let mut l0_events_when_l2_let_go = Vec::new();
+    let released = l1_vmm
+        .cascade_releases(|step| {
+            if let CascadeStep::L2Released { .. } = step {
+                // L2 has let go: it reads unbacked memory, while L0 has not completed yet (the
+                // group is still deferred there and L1 still reaches it).
+                let (sum, first) = lv.l2.guest_read(gpa, 64).unwrap();
+                assert_eq!((sum, first), (u64::from(UNBACKED) * 64, vec![UNBACKED; 8]));
+                assert!(lv.l2.slots().is_empty(), "L2 maps nothing: {:?}", lv.l2.slots());
+                l0_events_when_l2_let_go = lv.l1.take_host_events();
+                assert!(lv
+                    .l1
+                    .extents()
+                    .iter()
+                    .filter(|e| l1_ids.contains(&e.id))
+                    .all(|e| e.state == ExtentState::ReleaseDeferred));
+                assert_eq!(lv.l1.guest_read(gpa, 64).unwrap().0, 7 * 64);
+            }
+            steps.push(step.clone());
+        })
+        .unwrap();
+    assert_eq!(released, vec![tag_a]);
+    assert_eq!(
+        steps,
+        vec![
+            CascadeStep::RequestSeen { tag: tag_a },
+            CascadeStep::L2ReleaseRequested {
+                tag: tag_a,
+                extents: l2_ids.clone()
+            },
+            CascadeStep::L2Released {
+                tag: tag_a,
+                extents: l2_ids
+            },
+            CascadeStep::L1Released { tag: tag_a, count: 2 },
+        ]
+    );
+    // Until L2 let go, L0 heard only RELEASE_BUSY; completion came after.
+    assert_eq!(
+        l0_events_when_l2_let_go,
+        vec![HostEvent::ReleaseDeferred {
+            extents: l1_ids.clone()
+        }]
+    );
+    let after = lv.l1.take_host_events();
+    let l0_released: Vec<u64> = after
+        .iter()
+        .flat_map(|e| match e {
+            HostEvent::Released { extents } => extents.iter().map(|(id, _)| *id).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        l0_released, l1_ids,
+        "L0 reports completion after the cascade: {after:?}"
+    );
+
+    // Neither guest reaches the capacity any more, the other group is untouched, and L0's
+    // backing still holds its bytes (a release returns capacity, it does not clear it).
+    for vmm in [&lv.l1, &lv.l2] {
+        let (sum, _) = vmm.guest_read(gpa, 64).unwrap();
+        assert_eq!(sum, u64::from(UNBACKED) * 64);
+    }
+    assert!(lookup(&guest_dax_devices(&lv.l1).unwrap(), &tag_a)
+        .unwrap()
+        .is_empty());
+    assert!(lookup(&guest_dax_devices(&lv.l2).unwrap(), &tag_a)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        lookup(&guest_dax_devices(&lv.l1).unwrap(), &tag(TAG_B))
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut b = [0u8; 64];
+    lv.l1
+        .mapper()
+        .lock()
+        .backing(SourceId(L0_SOURCE_A))
+        .unwrap()
+        .file_handle()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
+    assert_eq!(b, [7; 64]);
+    assert!(l1_vmm.passed_tags().is_empty());
+}
+
+#[test]
+fn a_tag_l0_never_gave_l1_cannot_be_offered_to_l2() {
+    let Some(lv) = levels() else {
+        return;
+    };
+    let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
+    // TAG_C is on the host but L0 never offered it; TAG_ABSENT is nowhere.
+    assert_eq!(
+        lookup(&SysfsSource::new(lv.host.root()), &tag(TAG_C))
+            .unwrap()
+            .len(),
+        1
+    );
+    for t in [tag(TAG_C), tag(TAG_ABSENT)] {
+        let err = l1_vmm.offer_tag(t).unwrap_err();
+        assert!(matches!(err, NestedError::TagNotPresent(x) if x == t), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("tag {t}: the L1 guest holds no capacity with this tag; nothing offered to L2")
+        );
+    }
+    // Nothing reached L2, and nothing was marked busy in L1.
+    assert!(lv.l2.extents().is_empty());
+    assert!(lv.l2.take_host_events().is_empty());
+    assert!(lv.l2.guest_extents().unwrap().is_empty());
+    assert!(lv.l1.guest_extents().unwrap().iter().all(|e| !e.busy));
+    // A tag L1 holds still passes, and passing it twice is refused.
+    l1_vmm.offer_tag(tag(TAG_B)).unwrap();
+    let err = l1_vmm.offer_tag(tag(TAG_B)).unwrap_err();
+    assert!(matches!(err, NestedError::AlreadyPassed(_)), "{err}");
+}
