@@ -29,9 +29,10 @@ use tagmem_device::Target;
 use tagmem_device::{
     ExtentFlags, ExtentSpec, ExtentState, HostEvent, Perf, SourceClass, SourceId, SourceRef,
 };
-use tagmem_lookup::fixture::{Dev, Tree, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
+use tagmem_lookup::fixture::{c_hex, Dev, Tree, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
 use tagmem_lookup::{lookup, output, DaxDevice, SysfsSource};
 use tagmem_vmm::nested::{guest_dax_devices, CascadeStep, NestedError, NestedPassthrough};
+use tagmem_vmm::test_guest::ExtentDetail;
 use tagmem_vmm::{Backing, BackingKind, BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
@@ -169,6 +170,41 @@ fn guest_lookup(vmm: &Vmm, t: Uuid) -> Vec<DaxDevice> {
     lookup(&guest_dax_devices(vmm).unwrap(), &t).unwrap()
 }
 
+/// The sysfs tree a Linux guest driver would show for `extents` grouped as `devices`
+/// (SPEC.md T-LOOKUP-5/6): `virtio0/tagmem/extentE/*`, one dax device per group with its
+/// mappings, and the HMAT attributes of each target node for access classes 0 and 1.
+fn linux_guest_tree(extents: &[ExtentDetail], devices: &[DaxDevice]) -> Tree {
+    let t = Tree::new();
+    let v = t.virtio("virtio0");
+    for e in extents {
+        let d = format!("{v}/tagmem/extent{}", e.id);
+        let flags = tagmem_lookup::Flags::from_bits(e.flags).names().join(" ");
+        let source = tagmem_lookup::SourceClass::from_wire(e.class).unwrap();
+        let poison: Vec<String> = e.poison.iter().map(|(o, l)| format!("{o:#x} {l:#x}")).collect();
+        t.attr(&format!("{d}/uuid"), &e.uuid.to_string());
+        t.attr(&format!("{d}/start"), &c_hex(e.gpa));
+        t.attr(&format!("{d}/length"), &c_hex(e.len));
+        t.attr(&format!("{d}/flags"), &flags);
+        t.attr(&format!("{d}/target_node"), &e.node.to_string());
+        t.attr(&format!("{d}/source"), source.as_str());
+        t.attr(&format!("{d}/seq"), &e.seq.to_string());
+        t.attr(&format!("{d}/poison"), &poison.join("\n"));
+        let rl = (e.read_latency_ns, e.write_latency_ns);
+        let bw = (e.read_bandwidth_mbps, e.write_bandwidth_mbps);
+        for class in [0, 1] {
+            t.hmat(u32::from(e.node), class, rl, bw);
+        }
+    }
+    for dev in devices {
+        let ranges: Vec<(u64, u64)> = dev.mappings.iter().map(|m| (m.start, m.size)).collect();
+        let mut d = Dev::new(&dev.chardev, &v, Some(&dev.uuid.to_string()), &ranges);
+        d.target_node = dev.target_node.unwrap();
+        d.numa_node = tagmem_vmm::nested::GUEST_NUMA_NODE;
+        t.dax(&d);
+    }
+    t
+}
+
 /// JSON paths at which `a` and `b` differ (a key missing on one side counts).
 fn differing_paths(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     match (a, b) {
@@ -232,6 +268,7 @@ fn l2_lookup_matches_l0_and_bytes_flow_between_l0_and_l2() {
             "tag {t} at L2 (L2 guest driver):\n{}",
             output::json_string(&l2_dev)
         );
+        println!("{}", output::human_table(&l2_dev));
         let l0 = output::to_json(std::slice::from_ref(&host));
         let l1 = output::to_json(&l1_dev);
         let l2 = output::to_json(&l2_dev);
@@ -250,26 +287,33 @@ fn l2_lookup_matches_l0_and_bytes_flow_between_l0_and_l2() {
         assert!(l0[0].get("flags").is_none() && l2[0]["flags"].is_array());
     }
     let l2_devices = guest_dax_devices(&lv.l2).unwrap();
+    let l0_devices = [
+        host_device(&lv.host, tag(TAG_A)),
+        host_device(&lv.host, tag(TAG_B)),
+    ];
+    println!("L0 table (host sysfs):\n{}", output::human_table(&l0_devices));
     println!(
-        "L2 `tagmem list --human` equivalent:\n{}",
+        "L2 table (L2 guest driver):\n{}",
         output::human_table(&l2_devices)
     );
-    println!(
-        "L0 `tagmem list --human` equivalent:\n{}",
-        output::human_table(&[
-            host_device(&lv.host, tag(TAG_A)),
-            host_device(&lv.host, tag(TAG_B))
-        ])
-    );
+
+    // A Linux guest shows the same through sysfs (SPEC.md T-LOOKUP-5/6): the L2 driver's report
+    // written in that layout reads back, through the sysfs source `tagmem` uses, as the same
+    // devices.
+    let l2_ext = lv.l2.guest_extents().unwrap();
+    let tree = linux_guest_tree(&l2_ext, &l2_devices);
+    for t in [TAG_A, TAG_B] {
+        let from_sysfs = lookup(&SysfsSource::new(tree.root()), &tag(t)).unwrap();
+        assert_eq!(from_sysfs, guest_lookup(&lv.l2, tag(t)), "{t}");
+    }
 
     // The L2 records copy L1's: tag, range, flags, seq, node, class, performance (T-NEST-1); L1
     // keeps the groups busy while L2 holds them (T-NEST-2).
     let l1_ext = lv.l1.guest_extents().unwrap();
-    let l2_ext = lv.l2.guest_extents().unwrap();
     assert_eq!(l1_ext.len(), 3);
     assert_eq!(l2_ext.len(), 3);
     for (a, b) in l1_ext.iter().zip(&l2_ext) {
-        let key = |e: &tagmem_vmm::test_guest::ExtentDetail| {
+        let key = |e: &ExtentDetail| {
             (
                 e.uuid,
                 e.gpa,
