@@ -27,8 +27,8 @@
 //! guest-physical view is the one the L1 guest's driver reports; a real L1 VMM would `mmap` the L1
 //! guest's `/dev/daxX.Y` and hand that mapping to its KVM, which ends in the same host pages that
 //! the descriptor and offset used here name. The L1 VMM learns of release requests by asking the
-//! L1 guest (a poll), not from a kernel notification. Metadata and poison forwarding (T-NEST-4) is
-//! not done here.
+//! L1 guest (a poll), not from a kernel notification; likewise metadata and poison reach L2 when
+//! [`NestedPassthrough::forward_updates`] polls the L1 guest (T-NEST-4).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -245,11 +245,49 @@ pub enum CascadeStep {
     },
 }
 
+/// An update [`NestedPassthrough::forward_updates`] passed from L1's driver to L2 (T-NEST-4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// New performance metadata of an L1 extent, applied to its L2 extent's group.
+    Metadata {
+        /// The tag.
+        tag: Uuid,
+        /// The L2 extent named in the update.
+        l2_extent: u64,
+        /// The new values.
+        perf: Perf,
+    },
+    /// A poisoned range of an L1 extent, reported for its L2 extent at the same offset.
+    Poison {
+        /// The tag.
+        tag: Uuid,
+        /// The L2 extent.
+        l2_extent: u64,
+        /// Offset within the extent.
+        offset: u64,
+        /// Length of the range.
+        length: u64,
+    },
+}
+
+/// What L1's driver had reported for one passed extent when L2 last heard of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    /// L2 extent id.
+    l2_id: u64,
+    /// Performance as last passed on.
+    perf: Perf,
+    /// Poisoned ranges passed on so far.
+    poison: usize,
+}
+
 /// A tag L2 holds.
 #[derive(Clone, Debug)]
 struct Held {
     /// L2 extent ids L2 accepted.
     l2_extents: Vec<u64>,
+    /// Per accepted L1 extent id: what L2 has been told.
+    seen: BTreeMap<u64, Seen>,
     /// L2 backings registered for it.
     sources: Vec<SourceId>,
     /// Release requested from L2, not completed yet.
@@ -535,9 +573,26 @@ impl<'a> NestedPassthrough<'a> {
                 accepted: accepted.contains(&l2_id),
             })
             .collect();
+        let seen = ordered
+            .iter()
+            .zip(&chain)
+            .zip(&receipt.extents)
+            .filter(|(_, &(l2_id, _))| accepted.contains(&l2_id))
+            .map(|((e, spec), &(l2_id, _))| {
+                (
+                    e.id,
+                    Seen {
+                        l2_id,
+                        perf: spec.perf,
+                        poison: e.poison.len(),
+                    },
+                )
+            })
+            .collect();
         self.held.insert(
             tag,
             Held {
+                seen,
                 l2_extents: accepted,
                 sources: l2_source_of.into_values().collect(),
                 releasing: false,
@@ -591,6 +646,65 @@ impl<'a> NestedPassthrough<'a> {
             let more = self.l2.wait_host_events(deadline - now);
             self.l2_events.extend(more);
         }
+    }
+
+    /// Passes METADATA and POISON that L1's driver received for capacity L2 holds on to L2
+    /// (T-NEST-4): new performance values become an `update_metadata` of the L2 extent, each new
+    /// poisoned range an `inject_poison` at the same offset (extents map one to one). Returns what
+    /// was forwarded, in order.
+    pub fn forward_updates(&mut self) -> Result<Vec<Forwarded>, NestedError> {
+        let Some(first) = self.held.keys().next().copied() else {
+            return Ok(Vec::new());
+        };
+        let l1_err = |source| NestedError::Guest {
+            tag: first,
+            level: "L1",
+            source,
+        };
+        self.l1.guest_poll().map_err(l1_err)?;
+        let details = self.l1.guest_extents().map_err(l1_err)?;
+        let l2 = self.l2;
+        let mut out = Vec::new();
+        for (tag, held) in &mut self.held {
+            let tag = *tag;
+            // Metadata applies to a whole group (as L0 sends it); one update per group and pass.
+            let mut updated: BTreeSet<u64> = BTreeSet::new();
+            for (l1_id, seen) in &mut held.seen {
+                let Some(d) = details.iter().find(|e| e.id == *l1_id) else {
+                    continue;
+                };
+                let perf = Perf {
+                    read_latency_ns: d.read_latency_ns,
+                    write_latency_ns: d.write_latency_ns,
+                    read_bandwidth_mbps: d.read_bandwidth_mbps,
+                    write_bandwidth_mbps: d.write_bandwidth_mbps,
+                };
+                if perf != seen.perf && !updated.contains(&seen.l2_id) {
+                    let ids = l2
+                        .update_metadata(Target::Extent(seen.l2_id), perf)
+                        .map_err(|source| NestedError::Control { tag, source })?;
+                    updated.extend(ids);
+                    out.push(Forwarded::Metadata {
+                        tag,
+                        l2_extent: seen.l2_id,
+                        perf,
+                    });
+                }
+                seen.perf = perf;
+                for &(offset, length) in d.poison.iter().skip(seen.poison) {
+                    l2.inject_poison(seen.l2_id, offset, length)
+                        .map_err(|source| NestedError::Control { tag, source })?;
+                    seen.poison += 1;
+                    out.push(Forwarded::Poison {
+                        tag,
+                        l2_extent: seen.l2_id,
+                        offset,
+                        length,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Handles release requests L0 sent the L1 guest for tags L2 holds (T-NEST-3), reporting each

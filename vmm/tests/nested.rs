@@ -31,7 +31,7 @@ use tagmem_device::{
 };
 use tagmem_lookup::fixture::{c_hex, Dev, Tree, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
 use tagmem_lookup::{lookup, output, DaxDevice, SysfsSource};
-use tagmem_vmm::nested::{guest_dax_devices, CascadeStep, NestedError, NestedPassthrough};
+use tagmem_vmm::nested::{guest_dax_devices, CascadeStep, Forwarded, NestedError, NestedPassthrough};
 use tagmem_vmm::test_guest::ExtentDetail;
 use tagmem_vmm::{Backing, BackingKind, BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
@@ -505,4 +505,69 @@ fn a_tag_l0_never_gave_l1_cannot_be_offered_to_l2() {
     l1_vmm.offer_tag(tag(TAG_B)).unwrap();
     let err = l1_vmm.offer_tag(tag(TAG_B)).unwrap_err();
     assert!(matches!(err, NestedError::AlreadyPassed(_)), "{err}");
+}
+
+#[test]
+fn metadata_and_poison_reach_l2_through_l1() {
+    let Some(lv) = levels() else {
+        return;
+    };
+    let tag_a = tag(TAG_A);
+    let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
+    let offer = l1_vmm.offer_tag(tag_a).unwrap();
+    assert!(
+        l1_vmm.forward_updates().unwrap().is_empty(),
+        "nothing new to pass on yet"
+    );
+
+    // L0 changes the group's performance and reports poison in its second extent.
+    let perf = Perf {
+        read_latency_ns: 600,
+        write_latency_ns: 700,
+        read_bandwidth_mbps: 9_000,
+        write_bandwidth_mbps: 8_000,
+    };
+    lv.l1.update_metadata(Target::Tag(tag_a), perf).unwrap();
+    lv.l1.inject_poison(lv.l1_ids[1], 0x2000, 0x1000).unwrap();
+    let second = offer.extents[1].l2_id;
+    let forwarded = l1_vmm.forward_updates().unwrap();
+    assert_eq!(
+        forwarded,
+        vec![
+            Forwarded::Metadata {
+                tag: tag_a,
+                l2_extent: offer.extents[0].l2_id,
+                perf
+            },
+            Forwarded::Poison {
+                tag: tag_a,
+                l2_extent: second,
+                offset: 0x2000,
+                length: 0x1000
+            },
+        ]
+    );
+    assert!(
+        l1_vmm.forward_updates().unwrap().is_empty(),
+        "each update is passed on once"
+    );
+
+    // L2's driver sees what L1's driver saw, and the lookups agree.
+    lv.l2.guest_poll().unwrap();
+    let l2 = lv.l2.guest_extents().unwrap();
+    for e in l2.iter().filter(|e| e.uuid == tag_a) {
+        assert_eq!(
+            (e.read_latency_ns, e.write_bandwidth_mbps),
+            (600, 8_000),
+            "extent {}",
+            e.id
+        );
+    }
+    assert_eq!(
+        l2.iter().find(|e| e.id == second).unwrap().poison,
+        vec![(0x2000, 0x1000)]
+    );
+    let l1_view = output::json_string(&guest_lookup(&lv.l1, tag_a));
+    let l2_view = output::json_string(&guest_lookup(&lv.l2, tag_a));
+    assert_eq!(l1_view, l2_view);
 }
