@@ -1,0 +1,38 @@
+//! `cargo bench -p tagmem-vmm --bench tagmem [-- --quick] [-- --docs]`: the tagmem benchmark
+//! suite on real KVM (see `suite`). Prints the table; writes the raw numbers as JSON and the
+//! chart as SVG into `target/tagmem-bench/`, or into `docs/` with `--docs` (or
+//! `TAGMEM_BENCH_DOCS=1`). `--quick` (or `TAGMEM_BENCH_QUICK=1`) runs few iterations at small
+//! sizes.
+
+mod suite;
+
+use std::path::PathBuf;
+
+#[global_allocator]
+static ALLOC: suite::alloc::Counting = suite::alloc::Counting;
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick") || env_flag("TAGMEM_BENCH_QUICK");
+    let docs = args.iter().any(|a| a == "--docs") || env_flag("TAGMEM_BENCH_DOCS");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = if docs && !quick {
+        root.join("docs")
+    } else {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("tagmem-bench")
+    };
+    match suite::run(&suite::Options { quick, out_dir }) {
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("tagmem benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
