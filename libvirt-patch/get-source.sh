@@ -58,18 +58,21 @@ main() {
         return 0
     fi
     setup_apt
-    apt_private update >&2
     mkdir -p "$work/dl"
+    local log="$work/get-source.log"
+    apt_private update > "$log" 2>&1 || { cat "$log" >&2; return 1; }
     # apt checks each file it fetches against the signed Sources index; the archive may serve the
     # tarballs without the .dsc, so the tarballs are unpacked directly, as dpkg-source would.
-    (cd "$work/dl" && apt_private source --download-only libvirt >&2) || true
+    (cd "$work/dl" && apt_private source --download-only libvirt >> "$log" 2>&1) || true
     local orig debian
     orig=$(ls "$work/dl"/libvirt_"$version".orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -n1)
     debian=$(ls "$work/dl"/libvirt_"$version"-*.debian.tar.* 2>/dev/null | head -n1)
     if [ -z "$orig" ] || [ -z "$debian" ]; then
+        cat "$log" >&2
         echo "libvirt $version source not found in trixie" >&2
         return 1
     fi
+    echo "fetched $(basename "$orig") and $(basename "$debian") from trixie" >&2
     rm -rf "$src" "$src.tmp"
     mkdir -p "$src.tmp"
     tar -xf "$orig" -C "$src.tmp" --strip-components=1
