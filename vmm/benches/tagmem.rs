@@ -19,7 +19,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick") || env_flag("TAGMEM_BENCH_QUICK");
     let docs = args.iter().any(|a| a == "--docs") || env_flag("TAGMEM_BENCH_DOCS");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .map_or_else(|| manifest.join(".."), PathBuf::from);
     let out_dir = if docs && !quick {
         root.join("docs")
     } else {
