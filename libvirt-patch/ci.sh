@@ -117,6 +117,20 @@ grep -E 'chxml2xml(in|out)/' "$logs/virschematest.log" |
     sed -E 's#^ *[0-9]+\) Checking .*/tests/#     #; s#(-invalid\.xml) against .*#\1 ... rejected by the schema, as a -invalid file must be#; s# against .*\.\.\. # ... #' |
     sort | head -n 40
 
+echo "== libvirt's driver scripts on the ch driver (ACL checks, driver table names)"
+for check in "check-aclrules.py src/remote/remote_protocol.x" "check-driverimpls.py"; do
+    name=${check%% *}
+    # shellcheck disable=SC2086
+    if (cd "$src" && /usr/bin/python3 scripts/$check src/ch/*.c src/ch/*.h) > "$logs/$name.log" 2>&1; then
+        echo "   PASS $name"
+        passed=$((passed + 1))
+    else
+        echo "   FAIL $name:"
+        sed 's/^/     /' "$logs/$name.log"
+        failed=$((failed + 1))
+    fi
+done
+
 echo "== JSON of the ch driver against the OpenAPI schemas of the Cloud Hypervisor patch"
 if ls "$top"/cloud-hypervisor-patch/*.patch > /dev/null 2>&1; then
     if /usr/bin/python3 "$here/check-openapi.py" "$top/cloud-hypervisor-patch" \
