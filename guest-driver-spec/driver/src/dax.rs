@@ -6,6 +6,7 @@
 //! `/sys/bus/dax/devices/daxX.Y/uuid`. Looking up the nil tag finds nothing: untagged devices are
 //! found by listing.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -197,11 +198,20 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
 }
 
-/// The set of dax devices, in creation order.
+/// The set of dax devices, in creation order, with indexes so that every check an offer needs
+/// (id known, tag present, range overlapping) costs O(log n) in the number of accepted extents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaxRegistry {
     devices: Vec<DaxDevice>,
+    /// Creation number of `devices[i]`; ascending, so positions are found by binary search.
+    serials: Vec<u64>,
     next_id: u64,
+    /// Extent id -> creation number of its device.
+    by_extent: BTreeMap<u64, u64>,
+    /// Non-nil tag -> creation number of its device.
+    by_tag: BTreeMap<[u8; 16], u64>,
+    /// Accepted ranges: guest-physical start -> length.
+    by_gpa: BTreeMap<u64, u64>,
 }
 
 impl DaxRegistry {
@@ -217,10 +227,20 @@ impl DaxRegistry {
 
     /// The device carrying `tag`; the nil tag matches nothing.
     pub fn lookup(&self, tag: &[u8; 16]) -> Option<&DaxDevice> {
-        if is_null_tag(tag) {
-            return None;
-        }
-        self.devices.iter().find(|d| d.uuid == *tag)
+        self.position_of_tag(tag).map(|i| &self.devices[i])
+    }
+
+    fn position_of_serial(&self, serial: u64) -> Option<usize> {
+        self.serials.binary_search(&serial).ok()
+    }
+
+    /// True if `[gpa, gpa + len)` intersects an accepted extent.
+    pub fn overlaps(&self, gpa: u64, len: u64) -> bool {
+        let end = gpa.saturating_add(len);
+        self.by_gpa
+            .range(..end)
+            .next_back()
+            .is_some_and(|(start, l)| start.saturating_add(*l) > gpa)
     }
 
     /// The device named `name`.
@@ -230,9 +250,7 @@ impl DaxRegistry {
 
     /// Index of the device holding extent `id`.
     pub fn device_of(&self, id: u64) -> Option<usize> {
-        self.devices
-            .iter()
-            .position(|d| d.extents.iter().any(|e| e.id == id))
+        self.by_extent.get(&id).and_then(|s| self.position_of_serial(*s))
     }
 
     /// Index of the device carrying non-nil `tag`.
@@ -240,7 +258,7 @@ impl DaxRegistry {
         if is_null_tag(tag) {
             return None;
         }
-        self.devices.iter().position(|d| d.uuid == *tag)
+        self.by_tag.get(tag).and_then(|s| self.position_of_serial(*s))
     }
 
     /// Every accepted extent, device by device.
@@ -250,19 +268,41 @@ impl DaxRegistry {
 
     /// Creates a device named with the next free number; returns its index.
     pub(crate) fn create(&mut self, uuid: [u8; 16], extents: Vec<Extent>, busy: bool) -> usize {
-        let name = format!("dax0.{}", self.next_id);
+        let serial = self.next_id;
+        let name = format!("dax0.{serial}");
         self.next_id += 1;
+        for e in &extents {
+            self.by_extent.insert(e.id, serial);
+            self.by_gpa.insert(e.gpa, e.len);
+        }
+        if !is_null_tag(&uuid) {
+            self.by_tag.insert(uuid, serial);
+        }
         self.devices.push(DaxDevice::new(name, uuid, extents, busy));
+        self.serials.push(serial);
         self.devices.len() - 1
     }
 
     /// Removes and returns the device at `index`.
     pub(crate) fn remove(&mut self, index: usize) -> DaxDevice {
-        self.devices.remove(index)
+        self.serials.remove(index);
+        let d = self.devices.remove(index);
+        for e in &d.extents {
+            self.by_extent.remove(&e.id);
+            self.by_gpa.remove(&e.gpa);
+        }
+        if !is_null_tag(&d.uuid) {
+            self.by_tag.remove(&d.uuid);
+        }
+        d
     }
 
     /// Removes every device (names are still never reused).
     pub(crate) fn clear(&mut self) -> Vec<DaxDevice> {
+        self.serials.clear();
+        self.by_extent.clear();
+        self.by_tag.clear();
+        self.by_gpa.clear();
         core::mem::take(&mut self.devices)
     }
 

@@ -19,8 +19,9 @@ use tagmem_wire::*;
 
 /// Descriptors requested for guestq (a request uses at most three).
 pub const GUESTQ_SIZE: u16 = 16;
-/// Descriptors requested for eventq; each holds one posted event buffer.
-pub const EVENTQ_SIZE: u16 = 16;
+/// Most descriptors requested for eventq; each holds one posted event buffer. The driver asks for
+/// `max_pending` + 8 rounded up to a power of two (SPEC.md [T-Q-7]), at most this many.
+pub const EVENTQ_SIZE: u16 = 128;
 /// Most extent ids the driver keeps pending (and sends in one ACCEPT), whatever the device says.
 pub const MAX_PENDING_CAP: u32 = 1024;
 /// Default number of [`Transport::wait`] calls before a request is declared timed out.
@@ -438,7 +439,7 @@ pub struct TagMemDriver<T: Transport, D: DmaMemory> {
 
 impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     /// A driver for the device behind `transport`, carving its rings and buffers from the guest
-    /// memory `[dma_base, dma_base + dma_len)` reached through `dma` (32 KiB always suffice).
+    /// memory `[dma_base, dma_base + dma_len)` reached through `dma` (64 KiB always suffice).
     ///
     /// The offer policy defaults to [`AcceptAll`]. Nothing touches the device before
     /// [`TagMemDriver::init`].
@@ -570,7 +571,9 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             .ok_or(DriverError::OutOfDmaMemory)?;
         self.guestq = Some(self.setup_queue(GUESTQ, GUESTQ_SIZE)?);
         if self.tagged() {
-            let mut q = self.setup_queue(EVENTQ, EVENTQ_SIZE)?;
+            // Room for a whole chain of `max_pending` offers plus a few other events.
+            let want = u16::try_from((pending + 8).next_power_of_two()).unwrap_or(EVENTQ_SIZE);
+            let mut q = self.setup_queue(EVENTQ, want.min(EVENTQ_SIZE))?;
             self.event_bufs = vec![None; usize::from(q.size())];
             for _ in 0..q.size() {
                 let buf = self
@@ -1541,10 +1544,14 @@ mod tests {
         assert!(d.tagged());
         assert_eq!(d.config().block_size.get(), EXTENT_ALIGN);
         assert_eq!(d.tagged_config().unwrap().tagged_addr.get(), WIN);
-        // Sixteen 128-byte device-writable buffers are posted on eventq.
+        // max_pending + 8 rounded up to a power of two (within the device's queue size) 128-byte
+        // device-writable buffers are posted on eventq.
+        let pending = d.tagged_config().unwrap().max_pending.get();
+        let want = u16::try_from((pending + 8).next_power_of_two()).unwrap();
         let q = d.transport().queues[1].as_ref().unwrap().layout;
-        assert_eq!(q.size, EVENTQ_SIZE);
-        assert_eq!(d.dma().read_le16(q.avail + 2), EVENTQ_SIZE);
+        assert!(q.size >= 16);
+        assert!(q.size <= want);
+        assert_eq!(d.dma().read_le16(q.avail + 2), q.size);
         assert_eq!(
             d.dma().read_le16(q.avail),
             crate::virtqueue::VIRTQ_AVAIL_F_NO_INTERRUPT
@@ -1596,12 +1603,12 @@ mod tests {
     }
 
     #[test]
-    fn thirty_two_kib_of_dma_always_suffice() {
+    fn sixty_four_kib_of_dma_always_suffice() {
         let mem = Rc::new(VecMemory::new(MEM_BASE, MEM_LEN));
         let mut dev = FakeDevice::new(mem.clone(), ALL_FEATURES);
         dev.config[72..76].copy_from_slice(&u32::MAX.to_le_bytes());
         dev.max_sizes = [u16::MAX, u16::MAX];
-        let mut d = TagMemDriver::new(dev, mem, MEM_BASE + 8, 32 * 1024);
+        let mut d = TagMemDriver::new(dev, mem, MEM_BASE + 8, 64 * 1024);
         d.init().unwrap();
         offer(&mut d, 1, &[rec(1, 0, 0, 0, 0)]);
         d.poll().unwrap();

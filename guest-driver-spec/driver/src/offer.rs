@@ -118,13 +118,24 @@ pub fn screen(records: &[ExtentRecord], window: Window, accepted: &DaxRegistry) 
             Some(RejectReason::Misaligned | RejectReason::OutsideWindow | RejectReason::InvalidId)
         )
     };
+    // Sorted by start, an extent overlaps an earlier one exactly when it starts below the
+    // largest end seen so far; the holder of that end overlaps it too. This marks every extent
+    // that overlaps any other in O(k log k).
+    let mut order: Vec<usize> = (0..exts.len()).filter(|i| sane(&why[*i])).collect();
+    order.sort_by_key(|i| exts[*i].gpa);
     let mut overlapping = Vec::new();
-    for i in 0..exts.len() {
-        for j in i + 1..exts.len() {
-            if sane(&why[i]) && sane(&why[j]) && exts[i].overlaps(exts[j].gpa, exts[j].len) {
+    let mut reach: Option<(u64, usize)> = None;
+    for &i in &order {
+        let (start, end) = (exts[i].gpa, exts[i].gpa.saturating_add(exts[i].len));
+        match reach {
+            Some((max_end, holder)) if start < max_end => {
                 overlapping.push(i);
-                overlapping.push(j);
+                overlapping.push(holder);
+                if end > max_end {
+                    reach = Some((end, i));
+                }
             }
+            _ => reach = Some((end, i)),
         }
     }
     for i in overlapping {
@@ -189,7 +200,7 @@ fn check_one(e: &Extent, window: Window, accepted: &DaxRegistry) -> Option<Rejec
     if accepted.position_of_tag(&e.tag).is_some() {
         return Some(RejectReason::DuplicateTag);
     }
-    if accepted.extents().any(|a| a.overlaps(e.gpa, e.len)) {
+    if accepted.overlaps(e.gpa, e.len) {
         return Some(RejectReason::Overlap);
     }
     None
@@ -352,6 +363,44 @@ mod tests {
             s.rejected,
             [(1, DuplicateId), (1, DuplicateId), (3, Overlap), (4, Overlap)]
         );
+    }
+
+    #[test]
+    fn overlap_marks_every_party_and_spares_neighbours() {
+        // A long extent covering two later ones, listed out of address order, next to an
+        // extent that only touches the long one's end.
+        let mut long = rec(1, 0, 0, 0, 0);
+        long.length.set(4 * EXTENT_ALIGN); // slots 0..4
+        let recs = [
+            rec(3, 3, 0, 0, 0),
+            rec(4, 4, 0, 0, 0),
+            long,
+            rec(2, 1, 0, 0, 0),
+            rec(5, 8, 0, 0, 0),
+        ];
+        let s = screen(&recs, W, &DaxRegistry::new());
+        assert_eq!(ids(&s), [4, 5], "touching is not overlapping");
+        let mut rejected: Vec<u64> = s.rejected.iter().map(|r| r.0).collect();
+        rejected.sort_unstable();
+        assert_eq!(rejected, [1, 2, 3]);
+    }
+
+    #[test]
+    fn registry_indexes_follow_removal() {
+        let mut reg = DaxRegistry::new();
+        reg.create([5; 16], vec![Extent::from_record(&rec(10, 0, 5, 0, 0))], false);
+        let i = reg.create([0; 16], vec![Extent::from_record(&rec(11, 1, 0, 0, 0))], false);
+        reg.create([6; 16], vec![Extent::from_record(&rec(12, 2, 6, 0, 0))], false);
+        assert!(reg.overlaps(W.addr + EXTENT_ALIGN, 1));
+        reg.remove(i);
+        assert!(!reg.overlaps(W.addr + EXTENT_ALIGN, EXTENT_ALIGN));
+        assert_eq!(reg.device_of(11), None);
+        assert_eq!(reg.device_of(12), Some(1));
+        assert_eq!(reg.position_of_tag(&[6; 16]), Some(1));
+        assert_eq!(reg.lookup(&[5; 16]).map(|d| d.name.as_str()), Some("dax0.0"));
+        reg.clear();
+        assert_eq!((reg.device_of(10), reg.lookup(&[5; 16])), (None, None));
+        assert!(!reg.overlaps(W.addr, 64 * EXTENT_ALIGN));
     }
 
     #[test]
