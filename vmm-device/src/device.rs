@@ -315,7 +315,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
 
     /// The extent table: pending and accepted extents, by id.
     pub fn extents(&self) -> Vec<ExtentInfo> {
-        self.table.extents.values().cloned().collect()
+        self.table.infos()
     }
 
     /// Bytes of the base region currently plugged.

@@ -137,7 +137,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 .map(|r| (r.first as u64, r.count as u64))
                 .collect(),
             requested_size: self.blocks.requested_size,
-            extents: self.table.extents.values().cloned().collect(),
+            extents: self.table.infos(),
             chains: self
                 .table
                 .chains
@@ -209,7 +209,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         t.next_chain_id = state.next_chain_id;
         t.next_extent_id = state.next_extent_id;
         for e in &state.extents {
-            if t.extents.insert(e.id, e.clone()).is_some() {
+            if !t.insert_info(e) {
                 return Err(bad(format!("extent id {} appears twice", e.id)));
             }
         }

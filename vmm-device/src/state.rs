@@ -4,7 +4,7 @@
 //! (mapping, unmapping) succeeded.
 
 use crate::control::*;
-use crate::mapper::{Mapping, SourceId};
+use crate::mapper::{Mapping, SourceId, SourceRef};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tagmem_wire::{self as wire, reason, Event, ExtentRecord, Le16, Le32, Le64};
 use uuid::Uuid;
@@ -105,10 +105,50 @@ impl Window {
     }
 }
 
+/// One extent as the table keeps it: [`ExtentInfo`] without the id (the map key) and the poison
+/// list (a side table, since few extents have one). Kept small: it is most of the per-extent
+/// memory the device holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub chain_id: u64,
+    pub tag: Uuid,
+    pub gpa: u64,
+    pub length: u64,
+    pub source: SourceRef,
+    pub perf: Perf,
+    pub node: u16,
+    pub seq: u16,
+    pub flags: ExtentFlags,
+    pub class: SourceClass,
+    pub state: ExtentState,
+}
+
+impl Extent {
+    /// The table entry of a public extent row.
+    pub fn from_info(e: &ExtentInfo) -> Self {
+        Extent {
+            chain_id: e.chain_id,
+            tag: e.tag,
+            gpa: e.gpa,
+            length: e.length,
+            source: e.source,
+            perf: e.perf,
+            node: e.node,
+            seq: e.seq,
+            flags: e.flags,
+            class: e.class,
+            state: e.state,
+        }
+    }
+}
+
 /// The extent table and everything that hangs off it.
 #[derive(Debug)]
 pub(crate) struct ExtentTable {
-    pub extents: BTreeMap<u64, ExtentInfo>,
+    /// Live extents by id. A hash map: a B-tree's half-full nodes would double the footprint.
+    pub extents: HashMap<u64, Extent>,
+    /// Poisoned ranges of the extents that have any.
+    pub poison: HashMap<u64, Vec<(u64, u64)>>,
     pub chains: BTreeMap<u64, Chain>,
     pub outbox: VecDeque<Event>,
     pub next_chain_id: u64,
@@ -118,17 +158,17 @@ pub(crate) struct ExtentTable {
     window_size: u64,
     /// Live extents per non-nil tag.
     tags: HashMap<Uuid, Vec<u64>>,
-    /// Backing ranges in use: (source, offset) -> (length, extent id).
-    backing: BTreeMap<(SourceId, u64), (u64, u64)>,
+    /// Backing ranges in use: (source, offset) -> extent id (the length is the extent's).
+    backing: BTreeMap<(SourceId, u64), u64>,
     pub max_pending: usize,
     pub timeout_ms: u64,
 }
 
-/// Builds the wire record of an extent.
-pub(crate) fn record_of(e: &ExtentInfo) -> ExtentRecord {
+/// Builds the wire record of extent `id`.
+pub(crate) fn record_of(id: u64, e: &Extent) -> ExtentRecord {
     ExtentRecord {
         tag: *e.tag.as_bytes(),
-        extent_id: Le64::new(e.id),
+        extent_id: Le64::new(id),
         addr: Le64::new(e.gpa),
         length: Le64::new(e.length),
         flags: Le32::new(e.flags.bits()),
@@ -144,7 +184,7 @@ pub(crate) fn record_of(e: &ExtentInfo) -> ExtentRecord {
 }
 
 /// The mapping that makes extent `e` visible to the guest.
-pub(crate) fn mapping_of(e: &ExtentInfo) -> Mapping {
+pub(crate) fn mapping_of(e: &Extent) -> Mapping {
     Mapping {
         gpa: e.gpa,
         len: e.length,
@@ -161,7 +201,8 @@ impl ExtentTable {
     /// An empty table over the window `[addr, addr + size)`.
     pub fn new(addr: u64, size: u64, max_pending: usize, timeout_ms: u64) -> Self {
         ExtentTable {
-            extents: BTreeMap::new(),
+            extents: HashMap::new(),
+            poison: HashMap::new(),
             chains: BTreeMap::new(),
             outbox: VecDeque::new(),
             next_chain_id: 1,
@@ -192,7 +233,8 @@ impl ExtentTable {
     fn backing_overlap(&self, source: SourceId, offset: u64, len: u64) -> Option<u64> {
         let end = offset.checked_add(len)?;
         // The nearest range starting at or before `offset`, then every range starting inside.
-        if let Some((&(s, o), &(l, id))) = self.backing.range(..=(source, offset)).next_back() {
+        if let Some((&(s, o), &id)) = self.backing.range(..=(source, offset)).next_back() {
+            let l = self.extents.get(&id).map_or(0, |e| e.length);
             if s == source && o + l > offset {
                 return Some(id);
             }
@@ -200,7 +242,7 @@ impl ExtentTable {
         self.backing
             .range((source, offset)..(source, end))
             .next()
-            .map(|(_, &(_, id))| id)
+            .map(|(_, &id)| id)
     }
 
     /// Validates `specs` against the table; returns nothing on success.
@@ -339,15 +381,15 @@ impl ExtentTable {
                 if !self.window.take(gpa, s.length) {
                     let other = self
                         .extents
-                        .values()
-                        .find(|e| e.gpa < gpa + s.length && gpa < e.gpa + e.length);
+                        .iter()
+                        .find(|(_, e)| e.gpa < gpa + s.length && gpa < e.gpa + e.length);
                     undo(&mut self.window, &placed);
                     return Err(ControlError::Overlap {
                         index: i,
                         what: "guest range",
                         start: gpa,
                         length: s.length,
-                        other: other.map_or(0, |e| e.id),
+                        other: other.map_or(0, |(id, _)| *id),
                     });
                 }
                 placed[i] = Some(gpa);
@@ -375,8 +417,7 @@ impl ExtentTable {
             let id = self.next_extent_id;
             self.next_extent_id += 1;
             let gpa = gpa.unwrap_or_default();
-            let info = ExtentInfo {
-                id,
+            let info = Extent {
                 chain_id,
                 tag: s.tag,
                 gpa,
@@ -388,14 +429,13 @@ impl ExtentTable {
                 seq: s.seq,
                 class: s.class,
                 state: ExtentState::Pending,
-                poison: Vec::new(),
             };
             self.outbox.push_back(Event::Offer {
                 chain_id,
                 more: i + 1 < specs.len(),
-                record: record_of(&info),
+                record: record_of(id, &info),
             });
-            self.index(&info);
+            self.index(id, &info);
             self.extents.insert(id, info);
             ids.push(id);
             receipt.push((id, gpa));
@@ -414,17 +454,54 @@ impl ExtentTable {
         })
     }
 
-    fn index(&mut self, e: &ExtentInfo) {
+    fn index(&mut self, id: u64, e: &Extent) {
         if !e.tag.is_nil() {
-            self.tags.entry(e.tag).or_default().push(e.id);
+            self.tags.entry(e.tag).or_default().push(id);
         }
-        self.backing
-            .insert((e.source.id, e.source.offset), (e.length, e.id));
+        self.backing.insert((e.source.id, e.source.offset), id);
     }
 
-    /// Removes an extent from every index and returns its guest range to the window.
+    /// The public row of extent `id`.
+    pub fn info(&self, id: u64) -> Option<ExtentInfo> {
+        let e = self.extents.get(&id)?;
+        Some(ExtentInfo {
+            id,
+            chain_id: e.chain_id,
+            tag: e.tag,
+            gpa: e.gpa,
+            length: e.length,
+            source: e.source,
+            flags: e.flags,
+            perf: e.perf,
+            node: e.node,
+            seq: e.seq,
+            class: e.class,
+            state: e.state,
+            poison: self.poison.get(&id).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Every extent's public row, by id.
+    pub fn infos(&self) -> Vec<ExtentInfo> {
+        let mut ids: Vec<u64> = self.extents.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.info(id)).collect()
+    }
+
+    /// Inserts a row (restore); indexes are rebuilt by [`ExtentTable::reindex`].
+    pub fn insert_info(&mut self, e: &ExtentInfo) -> bool {
+        if !e.poison.is_empty() {
+            self.poison.insert(e.id, e.poison.clone());
+        }
+        self.extents.insert(e.id, Extent::from_info(e)).is_none()
+    }
+
+    /// Removes an extent from every index and returns its row; its guest range goes back to the
+    /// window.
     fn remove(&mut self, id: u64) -> Option<ExtentInfo> {
+        let info = self.info(id)?;
         let e = self.extents.remove(&id)?;
+        self.poison.remove(&id);
         if !e.tag.is_nil() {
             if let Some(v) = self.tags.get_mut(&e.tag) {
                 v.retain(|x| *x != id);
@@ -435,7 +512,7 @@ impl ExtentTable {
         }
         self.backing.remove(&(e.source.id, e.source.offset));
         self.window.free(e.gpa, e.length);
-        Some(e)
+        Some(info)
     }
 
     /// The next event to deliver, if any.
@@ -623,7 +700,7 @@ impl ExtentTable {
             }
         }
         self.outbox.push_back(Event::ReleaseRequest {
-            record: record_of(&self.extents[&first]),
+            record: record_of(first, &self.extents[&first]),
         });
         Ok(group)
     }
@@ -655,7 +732,7 @@ impl ExtentTable {
         for id in &ids {
             if let Some(e) = self.extents.get_mut(id) {
                 e.perf = perf;
-                let record = record_of(e);
+                let record = record_of(*id, e);
                 self.outbox.push_back(Event::Metadata { record });
             }
         }
@@ -680,8 +757,8 @@ impl ExtentTable {
                 extent_len: e.length,
             });
         }
-        e.poison.push((offset, length));
-        let record = record_of(e);
+        let record = record_of(id, e);
+        self.poison.entry(id).or_default().push((offset, length));
         self.outbox.push_back(Event::Poison {
             record,
             offset,
@@ -692,26 +769,31 @@ impl ExtentTable {
 
     /// Mappings of every accepted extent, for reset and restore.
     pub fn accepted_mappings(&self) -> Vec<(u64, Mapping)> {
-        self.extents
-            .values()
-            .filter(|e| e.state != ExtentState::Pending)
-            .map(|e| (e.id, mapping_of(e)))
-            .collect()
+        let mut v: Vec<(u64, Mapping)> = self
+            .extents
+            .iter()
+            .filter(|(_, e)| e.state != ExtentState::Pending)
+            .map(|(id, e)| (*id, mapping_of(e)))
+            .collect();
+        v.sort_unstable_by_key(|(id, _)| *id);
+        v
     }
 
     /// Checks the table's invariants; used by restore and by property tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut by_gpa: Vec<(u64, u64, u64)> =
-            self.extents.values().map(|e| (e.gpa, e.length, e.id)).collect();
+        let all = self.infos();
+        if let Some(id) = self.poison.keys().find(|id| !self.extents.contains_key(id)) {
+            return Err(format!("poison recorded for unknown extent {id}"));
+        }
+        let mut by_gpa: Vec<(u64, u64, u64)> = all.iter().map(|e| (e.gpa, e.length, e.id)).collect();
         by_gpa.sort_unstable();
         for w in by_gpa.windows(2) {
             if w[0].0 + w[0].1 > w[1].0 {
                 return Err(format!("extents {} and {} overlap in the guest", w[0].2, w[1].2));
             }
         }
-        let mut by_src: Vec<(SourceId, u64, u64, u64)> = self
-            .extents
-            .values()
+        let mut by_src: Vec<(SourceId, u64, u64, u64)> = all
+            .iter()
             .map(|e| (e.source.id, e.source.offset, e.length, e.id))
             .collect();
         by_src.sort_unstable();
@@ -720,7 +802,7 @@ impl ExtentTable {
                 return Err(format!("extents {} and {} share backing", w[0].3, w[1].3));
             }
         }
-        for e in self.extents.values() {
+        for e in &all {
             let end = e.gpa.checked_add(e.length).ok_or("extent range overflows")?;
             if e.gpa < self.window_addr || end > self.window_addr + self.window_size {
                 return Err(format!("extent {} lies outside the window", e.id));
@@ -769,12 +851,12 @@ impl ExtentTable {
         self.tags.clear();
         self.backing.clear();
         self.window = Window::new(self.window_addr, self.window_size);
-        let all: Vec<ExtentInfo> = self.extents.values().cloned().collect();
+        let all = self.infos();
         for e in &all {
             if !self.window.take(e.gpa, e.length) {
                 return Err(format!("extent {} overlaps another or leaves the window", e.id));
             }
-            self.index(e);
+            self.index(e.id, &Extent::from_info(e));
         }
         let mut tag_chain: HashMap<Uuid, u64> = HashMap::new();
         for e in &all {
@@ -1022,7 +1104,7 @@ mod tests {
             Err(ControlError::PoisonOutOfRange { .. })
         ));
         t.poison(1, 4096, 4096).unwrap();
-        assert_eq!(t.extents[&1].poison, vec![(4096, 4096)]);
+        assert_eq!(t.info(1).unwrap().poison, vec![(4096, 4096)]);
         assert!(matches!(
             t.update_metadata(Target::Tag(Uuid::from_u128(3)), perf),
             Err(ControlError::NotFound(_))

@@ -130,6 +130,20 @@ impl MemoryMapper for FakeMapper {
     }
 }
 
+/// A mapper that keeps nothing: for measuring the device's own footprint.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullMapper;
+
+impl MemoryMapper for NullMapper {
+    fn map(&mut self, _m: &Mapping) -> Result<(), MapperError> {
+        Ok(())
+    }
+
+    fn unmap(&mut self, _m: &Mapping) -> Result<(), MapperError> {
+        Ok(())
+    }
+}
+
 /// A clock that moves only when the test says so.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
@@ -345,15 +359,25 @@ impl Harness {
 
     /// Builds and activates a device; `features` are what the test driver acknowledges.
     pub fn new(cfg: crate::DeviceConfig, features: u64) -> Self {
+        let (mapper, state) = FakeMapper::new();
+        Self::with_mapper(cfg, features, Box::new(mapper), state)
+    }
+
+    /// Like [`Harness::new`] with a mapper of the caller's; `state` is what `mapper` field shows.
+    pub fn with_mapper(
+        cfg: crate::DeviceConfig,
+        features: u64,
+        mapper: Box<dyn MemoryMapper>,
+        state: Arc<Mutex<FakeMapperState>>,
+    ) -> Self {
         use crate::VirtioDevice;
         let mem = Arc::new(
             vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
                 .expect("1 MiB of test memory"),
         );
-        let (mapper, state) = FakeMapper::new();
         let clock = Arc::new(ManualClock::default());
         let notifier = Arc::new(CountingNotifier::default());
-        let mut dev = crate::TaggedMemDevice::new(cfg, Box::new(mapper), notifier.clone(), clock.clone())
+        let mut dev = crate::TaggedMemDevice::new(cfg, mapper, notifier.clone(), clock.clone())
             .expect("valid test configuration");
         dev.set_driver_features(features);
         let reqq = RawQueue::new(mem.clone(), 0, 256);
@@ -420,6 +444,28 @@ impl Harness {
             self.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, true)]);
         }
         self.dev.queue_notify(tagmem_wire::EVENTQ);
+    }
+
+    /// Offers `specs` as one chain and has the test driver accept all of it (event buffers
+    /// posted as needed); returns the receipt and the ACCEPT's used length and response bytes.
+    pub fn offer_and_accept(
+        &mut self,
+        specs: &[crate::ExtentSpec],
+    ) -> Result<(crate::OfferReceipt, Vec<u8>), crate::ControlError> {
+        use tagmem_wire::IntoBytes;
+        let n = u16::try_from(specs.len()).unwrap_or(u16::MAX).min(self.evq.size);
+        self.post_event_buffers(n, 128);
+        let r = self.dev.offer(specs)?;
+        self.events();
+        let count = u32::try_from(r.extents.len()).unwrap_or(u32::MAX);
+        let mut req = tagmem_wire::TaggedReq::new(tagmem_wire::TAGMEM_REQ_ACCEPT, r.chain_id, [0; 16], count)
+            .as_bytes()
+            .to_vec();
+        for (id, _) in &r.extents {
+            req.extend_from_slice(&id.to_le_bytes());
+        }
+        let (_, resp) = self.request(&req, 16);
+        Ok((r, resp))
     }
 
     /// Events the device delivered since the last call, decoded (buffers are not re-posted).
