@@ -318,6 +318,12 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         self.table.infos()
     }
 
+    /// True while a pending or accepted extent is backed by `source` (O(log n)); a VMM closes a
+    /// per-extent backing once this turns false.
+    pub fn source_in_use(&self, source: crate::mapper::SourceId) -> bool {
+        self.table.uses_source(source)
+    }
+
     /// Bytes of the base region currently plugged.
     pub fn plugged_size(&self) -> u64 {
         self.blocks.plugged_size()

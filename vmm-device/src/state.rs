@@ -224,10 +224,8 @@ impl ExtentTable {
 
     /// Number of accepted (mapped) extents.
     pub fn accepted_count(&self) -> usize {
-        self.extents
-            .values()
-            .filter(|e| e.state != ExtentState::Pending)
-            .count()
+        // Every live extent is pending (in a chain) or accepted: O(pending), not O(extents).
+        self.extents.len().saturating_sub(self.pending())
     }
 
     fn backing_overlap(&self, source: SourceId, offset: u64, len: u64) -> Option<u64> {
@@ -459,6 +457,11 @@ impl ExtentTable {
             self.tags.entry(e.tag).or_default().push(id);
         }
         self.backing.insert((e.source.id, e.source.offset), id);
+    }
+
+    /// True while a live extent (pending or accepted) uses backing `id`.
+    pub fn uses_source(&self, id: SourceId) -> bool {
+        self.backing.range((id, 0)..=(id, u64::MAX)).next().is_some()
     }
 
     /// The public row of extent `id`.

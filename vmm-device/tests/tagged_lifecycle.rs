@@ -112,8 +112,13 @@ fn full_life_cycle() {
             .get(),
         2
     );
+    assert!(h.dev.source_in_use(SourceId(7)) && !h.dev.source_in_use(SourceId(8)));
     // [T-REL-*] driver-initiated release covers the whole tag group and unmaps before the ACK.
     assert_eq!(release(&mut h, 2, 0xa), (ACK, reason::NONE, 2));
+    assert!(
+        !h.dev.source_in_use(SourceId(7)),
+        "no live extent uses the backing any more"
+    );
     assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
     assert!(h.dev.extents().is_empty());
     let evs = h.dev.take_host_events();

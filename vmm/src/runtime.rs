@@ -26,7 +26,7 @@ use crate::vm::{BootMemory, Vm, VmConfig, VmError};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -205,6 +205,9 @@ pub(crate) struct Shared {
     pub(crate) transport: Arc<Mutex<DeviceTransport>>,
     pub(crate) mapper: SharedMapper,
     pub(crate) backings: Mutex<BTreeMap<SourceId, BackingEntry>>,
+    /// Backing of each live offered extent, so a host event's extent ids name the backings that
+    /// may have lost their last user without a scan of every extent.
+    extent_sources: Mutex<HashMap<u64, SourceId>>,
     events: Mutex<Vec<HostEvent>>,
     events_added: Condvar,
     pub(crate) control: Arc<Mutex<TestControl>>,
@@ -243,15 +246,36 @@ impl Shared {
         if events.is_empty() {
             return 0;
         }
-        let in_use: BTreeSet<SourceId> = t.device().extents().iter().map(|e| e.source.id).collect();
+        // Only backings of extents these events end can have lost their last user.
+        let mut candidates: BTreeSet<SourceId> = BTreeSet::new();
+        {
+            let mut sources = lock(&self.extent_sources);
+            for ev in &events {
+                let ended: &[u64] = match ev {
+                    HostEvent::ChainAnswered { rejected, .. } => rejected,
+                    HostEvent::ChainDropped { extents, .. } => extents,
+                    HostEvent::Released { extents } => {
+                        for (id, src) in extents {
+                            sources.remove(id);
+                            candidates.insert(src.id);
+                        }
+                        &[]
+                    }
+                    HostEvent::ReleaseDeferred { .. } => &[],
+                };
+                candidates.extend(ended.iter().filter_map(|id| sources.remove(id)));
+            }
+        }
         {
             let mut backings = lock(&self.backings);
-            let done: Vec<SourceId> = backings
-                .iter()
-                .filter(|(id, e)| {
-                    e.lifetime == BackingLifetime::PerExtent && e.offered && !in_use.contains(id)
+            let device = t.device();
+            let done: Vec<SourceId> = candidates
+                .into_iter()
+                .filter(|id| {
+                    backings.get(id).is_some_and(|e| {
+                        e.lifetime == BackingLifetime::PerExtent && e.offered && !device.source_in_use(*id)
+                    })
                 })
-                .map(|(id, _)| *id)
                 .collect();
             let mut mapper = self.mapper.lock();
             for id in done {
@@ -472,10 +496,18 @@ impl Vmm {
         ))?;
         vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
         vm.attach_mmio(mmio_base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        // A restored device already holds extents: know their backings from the start.
+        let extent_sources = lock(&transport)
+            .device()
+            .extents()
+            .iter()
+            .map(|e| (e.id, e.source.id))
+            .collect();
         let shared = Arc::new(Shared {
             transport,
             mapper: vm.mapper(),
             backings: Mutex::new(backings),
+            extent_sources: Mutex::new(extent_sources),
             events: Mutex::new(Vec::new()),
             events_added: Condvar::new(),
             control,
@@ -586,10 +618,12 @@ impl Vmm {
             let mut t = lock(&self.shared.transport);
             let receipt = t.device_mut().offer(chain)?;
             let mut backings = lock(&self.shared.backings);
-            for spec in chain {
+            let mut sources = lock(&self.shared.extent_sources);
+            for (spec, (id, _)) in chain.iter().zip(&receipt.extents) {
                 if let Some(e) = backings.get_mut(&spec.source.id) {
                     e.offered = true;
                 }
+                sources.insert(*id, spec.source.id);
             }
             receipt
         };
