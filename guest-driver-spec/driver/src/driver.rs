@@ -422,6 +422,9 @@ pub struct TagMemDriver<T: Transport, D: DmaMemory> {
     config: VirtioMemConfig,
     tagged_config: Option<TaggedConfig>,
     pending_limit: usize,
+    /// Some device answered RELEASE_BUSY and waits to be released: only then does a poll scan the
+    /// devices for ones no longer busy (a poll stays O(1) in the number of devices otherwise).
+    any_deferred: bool,
     guestq: Option<VirtQueue>,
     eventq: Option<VirtQueue>,
     /// Event buffer posted under each eventq head.
@@ -455,6 +458,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             config: VirtioMemConfig::default(),
             tagged_config: None,
             pending_limit: 0,
+            any_deferred: false,
             guestq: None,
             eventq: None,
             event_bufs: Vec::new(),
@@ -636,6 +640,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         self.event_bufs.clear();
         self.stale = None;
         self.chains.clear();
+        self.any_deferred = false;
         for d in self.registry.clear() {
             self.push_log(DriverEvent::DeviceRemoved {
                 name: d.name,
@@ -1020,6 +1025,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             Ok(resp) if resp.resp == MemResponse::Ack => {
                 if let Some(dev) = self.registry.get_mut(i) {
                     dev.deferred = true;
+                    self.any_deferred = true;
                 }
                 self.push_log(DriverEvent::ReleaseDeferred { name, extent_id });
             }
@@ -1098,12 +1104,16 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         for id in unsent {
             self.answer_chain(id);
         }
+        if !self.any_deferred {
+            return;
+        }
         while let Some(i) = self.registry.devices().iter().position(|d| d.deferred && !d.busy) {
             if let Some(d) = self.registry.get_mut(i) {
                 d.deferred = false;
             }
             let _ = self.release_index(i);
         }
+        self.any_deferred = self.registry.devices().iter().any(|d| d.deferred);
     }
 
     /// True while a timed-out request is still held by the device (reclaims it if it came back).
