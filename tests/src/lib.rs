@@ -159,9 +159,7 @@ impl Pair {
     /// Builds the device from `cfg` and a driver over a DMA region in guest RAM (not yet
     /// initialised: call `drv.init()`).
     pub fn new(cfg: DeviceConfig) -> Pair {
-        let mem = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM"),
-        );
+        let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM"));
         let (mapper, state) = FakeMapper::new();
         let clock = Arc::new(ManualClock::default());
         let nq = cfg.features() >> tagmem_wire::VIRTIO_MEM_F_TAGGED_EXTENTS & 1;
@@ -175,7 +173,8 @@ impl Pair {
             status: 0,
             queues: vec![QueueRegs::default(); 1 + nq as usize],
         };
-        let drv = tagmem_driver::TagMemDriver::new(transport, GuestRam(mem.clone()), 0x1000, RAM as u64 - 0x1000);
+        let drv =
+            tagmem_driver::TagMemDriver::new(transport, GuestRam(mem.clone()), 0x1000, RAM as u64 - 0x1000);
         Pair {
             dev,
             drv,
