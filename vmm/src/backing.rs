@@ -36,6 +36,20 @@ pub enum BackingError {
         #[source]
         source: io::Error,
     },
+    /// The path does not exist.
+    #[error("backing {path:?}: no such file or device")]
+    Missing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The VMM may not open the path as it needs to.
+    #[error("backing {path:?}: permission denied (it is opened for {access})")]
+    Permission {
+        /// The path.
+        path: PathBuf,
+        /// "reading" or "reading and writing".
+        access: &'static str,
+    },
     /// A path could not be opened or inspected.
     #[error("cannot open backing {path:?}")]
     Open {
@@ -73,8 +87,46 @@ pub enum BackingKind {
     Memfd,
     /// A regular file.
     File,
-    /// A device-DAX character device (`/dev/daxX.Y`); maps in 2 MiB units.
+    /// A device-DAX character device (`/dev/daxX.Y`); maps in units of its `align` (2 MiB or more).
     DevDax,
+    /// A file on hugetlbfs; maps in units of its huge page size.
+    HugeTlb,
+}
+
+/// `statfs` magic number of hugetlbfs (`<linux/magic.h>`).
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Classifies an error opening `path` so the message says what is wrong.
+fn open_error(path: &Path, writable: bool, source: io::Error) -> BackingError {
+    let path = path.to_path_buf();
+    match source.kind() {
+        io::ErrorKind::NotFound => BackingError::Missing { path },
+        io::ErrorKind::PermissionDenied => BackingError::Permission {
+            path,
+            access: if writable {
+                "reading and writing"
+            } else {
+                "reading"
+            },
+        },
+        _ => BackingError::Open { path, source },
+    }
+}
+
+/// The huge page size of the hugetlbfs `file` lives on, if it does.
+fn hugetlb_page_size(file: &File) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `file` is an open descriptor for the duration of the call and `st` points to
+    // writable memory of the size `fstatfs` fills; it is read only after a zero return.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: `fstatfs` returned 0, so it initialised the whole struct.
+    let st = unsafe { st.assume_init() };
+    (st.f_type == HUGETLBFS_MAGIC)
+        .then(|| u64::try_from(st.f_bsize).ok())
+        .flatten()
 }
 
 /// One host backing: an open file descriptor, its size and kind.
@@ -84,6 +136,7 @@ pub struct Backing {
     size: u64,
     kind: BackingKind,
     writable: bool,
+    align: u64,
 }
 
 impl Backing {
@@ -112,15 +165,14 @@ impl Backing {
             size,
             kind: BackingKind::Memfd,
             writable: true,
+            align: PAGE_SIZE,
         })
     }
 
-    /// Opens a regular file; its current length is the backing's size.
+    /// Opens a regular or hugetlbfs file; its current length is the backing's size, and on
+    /// hugetlbfs its huge page size is the alignment mappings need.
     pub fn file(path: &Path, writable: bool) -> Result<Self, BackingError> {
-        let open_err = |source| BackingError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| open_error(path, writable, source);
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -133,20 +185,22 @@ impl Backing {
                 expected: "regular file",
             });
         }
+        let (kind, align) = match hugetlb_page_size(&file) {
+            Some(page) => (BackingKind::HugeTlb, page.max(PAGE_SIZE)),
+            None => (BackingKind::File, PAGE_SIZE),
+        };
         Ok(Backing {
             file,
             size: meta.len(),
-            kind: BackingKind::File,
+            kind,
             writable,
+            align,
         })
     }
 
     /// Opens a devdax device (`/dev/daxX.Y`); its size comes from sysfs.
     pub fn devdax(path: &Path) -> Result<Self, BackingError> {
-        let open_err = |source| BackingError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| open_error(path, true, source);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -160,11 +214,17 @@ impl Backing {
             });
         }
         let rdev = meta.rdev();
-        let sysfs = PathBuf::from(format!(
-            "/sys/dev/char/{}:{}/size",
+        let dir = PathBuf::from(format!(
+            "/sys/dev/char/{}:{}",
             libc::major(rdev),
             libc::minor(rdev)
         ));
+        let sysfs = dir.join("size");
+        // The device's `align` attribute (2 MiB or 1 GiB); 2 MiB where the kernel has none.
+        let align = std::fs::read_to_string(dir.join("align"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(DEVDAX_ALIGN, |a| a.max(DEVDAX_ALIGN));
         let size = std::fs::read_to_string(&sysfs)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -177,16 +237,22 @@ impl Backing {
             size,
             kind: BackingKind::DevDax,
             writable: true,
+            align,
         })
     }
 
     /// Wraps an already open descriptor of the given kind and size.
     pub fn from_file(file: File, size: u64, kind: BackingKind, writable: bool) -> Self {
+        let align = match kind {
+            BackingKind::DevDax | BackingKind::HugeTlb => DEVDAX_ALIGN,
+            BackingKind::Memfd | BackingKind::File => PAGE_SIZE,
+        };
         Backing {
             file,
             size,
             kind,
             writable,
+            align,
         }
     }
 
@@ -212,10 +278,7 @@ impl Backing {
 
     /// Alignment that offsets, lengths and guest addresses of its mappings need.
     pub fn alignment(&self) -> u64 {
-        match self.kind {
-            BackingKind::DevDax => DEVDAX_ALIGN,
-            BackingKind::Memfd | BackingKind::File => PAGE_SIZE,
-        }
+        self.align
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -248,6 +311,54 @@ mod tests {
             Backing::devdax(Path::new("/proc/self/status")),
             Err(BackingError::Open { .. }) | Err(BackingError::WrongKind { .. })
         ));
+    }
+
+    #[test]
+    fn open_errors_say_what_is_wrong() {
+        let missing = Path::new("/nonexistent/tagmem/dax9.9");
+        let e = Backing::devdax(missing).unwrap_err();
+        assert!(matches!(e, BackingError::Missing { .. }));
+        assert_eq!(
+            e.to_string(),
+            "backing \"/nonexistent/tagmem/dax9.9\": no such file or device"
+        );
+        assert!(matches!(
+            Backing::file(missing, false),
+            Err(BackingError::Missing { .. })
+        ));
+        // Root opens anything, so the permission case is checked on the classification itself.
+        let e = open_error(missing, true, io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(
+            e.to_string(),
+            "backing \"/nonexistent/tagmem/dax9.9\": permission denied (it is opened for reading and writing)"
+        );
+        let regular = tempfile_in_tmp("not-devdax");
+        assert!(matches!(
+            Backing::devdax(&regular),
+            Err(BackingError::WrongKind {
+                expected: "devdax character device",
+                ..
+            })
+        ));
+        std::fs::remove_file(&regular).unwrap();
+        assert!(matches!(
+            Backing::file(&std::env::temp_dir(), false),
+            Err(BackingError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn regular_files_are_not_hugetlb() {
+        let f = tempfile_in_tmp("regular");
+        let b = Backing::file(&f, true).unwrap();
+        assert_eq!((b.kind(), b.alignment()), (BackingKind::File, PAGE_SIZE));
+        std::fs::remove_file(&f).unwrap();
+    }
+
+    fn tempfile_in_tmp(what: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("tagmem-backing-{what}-{}", std::process::id()));
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        p
     }
 
     #[test]
