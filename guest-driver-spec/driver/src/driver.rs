@@ -1003,6 +1003,16 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         Some(i)
     }
 
+    /// The device and the extent a METADATA or POISON record names (checked as in
+    /// [`Self::device_for_record`]).
+    fn extent_for_record(&mut self, r: &ExtentRecord) -> Option<(&mut DaxDevice, usize)> {
+        let i = self.device_for_record(r)?;
+        let id = r.extent_id.get();
+        let dev = self.registry.get_mut(i)?;
+        let e = dev.extents.iter().position(|e| e.id == id)?;
+        Some((dev, e))
+    }
+
     fn on_release_request(&mut self, r: &ExtentRecord) {
         let Some(i) = self.device_for_record(r) else {
             return;
@@ -1038,16 +1048,11 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     }
 
     fn on_metadata(&mut self, r: &ExtentRecord) {
-        let Some(i) = self.device_for_record(r) else {
-            return;
-        };
         let id = r.extent_id.get();
-        let Some(dev) = self.registry.get_mut(i) else {
+        let Some((dev, e)) = self.extent_for_record(r) else {
             return;
         };
-        let Some(ext) = dev.extents.iter_mut().find(|e| e.id == id) else {
-            return;
-        };
+        let ext = &mut dev.extents[e];
         if ext.gpa != r.addr.get() || ext.len != r.length.get() {
             self.push_log(DriverEvent::Protocol(DriverError::ExtentMoved(id)));
             return;
@@ -1062,16 +1067,11 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     }
 
     fn on_poison(&mut self, r: &ExtentRecord, offset: u64, length: u64) {
-        let Some(i) = self.device_for_record(r) else {
-            return;
-        };
         let id = r.extent_id.get();
-        let Some(dev) = self.registry.get_mut(i) else {
+        let Some((dev, e)) = self.extent_for_record(r) else {
             return;
         };
-        let Some(ext) = dev.extents.iter_mut().find(|e| e.id == id) else {
-            return;
-        };
+        let ext = &mut dev.extents[e];
         if length == 0 || offset.checked_add(length).is_none_or(|end| end > ext.len) {
             self.push_log(DriverEvent::Protocol(DriverError::PoisonOutOfRange {
                 extent_id: id,
