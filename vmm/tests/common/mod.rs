@@ -85,28 +85,13 @@ pub fn us(v: u64) -> usize {
     usize::try_from(v).expect("fits usize")
 }
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tagmem_device::{Clock, ExtentFlags, ExtentSpec, Perf, SourceClass};
+use tagmem_device::{ExtentFlags, ExtentSpec, Perf, SourceClass};
 use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
 /// A clock the test advances by hand, so offers expire without waiting.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// Moves the clock forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use tagmem_device::test_utils::ManualClock;
 
 /// The runtime's default configuration with a manual clock.
 pub fn manual_config() -> (VmmConfig, Arc<ManualClock>) {
