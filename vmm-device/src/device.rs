@@ -336,6 +336,12 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
 
     /// Abandons chains whose offer timed out ([T-TIMEOUT-*]); call it periodically.
     pub fn poll_timers(&mut self) {
+        self.expire_chains();
+        self.deliver_events();
+    }
+
+    /// Drops the chains whose offer timed out, queueing CHAIN_ABANDONED for each.
+    fn expire_chains(&mut self) {
         let now = self.clock.now_ms();
         for chain_id in self.table.expired(now) {
             let extents = self.table.drop_chain(chain_id, true);
@@ -346,7 +352,6 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 reason: "offer timed out".into(),
             });
         }
-        self.deliver_events();
     }
 
     // ---------------------------------------------------------------- guest side
@@ -384,11 +389,10 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
 
     /// Handles one request; returns the used length (0 when no response could be written).
     fn handle_request<G: GuestMemory>(&mut self, mem: &G, p: &ParsedChain) -> u32 {
-        let ty = p.readable.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let tagged_type = matches!(
-            ty,
-            Some(wire::TAGMEM_REQ_ACCEPT | wire::TAGMEM_REQ_RELEASE | wire::TAGMEM_REQ_RELEASE_BUSY)
-        );
+        let tagged_type = p
+            .readable
+            .get(0..2)
+            .is_some_and(|b| wire::is_tagged_request(u16::from_le_bytes([b[0], b[1]])));
         let room = if tagged_type {
             wire::TAGGED_RESP_SIZE
         } else {
@@ -812,7 +816,7 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         if !self.is_active() {
             return;
         }
-        self.poll_timers();
+        self.expire_chains();
         match index {
             wire::GUESTQ => self.process_guestq(),
             wire::EVENTQ => {}

@@ -106,7 +106,7 @@ impl Request {
                 };
                 Ok((req, VIRTIO_MEM_REQ_SIZE))
             }
-            TAGMEM_REQ_ACCEPT | TAGMEM_REQ_RELEASE | TAGMEM_REQ_RELEASE_BUSY => {
+            t if is_tagged_request(t) => {
                 let (r, _) = TaggedReq::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
                     need: TAGGED_REQ_SIZE,
                     got: bytes.len(),

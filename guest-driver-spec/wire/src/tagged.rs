@@ -24,6 +24,14 @@ pub const TAGMEM_REQ_RELEASE: u16 = 0x101;
 /// Request: the driver cannot honour a release request yet (the capacity is busy).
 pub const TAGMEM_REQ_RELEASE_BUSY: u16 = 0x102;
 
+/// True for the request types the tagged extension adds (their response is a [`TaggedResp`]).
+pub fn is_tagged_request(req_type: u16) -> bool {
+    matches!(
+        req_type,
+        TAGMEM_REQ_ACCEPT | TAGMEM_REQ_RELEASE | TAGMEM_REQ_RELEASE_BUSY
+    )
+}
+
 /// Event: one extent of an offer chain.
 pub const TAGMEM_EVT_OFFER: u16 = 1;
 /// Event: the device asks the driver to release a tag group.
