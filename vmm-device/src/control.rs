@@ -109,6 +109,24 @@ pub struct ExtentSpec {
     pub class: SourceClass,
 }
 
+impl ExtentSpec {
+    /// `length` bytes of `source` carrying `tag`; the rest defaults: the device chooses the guest
+    /// address, no flags, no performance data, node 0, sequence 0, class unspecified.
+    pub fn new(tag: Uuid, length: u64, source: SourceRef) -> Self {
+        ExtentSpec {
+            tag,
+            length,
+            source,
+            gpa: None,
+            flags: ExtentFlags::default(),
+            perf: Perf::default(),
+            node: 0,
+            seq: 0,
+            class: SourceClass::Unspecified,
+        }
+    }
+}
+
 /// What a successful offer returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferReceipt {

@@ -879,19 +879,13 @@ mod tests {
     const MB2: u64 = wire::EXTENT_ALIGN;
 
     fn spec(tag: u128, src: u64, off: u64, len: u64) -> ExtentSpec {
+        let source = SourceRef {
+            id: SourceId(src),
+            offset: off,
+        };
         ExtentSpec {
-            tag: Uuid::from_u128(tag),
-            length: len,
-            source: SourceRef {
-                id: SourceId(src),
-                offset: off,
-            },
-            gpa: None,
-            flags: ExtentFlags::default(),
-            perf: Perf::default(),
-            node: 0,
-            seq: 0,
             class: SourceClass::File,
+            ..ExtentSpec::new(Uuid::from_u128(tag), len, source)
         }
     }
 

@@ -287,10 +287,8 @@ proptest! {
         let mut h = Harness::tagged();
         if offer_first {
             h.post_event_buffers(4, 128);
-            let spec = ExtentSpec {
-                tag: Uuid::nil(), length: MB2, source: SourceRef { id: SourceId(1), offset: 0 }, gpa: None,
-                flags: ExtentFlags::default(), perf: Perf::default(), node: 0, seq: 0, class: SourceClass::File,
-            };
+            let source = SourceRef { id: SourceId(1), offset: 0 };
+            let spec = ExtentSpec { class: SourceClass::File, ..ExtentSpec::new(Uuid::nil(), MB2, source) };
             h.dev.offer(&[spec]).unwrap();
         }
         let mut bytes = req.clone();

@@ -9,17 +9,6 @@ use tagmem_device::{HostEvent, SourceId, Target};
 use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
-fn count_maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .expect("maps")
-        .lines()
-        .count()
-}
-
-fn count_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("fd dir").count()
-}
-
 /// Offers extent `i` on a fresh per-extent memfd, lets the guest accept it, has the host ask for
 /// it back and the guest release it; checks the guest saw the bytes when `probe`.
 fn cycle(vmm: &Vmm, i: u64, probe: bool) {

@@ -7,17 +7,6 @@ use common::*;
 use tagmem_vmm::test_guest::Report;
 use tagmem_vmm::VmConfig;
 
-fn count_maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .expect("maps")
-        .lines()
-        .count()
-}
-
-fn count_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("fd dir").count()
-}
-
 #[test]
 fn thousand_map_unmap_cycles_leak_nothing() {
     let Some(mut g) = boot_or_skip(VmConfig::default()) else {

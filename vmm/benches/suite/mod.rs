@@ -20,8 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tagmem_device::test_utils::{Harness, NullMapper};
 use tagmem_device::{
-    ExtentFlags, ExtentSpec, HostEvent, Mapping, Perf, SourceClass, SourceId, SourceRef, TaggedWindow,
-    Target as Tgt,
+    ExtentSpec, HostEvent, Mapping, SourceClass, SourceId, SourceRef, TaggedWindow, Target as Tgt,
 };
 use tagmem_vmm::memslot::{KvmMemslotMapper, SlotRegistrar};
 use tagmem_vmm::test_guest::{Command, Report as GuestReport};
@@ -198,15 +197,10 @@ fn memfd(size: u64, also: Option<u64>) -> Res<Backing> {
 
 fn spec(tag: Uuid, id: SourceId, offset: u64, gpa: u64, length: u64, seq: u16) -> ExtentSpec {
     ExtentSpec {
-        tag,
-        length,
-        source: SourceRef { id, offset },
         gpa: Some(gpa),
-        flags: ExtentFlags::default(),
-        perf: Perf::default(),
-        node: 0,
         seq,
         class: SourceClass::File,
+        ..ExtentSpec::new(tag, length, SourceRef { id, offset })
     }
 }
 
@@ -1095,18 +1089,15 @@ impl Bench {
             let k = (n - next).min(100);
             let specs: Vec<ExtentSpec> = (next..next + k)
                 .map(|i| ExtentSpec {
-                    tag: Uuid::nil(),
-                    length: BLOCK,
-                    source: SourceRef {
-                        id: SourceId(1),
-                        offset: i * BLOCK,
-                    },
-                    gpa: None,
-                    flags: ExtentFlags::default(),
-                    perf: Perf::default(),
-                    node: 0,
-                    seq: 0,
                     class: SourceClass::File,
+                    ..ExtentSpec::new(
+                        Uuid::nil(),
+                        BLOCK,
+                        SourceRef {
+                            id: SourceId(1),
+                            offset: i * BLOCK,
+                        },
+                    )
                 })
                 .collect();
             h.offer_and_accept(&specs)?;

@@ -86,7 +86,7 @@ pub fn us(v: u64) -> usize {
 }
 
 use std::sync::Arc;
-use tagmem_device::{ExtentFlags, ExtentSpec, Perf, SourceClass};
+use tagmem_device::{ExtentSpec, SourceClass};
 use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
@@ -149,19 +149,14 @@ pub fn vmm_host_read(vmm: &Vmm, id: u64, offset: u64, len: usize) -> Vec<u8> {
 
 /// An extent of `length` bytes of backing `id` at offset 0, at a fixed guest address.
 pub fn spec(tag: Uuid, id: u64, gpa: u64, length: u64) -> ExtentSpec {
+    let source = SourceRef {
+        id: SourceId(id),
+        offset: 0,
+    };
     ExtentSpec {
-        tag,
-        length,
-        source: SourceRef {
-            id: SourceId(id),
-            offset: 0,
-        },
         gpa: Some(gpa),
-        flags: ExtentFlags::default(),
-        perf: Perf::default(),
-        node: 0,
-        seq: 0,
         class: SourceClass::File,
+        ..ExtentSpec::new(tag, length, source)
     }
 }
 
@@ -171,4 +166,17 @@ pub fn leak_pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| u8::try_from((i * 31 + usize::from(seed)) % 251).expect("below 251"))
         .collect()
+}
+
+/// Lines of `/proc/self/maps`: host mappings of this process.
+pub fn count_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .count()
+}
+
+/// Entries of `/proc/self/fd`: open descriptors of this process.
+pub fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("fd dir").count()
 }
