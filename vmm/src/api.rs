@@ -10,28 +10,35 @@
 //!
 //! Requests are parsed with `httparse` within fixed bounds ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`],
 //! [`MAX_BODY_BYTES`]); every error answers with a status and `{"error": "<message>"}` naming
-//! the field at fault. The server never blocks the event loop: sockets are non-blocking and
-//! answers that do not fit the socket buffer are finished when it drains. What a request does is
-//! behind [`ApiBackend`]; [`TaggedMemoryControl`] implements it on a running [`Vmm`].
+//! the field at fault; host failures answer 5xx with the OS error. The socket ([`ApiSocket`],
+//! `socket.rs`) is created owner-only and never replaces anything but a stale socket; the server
+//! ([`ApiServer`], `server.rs`) never blocks the event loop and bounds what clients may hold of
+//! it ([`ServerLimits`]). What a request does is behind [`ApiBackend`]; [`TaggedMemoryControl`]
+//! implements it on a running [`Vmm`].
 
 use crate::backing::Backing;
 use crate::config::{
-    group_chains, ConfigError, ExtentPlan, OptionError, Resolver, TaggedMemoryConfig, GENERATED_ID_PREFIX,
+    error_chain, group_chains, ConfigError, ExtentPlan, OptionError, Resolver, TaggedMemoryConfig,
+    GENERATED_ID_PREFIX,
 };
 use crate::runtime::{BackingLifetime, Vmm};
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tagmem_device::{ControlError, ExtentInfo, SourceId, Target};
 use uuid::Uuid;
+
+mod server;
+mod socket;
+
+pub use server::{ApiServer, ServerLimits, ServerStats, MAX_CONNECTIONS};
+pub use socket::{ApiSocket, ApiSocketError, DEFAULT_SOCKET_MODE};
 
 /// Path prefix of every endpoint.
 pub const API_PREFIX: &str = "/api/v1/";
@@ -49,8 +56,6 @@ pub const MAX_HEAD_BYTES: usize = 8 << 10;
 pub const MAX_HEADERS: usize = 32;
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 256 << 10;
-/// Most connections served at once; further ones are closed on accept.
-pub const MAX_CONNECTIONS: usize = 32;
 
 /// Why a request failed; each maps to one HTTP status.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +76,12 @@ pub enum ApiError {
         /// The method it accepts.
         allow: &'static str,
     },
+    /// The request did not arrive in time (408).
+    #[error("the request was not complete within {0:?}; closing the connection")]
+    RequestTimeout(Duration),
+    /// The request conflicts with what the VM holds, e.g. a tag already present (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The body is larger than [`MAX_BODY_BYTES`] (413).
     #[error("request body of {0} bytes exceeds the limit of {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge(usize),
@@ -80,7 +91,8 @@ pub enum ApiError {
     /// The guest's driver is not ready for tagged capacity (503).
     #[error("{0}")]
     Unavailable(String),
-    /// The VMM failed to carry out a valid request (500).
+    /// The VMM failed to carry out a valid request: a host failure such as running out of
+    /// descriptors or memory; the message carries the OS error (500).
     #[error("{0}")]
     Internal(String),
 }
@@ -92,6 +104,8 @@ impl ApiError {
             ApiError::BadRequest(_) => 400,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::RequestTimeout(_) => 408,
+            ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::HeadTooLarge => 431,
             ApiError::Unavailable(_) => 503,
@@ -101,8 +115,14 @@ impl ApiError {
 }
 
 impl From<OptionError> for ApiError {
+    /// A host failure (memfd creation, an OS error opening a backing) is a 500 that carries the
+    /// OS error; anything the request got wrong is a 400.
     fn from(e: OptionError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        if e.error.is_host_failure() {
+            ApiError::Internal(e.with_causes())
+        } else {
+            ApiError::BadRequest(e.to_string())
+        }
     }
 }
 
@@ -283,6 +303,8 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -293,16 +315,16 @@ fn reason(status: u16) -> &'static str {
 
 /// The request line and headers of a request, once complete.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Head {
-    method: String,
-    path: String,
-    head_len: usize,
-    body_len: usize,
-    expect_continue: bool,
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) head_len: usize,
+    pub(crate) body_len: usize,
+    pub(crate) expect_continue: bool,
 }
 
 /// Parses the head of the request at the start of `buf`; `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -475,272 +497,6 @@ pub fn handle(backend: &dyn ApiBackend, req: &HttpRequest) -> HttpResponse {
     answer.unwrap_or_else(|e| HttpResponse::error(&e))
 }
 
-/// One client connection.
-#[derive(Debug)]
-struct Conn {
-    stream: UnixStream,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    written: usize,
-    continue_sent: bool,
-    answered: bool,
-}
-
-/// What to do with a connection after an event.
-enum Next {
-    /// Wait for more input.
-    Read,
-    /// Wait until the socket can take more output.
-    Write,
-    /// Done (answered, closed by the peer, or failed): remove it.
-    Close,
-}
-
-impl Conn {
-    fn new(stream: UnixStream) -> Self {
-        Conn {
-            stream,
-            input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
-            continue_sent: false,
-            answered: false,
-        }
-    }
-
-    /// Reads what is available and answers once a request is complete.
-    fn on_readable(&mut self, backend: &dyn ApiBackend) -> Next {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    self.input.extend_from_slice(&chunk[..n]);
-                    if let Some(next) = self.progress(backend) {
-                        return next;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Read,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Next::Close,
-            }
-        }
-    }
-
-    /// Parses what has arrived; answers when complete or malformed. `None`: keep reading.
-    fn progress(&mut self, backend: &dyn ApiBackend) -> Option<Next> {
-        let response = match parse_head(&self.input) {
-            Ok(None) => return None,
-            Ok(Some(head)) => {
-                let end = head.head_len + head.body_len;
-                if self.input.len() < end {
-                    if head.expect_continue && !self.continue_sent {
-                        self.continue_sent = true;
-                        self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        return Some(self.flush());
-                    }
-                    return None;
-                }
-                let req = HttpRequest {
-                    method: head.method,
-                    path: head.path,
-                    body: self.input[head.head_len..end].to_vec(),
-                };
-                handle(backend, &req)
-            }
-            Err(e) => HttpResponse::error(&e),
-        };
-        self.answered = true;
-        self.output.extend_from_slice(&response.to_bytes());
-        Some(self.flush())
-    }
-
-    /// Writes pending output; after the answer is out, the connection is done.
-    fn flush(&mut self) -> Next {
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
-                Ok(0) => return Next::Close,
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Write,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Next::Close,
-            }
-        }
-        if self.answered {
-            Next::Close
-        } else {
-            Next::Read
-        }
-    }
-}
-
-/// Errors setting up the API socket.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiSocketError {
-    /// Another VMM answers on the socket already.
-    #[error("--api-socket: path={0}: another process is listening on it")]
-    InUse(PathBuf),
-    /// Binding or configuring the socket failed.
-    #[error("--api-socket: path={path}: {source}")]
-    Bind {
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// The bound API socket; the socket file is removed when it is dropped.
-#[derive(Debug)]
-pub struct ApiSocket {
-    listener: UnixListener,
-    path: PathBuf,
-}
-
-impl ApiSocket {
-    /// Listens on `path`. A stale socket file (nobody answers on it) is replaced; a live one is an
-    /// error. Bind before the VM starts, so a bad path fails early.
-    pub fn bind(path: &Path) -> Result<Self, ApiSocketError> {
-        let bind_err = |source| ApiSocketError::Bind {
-            path: path.to_path_buf(),
-            source,
-        };
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ApiSocketError::InUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path).map_err(bind_err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        Ok(ApiSocket {
-            listener,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ApiSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The HTTP server: the listener and its connections, run by the event loop as a subscriber.
-pub struct ApiServer {
-    socket: ApiSocket,
-    conns: HashMap<RawFd, Conn>,
-    backend: Arc<dyn ApiBackend>,
-}
-
-impl std::fmt::Debug for ApiServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer")
-            .field("socket", &self.socket)
-            .field("connections", &self.conns.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ApiServer {
-    /// Serves `backend` on `socket`.
-    pub fn new(socket: ApiSocket, backend: Arc<dyn ApiBackend>) -> Self {
-        ApiServer {
-            socket,
-            conns: HashMap::new(),
-            backend,
-        }
-    }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        self.socket.path()
-    }
-
-    fn accept(&mut self, ops: &mut EventOps) {
-        loop {
-            match self.socket.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
-                        continue; // Dropping the stream closes it.
-                    }
-                    let fd = stream.as_raw_fd();
-                    if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
-                        self.conns.insert(fd, Conn::new(stream));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    eprintln!("tagmem-vmm: api: accept on {} failed: {e}", self.path().display());
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_conn(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
-        let Some(conn) = self.conns.get_mut(&fd) else {
-            return;
-        };
-        let next = if set.contains(EventSet::ERROR) {
-            Next::Close
-        } else if set.contains(EventSet::OUT) {
-            conn.flush()
-        } else {
-            conn.on_readable(self.backend.as_ref())
-        };
-        let interest = match next {
-            Next::Read => EventSet::IN,
-            Next::Write => EventSet::OUT,
-            Next::Close => {
-                if let Some(conn) = self.conns.remove(&fd) {
-                    let _ = ops.remove(Events::empty(&conn.stream));
-                }
-                return;
-            }
-        };
-        if ops.modify(Events::new(&conn.stream, interest)).is_err() {
-            if let Some(conn) = self.conns.remove(&fd) {
-                let _ = ops.remove(Events::empty(&conn.stream));
-            }
-        }
-    }
-}
-
-impl MutEventSubscriber for ApiServer {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.fd() == self.socket.listener.as_raw_fd() {
-            if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                eprintln!(
-                    "tagmem-vmm: api: listener on {} failed; API closed",
-                    self.path().display()
-                );
-                let _ = ops.remove(events);
-                return;
-            }
-            self.accept(ops);
-        } else {
-            self.on_conn(events.fd(), events.event_set(), ops);
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.socket.listener, EventSet::IN)) {
-            eprintln!(
-                "tagmem-vmm: api: registering {} failed: {e}",
-                self.path().display()
-            );
-        }
-    }
-}
-
 /// A chain whose backings are open, ready to be offered once the VM runs.
 #[derive(Debug)]
 pub struct PreparedChain {
@@ -891,7 +647,10 @@ impl TaggedMemoryControl {
             state.next_source = id.0.wrapping_add(1);
             if let Err(e) = self.vmm.register_backing(id, backing, BackingLifetime::PerExtent) {
                 unregister(&registered);
-                return Err(ApiError::Internal(format!("registering the backing: {e}")));
+                return Err(ApiError::Internal(format!(
+                    "registering the backing: {}",
+                    error_chain(&e)
+                )));
             }
             registered.push(id);
             specs.push(plan.spec(id));
@@ -1022,7 +781,13 @@ pub fn call(
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(req.as_bytes()).map_err(io_err)?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(io_err)?;
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        // A server that answers before it read everything (a refusal) may reset the connection
+        // after the answer: keep the answer if it is whole.
+        if e.kind() != io::ErrorKind::ConnectionReset || parse_response(&answer).is_err() {
+            return Err(io_err(e));
+        }
+    }
     parse_response(&answer).map_err(|reason| ClientError::Malformed {
         path: socket.to_path_buf(),
         reason,
@@ -1122,7 +887,7 @@ mod tests {
 
     /// Records what it was asked and answers with fixed values.
     #[derive(Default)]
-    struct Fake {
+    pub(super) struct Fake {
         adds: Mutex<Vec<Vec<TaggedMemoryConfig>>>,
         releases: Mutex<Vec<Target>>,
         next: AtomicU64,
@@ -1400,52 +1165,5 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&indent_json(s)).unwrap();
         assert_eq!(v, serde_json::from_str::<serde_json::Value>(s).unwrap());
-    }
-
-    #[test]
-    fn server_answers_over_a_socket_with_expect_continue() {
-        // Drive the subscriber's connection logic directly over a socket pair.
-        let (client, server) = UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut conn = Conn::new(server);
-        let f = Fake::default();
-        let body = r#"{"extents":[{"size":2097152}]}"#;
-        let head = format!(
-            "PUT {ADD_TAGGED_MEMORY} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        (&client).write_all(head.as_bytes()).unwrap();
-        assert!(matches!(conn.on_readable(&f), Next::Read));
-        let mut buf = [0u8; 64];
-        let n = (&client).read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
-        (&client).write_all(body.as_bytes()).unwrap();
-        assert!(matches!(conn.on_readable(&f), Next::Close));
-        drop(conn);
-        let mut rest = Vec::new();
-        (&client).read_to_end(&mut rest).unwrap();
-        let (status, body) = parse_response(&rest).unwrap();
-        assert_eq!(status, 200);
-        assert!(
-            body.starts_with(r#"{"chain_id":0,"extents":[{"id":"_tagmem0""#),
-            "{body}"
-        );
-    }
-
-    #[test]
-    fn oversized_body_is_refused_before_it_arrives() {
-        let (client, server) = UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut conn = Conn::new(server);
-        let head = format!(
-            "PUT {ADD_TAGGED_MEMORY} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            10 * MAX_BODY_BYTES
-        );
-        (&client).write_all(head.as_bytes()).unwrap();
-        assert!(matches!(conn.on_readable(&Fake::default()), Next::Close));
-        drop(conn);
-        let mut rest = Vec::new();
-        (&client).read_to_end(&mut rest).unwrap();
-        assert_eq!(parse_response(&rest).unwrap().0, 413);
     }
 }

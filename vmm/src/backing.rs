@@ -80,6 +80,44 @@ pub enum BackingError {
     },
 }
 
+/// Whether an OS error is the host's failure (out of descriptors, memory or space, an I/O
+/// error) rather than a consequence of what was asked for (a missing path, a wrong kind).
+pub fn is_host_os_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::ENOBUFS
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EIO
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::ETIMEDOUT
+        )
+    )
+}
+
+impl BackingError {
+    /// Whether the host failed (a control API answers 5xx), not the request (4xx): creating or
+    /// sizing a memfd, an OS failure opening a path, an unreadable devdax size.
+    pub fn is_host_failure(&self) -> bool {
+        match self {
+            BackingError::MemfdCreate { .. } | BackingError::DevDaxSize { .. } => true,
+            BackingError::Resize { source, .. } => {
+                !matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EFBIG))
+            }
+            BackingError::Open { source, .. } => is_host_os_error(source),
+            BackingError::Missing { .. }
+            | BackingError::Permission { .. }
+            | BackingError::WrongKind { .. }
+            | BackingError::BadName(_) => false,
+        }
+    }
+}
+
 /// What kind of host object backs guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackingKind {

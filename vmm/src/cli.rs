@@ -49,8 +49,16 @@ Serve the HTTP/JSON control API on this Unix socket: path=<file> (a bare path wo
 too). Endpoints: PUT /api/v1/vm.add-tagged-memory, PUT /api/v1/vm.release-tagged-memory,
 GET /api/v1/vm.tagged-memory, GET /api/v1/vmm.ping.
 
-Example:
+Keys:
+  path=<file>        the socket; a stale socket there (nobody listening) is replaced,
+                     anything else at the path is an error and left alone
+  mode=0600|0660     permissions of the socket, whatever the umask: the owner only
+                     (default) or owner and group. Whoever can connect can make the VMM
+                     open and map files
+
+Examples:
   --api-socket path=/tmp/tagmem.sock
+  --api-socket path=/run/tagmem/vm0.sock,mode=0660
   curl --unix-socket /tmp/tagmem.sock http://localhost/api/v1/vm.tagged-memory";
 
 const MEMORY_HELP: &str = "\
@@ -150,8 +158,8 @@ pub struct RunArgs {
     /// Tagged capacity to hot-add at boot (repeatable; see --help).
     #[arg(long = "tagged-memory", value_name = "tag=..,path=..,size=..", long_help = TAGGED_MEMORY_HELP)]
     pub tagged_memory: Vec<String>,
-    /// Serve the control API on a Unix socket: path=<file>.
-    #[arg(long = "api-socket", value_name = "path=<file>", long_help = API_SOCKET_HELP)]
+    /// Serve the control API on a Unix socket: path=<file>[,mode=0600|0660].
+    #[arg(long = "api-socket", value_name = "path=<file>,mode=..", long_help = API_SOCKET_HELP)]
     pub api_socket: Option<String>,
     /// Boot RAM: size=<bytes>.
     #[arg(long = "memory", value_name = "size=<bytes>", long_help = MEMORY_HELP)]
@@ -243,7 +251,11 @@ impl Failure {
 
 impl From<OptionError> for Failure {
     fn from(e: OptionError) -> Self {
-        Failure::usage(e)
+        if e.error.is_host_failure() {
+            Failure::runtime(e.with_causes())
+        } else {
+            Failure::usage(e)
+        }
     }
 }
 
@@ -330,7 +342,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let resolver = Resolver::new(&args.sysfs_root);
     let chains = prepare(&args.tagged_memory, &resolver)?;
     let socket = api_socket
-        .map(|c| ApiSocket::bind(&c.path))
+        .map(|c| ApiSocket::bind_with_mode(&c.path, c.mode))
         .transpose()
         .map_err(Failure::usage)?;
     kvm_check()?;
@@ -362,7 +374,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     println!("{}", demo::render_view(&view));
     if let Some(socket) = socket {
         let path = socket.path().to_path_buf();
-        let server = ApiServer::new(socket, control.clone());
+        let server = ApiServer::new(socket, control.clone())
+            .map_err(|e| Failure::runtime(format!("serving the API: {e}")))?;
         vmm.add_subscriber(Arc::new(Mutex::new(server)))
             .map_err(|e| Failure::runtime(format!("serving the API: {e}")))?;
         println!("API listening on {}", path.display());
@@ -463,6 +476,7 @@ mod tests {
         for example in [
             "--tagged-memory size=64M",
             "--api-socket path=/tmp/tagmem.sock",
+            "--api-socket path=/run/tagmem/vm0.sock,mode=0660",
             "--memory size=128M",
         ] {
             assert!(help.contains(example), "run --help lacks {example}");

@@ -6,7 +6,7 @@
 //! form must satisfy, [`group_chains`] turns a list into offer chains (one per tag, in the order
 //! given), and [`Resolver`] finds each extent's host backing, HMAT defaults and source class.
 
-use crate::backing::{Backing, BackingError, DEVDAX_ALIGN};
+use crate::backing::{is_host_os_error, Backing, BackingError, DEVDAX_ALIGN};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs;
@@ -236,12 +236,41 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// A key the option needs is missing.
+    #[error("{key}= is required")]
+    MissingKey {
+        /// The key.
+        key: &'static str,
+    },
+    /// A socket mode that is not octal or not allowed.
+    #[error("mode={value}: {reason}")]
+    BadMode {
+        /// The value as given.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// A tag group too large for 16-bit sequence numbers.
     #[error("tag={tag}: more than 65536 extents in one group")]
     GroupTooLarge {
         /// The tag.
         tag: Uuid,
     },
+}
+
+impl ConfigError {
+    /// Whether the host failed (out of descriptors or memory, an I/O error) rather than the
+    /// value given: a control API answers such failures 5xx with the OS error, the rest 4xx.
+    pub fn is_host_failure(&self) -> bool {
+        match self {
+            ConfigError::Backing { source, .. } => source.is_host_failure(),
+            ConfigError::Lookup {
+                source: LookupError::Read { source, .. },
+                ..
+            } => is_host_os_error(source),
+            _ => false,
+        }
+    }
 }
 
 /// A [`ConfigError`] attributed to the option (or API field) it came from.
@@ -262,6 +291,28 @@ impl OptionError {
             error,
         }
     }
+}
+
+impl OptionError {
+    /// The message with the causes of the error appended (e.g. the OS error of a host failure).
+    pub fn with_causes(&self) -> String {
+        format!("{}: {}", self.option, error_chain(&self.error))
+    }
+}
+
+/// `e` and its causes, as `e: cause: cause` (a cause already at the end of the text is skipped).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Formats a byte count the way the option accepts it: with the largest exact suffix.
@@ -1051,26 +1102,63 @@ impl MemoryConfig {
     }
 }
 
-/// `--api-socket path=<file>`: where the HTTP API listens.
+/// Socket modes `--api-socket mode=` accepts: owner only, or owner and group.
+pub const API_SOCKET_MODES: [u32; 2] = [0o600, 0o660];
+
+/// `--api-socket path=<file>,mode=<0600|0660>`: where the HTTP API listens, and who may reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiSocketConfig {
     /// The Unix socket path.
     pub path: PathBuf,
+    /// Permission bits of the socket file: `0o600` (the default) or `0o660`.
+    pub mode: u32,
 }
 
 impl ApiSocketConfig {
-    /// Parses `path=<file>`; a bare path without `=` is accepted too, as Cloud Hypervisor does.
+    /// Parses `path=<file>[,mode=<octal>]`; a bare path without `=` is accepted too, as Cloud
+    /// Hypervisor does. `mode` is `0600` (owner only, the default) or `0660` (owner and group):
+    /// whoever can connect can make the VMM open and map files, so other users never can.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let mut config = ApiSocketConfig {
+            path: PathBuf::new(),
+            mode: API_SOCKET_MODES[0],
+        };
         if !s.contains('=') && !s.is_empty() {
-            return Ok(ApiSocketConfig { path: s.into() });
+            config.path = s.into();
+            return Ok(config);
         }
-        let items = split_option(s, &["path"])?;
-        let path = items
-            .into_iter()
-            .find(|(k, _)| *k == "path")
-            .map(|(_, v)| PathBuf::from(v))
-            .ok_or(ConfigError::Empty)?;
-        Ok(ApiSocketConfig { path })
+        let mut path = None;
+        for (key, value) in split_option(s, &["path", "mode"])? {
+            match key {
+                "path" => path = Some(PathBuf::from(value)),
+                _ => config.mode = parse_socket_mode(value)?,
+            }
+        }
+        config.path = path.ok_or(ConfigError::MissingKey { key: "path" })?;
+        Ok(config)
+    }
+}
+
+/// Parses an `--api-socket mode=` value: octal digits, one of [`API_SOCKET_MODES`].
+fn parse_socket_mode(value: &str) -> Result<u32, ConfigError> {
+    let bad = |reason| ConfigError::BadMode {
+        value: value.to_string(),
+        reason,
+    };
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad("expected octal permission bits such as 0600"));
+    }
+    let mode =
+        u32::from_str_radix(digits, 8).map_err(|_| bad("expected octal permission bits such as 0600"))?;
+    if API_SOCKET_MODES.contains(&mode) {
+        Ok(mode)
+    } else if mode & 0o007 != 0 {
+        Err(bad(
+            "other users may never reach the API; use 0600 (owner) or 0660 (owner and group)",
+        ))
+    } else {
+        Err(bad("use 0600 (owner) or 0660 (owner and group)"))
     }
 }
 
@@ -1562,5 +1650,36 @@ mod tests {
         );
         assert!(ApiSocketConfig::parse("fd=3").is_err());
         assert!(ApiSocketConfig::parse("path=").is_err());
+    }
+
+    #[test]
+    fn c13_api_socket_mode_is_owner_only_unless_group_is_asked_for() {
+        let parse = |s: &str| ApiSocketConfig::parse(s).map_err(|e| e.to_string());
+        assert_eq!(parse("/tmp/a.sock").unwrap().mode, 0o600);
+        assert_eq!(parse("path=/tmp/a.sock").unwrap().mode, 0o600);
+        for m in ["0660", "660", "0o660"] {
+            let c = parse(&format!("path=/tmp/a.sock,mode={m}")).unwrap();
+            assert_eq!((c.path, c.mode), (PathBuf::from("/tmp/a.sock"), 0o660), "{m}");
+        }
+        assert_eq!(parse("mode=0600,path=/s").unwrap().mode, 0o600);
+        assert_eq!(
+            parse("path=/s,mode=0666").unwrap_err(),
+            "mode=0666: other users may never reach the API; use 0600 (owner) or 0660 (owner and group)"
+        );
+        assert_eq!(
+            parse("path=/s,mode=0640").unwrap_err(),
+            "mode=0640: use 0600 (owner) or 0660 (owner and group)"
+        );
+        for bad in ["rw", "0x180", "0900", "00600", ""] {
+            assert_eq!(
+                parse(&format!("path=/s,mode={bad}")).unwrap_err(),
+                if bad.is_empty() {
+                    "mode=: empty value".to_string()
+                } else {
+                    format!("mode={bad}: expected octal permission bits such as 0600")
+                }
+            );
+        }
+        assert_eq!(parse("mode=0600").unwrap_err(), "path= is required");
     }
 }

@@ -70,7 +70,7 @@ impl Server {
         let path = dir.path().join("api.sock");
         let backend = Arc::new(Recorder::default());
         let socket = ApiSocket::bind(&path).unwrap();
-        let server: Sub = Arc::new(Mutex::new(ApiServer::new(socket, backend.clone())));
+        let server: Sub = Arc::new(Mutex::new(ApiServer::new(socket, backend.clone()).unwrap()));
         let mut manager = EventManager::<Sub>::new().unwrap();
         manager.add_subscriber(server);
         let stop = Arc::new(AtomicBool::new(false));

@@ -32,7 +32,7 @@ fn start() -> Option<Running> {
         vmm.clone(),
         Resolver::new("/nonexistent"),
     ));
-    vmm.add_subscriber(Arc::new(Mutex::new(ApiServer::new(socket, control))))
+    vmm.add_subscriber(Arc::new(Mutex::new(ApiServer::new(socket, control).unwrap())))
         .unwrap();
     Some(Running { vmm, _dir: dir, sock })
 }
