@@ -14,7 +14,7 @@
 //! `socket.rs`) is created owner-only and never replaces anything but a stale socket; the server
 //! ([`ApiServer`], `server.rs`) never blocks the event loop and bounds what clients may hold of
 //! it ([`ServerLimits`]). What a request does is behind [`ApiBackend`]; [`TaggedMemoryControl`]
-//! implements it on a running [`Vmm`].
+//! implements it on a running [`Vmm`], where it also keeps a tag unique per VM.
 
 use crate::backing::Backing;
 use crate::config::{
@@ -31,7 +31,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tagmem_device::{ControlError, ExtentInfo, SourceId, Target};
+use tagmem_device::{ControlError, ExtentInfo, ExtentState, SourceId, Target};
 use uuid::Uuid;
 
 mod server;
@@ -556,6 +556,64 @@ impl PreparedChain {
     }
 }
 
+/// An extent of one of the VM's tagged devices that carries a tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagHolder {
+    /// Index of the tagged device.
+    pub device: usize,
+    /// The extent's id on that device.
+    pub extent: u64,
+    /// Its tag.
+    pub tag: Uuid,
+    /// Its state (any state: offered or accepted).
+    pub state: ExtentState,
+}
+
+impl TagHolder {
+    /// The tagged extents of every device's extent table, device by device.
+    pub fn of_devices(devices: &[Vec<ExtentInfo>]) -> Vec<TagHolder> {
+        devices
+            .iter()
+            .enumerate()
+            .flat_map(|(device, extents)| {
+                extents
+                    .iter()
+                    .filter(|e| !e.tag.is_nil())
+                    .map(move |e| TagHolder {
+                        device,
+                        extent: e.id,
+                        tag: e.tag,
+                        state: e.state,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The VM's tag rule: a tag names one group per VM, so no extent of a new chain may carry a tag
+/// that an extent of any tagged device of the VM carries, offered or accepted. `tags` are the
+/// chain's tags by position, `held` the tagged extents of every device ([`TagHolder::of_devices`]).
+/// The error names the position, the tag and the extent that holds it.
+pub fn check_tags_free(tags: impl IntoIterator<Item = Uuid>, held: &[TagHolder]) -> Result<(), ApiError> {
+    for (i, tag) in tags.into_iter().enumerate() {
+        if tag.is_nil() {
+            continue;
+        }
+        if let Some(h) = held.iter().find(|h| h.tag == tag) {
+            let state = serde_json::to_value(h.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(ApiError::Conflict(format!(
+                "extents[{i}]: tag={tag}: already present on this VM (extent {} on tagged device {} \
+                 is {state}); a tag names one group per VM, release it first",
+                h.extent, h.device
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Name and backing of an extent the control offered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Named {
@@ -617,10 +675,27 @@ impl TaggedMemoryControl {
         self.state().names.get(&extent_id).map(|n| n.name.clone())
     }
 
-    /// Registers the backings of `chain`, offers it, and names its extents.
+    /// The extent tables of the VM's tagged devices (the reference VMM has one).
+    fn tagged_devices(&self) -> Vec<Vec<ExtentInfo>> {
+        vec![self.vmm.extents()]
+    }
+
+    /// The tagged extents of all of the VM's tagged devices.
+    fn tag_holders(&self) -> Vec<TagHolder> {
+        TagHolder::of_devices(&self.tagged_devices())
+    }
+
+    /// Registers the backings of `chain`, offers it, and names its extents. A tag already
+    /// present on the VM is refused ([`check_tags_free`]) before anything is registered.
     pub fn offer(&self, chain: PreparedChain) -> Result<AddReply, ApiError> {
         let mut state = self.state();
-        let live: Vec<u64> = self.vmm.extents().iter().map(|e| e.id).collect();
+        let devices = self.tagged_devices();
+        // Under the state lock: two offers of one tag cannot both pass.
+        check_tags_free(
+            chain.extents.iter().map(|(plan, _)| plan.tag),
+            &TagHolder::of_devices(&devices),
+        )?;
+        let live: Vec<u64> = devices.iter().flatten().map(|e| e.id).collect();
         state.names.retain(|id, _| live.contains(id));
         for (plan, _) in &chain.extents {
             if let Some(id) = &plan.id {
@@ -702,6 +777,8 @@ impl ApiBackend for TaggedMemoryControl {
 
     fn add_tagged_memory(&self, extents: &[TaggedMemoryConfig]) -> Result<AddReply, ApiError> {
         group_chains(extents).map_err(|e| ApiError::BadRequest(format!("extents: {}", e.error)))?;
+        // Before any backing is opened; checked again under the lock when offering.
+        check_tags_free(extents.iter().map(TaggedMemoryConfig::tag), &self.tag_holders())?;
         let chain = PreparedChain::prepare(&self.resolver, extents, "extents")?;
         self.offer(chain)
     }
@@ -1135,6 +1212,40 @@ mod tests {
         let (s, v) = answer(&f, &req("PUT", RELEASE_TAGGED_MEMORY, r#"{"id":"tm0"}"#));
         assert_eq!(s, 400);
         assert!(error_of(&v).starts_with("id: unknown field `id`"), "{v}");
+    }
+
+    #[test]
+    fn b8_a_tag_present_on_any_tagged_device_of_the_vm_is_refused() {
+        let tag: Uuid = TAG.parse().unwrap();
+        let other = Uuid::from_u128(7);
+        let holder = |device, extent, tag, state| TagHolder {
+            device,
+            extent,
+            tag,
+            state,
+        };
+        // Two tagged devices: the tag is pending on the second one.
+        let held = [
+            holder(0, 1, other, ExtentState::Accepted),
+            holder(1, 4, tag, ExtentState::Pending),
+        ];
+        let e = check_tags_free([Uuid::nil(), tag], &held).unwrap_err();
+        assert_eq!(e.status(), 409);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "extents[1]: tag={tag}: already present on this VM (extent 4 on tagged device 1 \
+                 is pending); a tag names one group per VM, release it first"
+            )
+        );
+        let e = check_tags_free([other], &held).unwrap_err();
+        assert!(
+            e.to_string().contains("extent 1 on tagged device 0 is accepted"),
+            "{e}"
+        );
+        // Untagged capacity and new tags pass; so does everything on an empty VM.
+        check_tags_free([Uuid::nil(), Uuid::from_u128(8)], &held).unwrap();
+        check_tags_free([tag], &[]).unwrap();
     }
 
     #[test]

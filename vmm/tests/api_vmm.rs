@@ -119,8 +119,9 @@ fn add_list_release_round_trip() {
         (Some("memfd"), Some("file"))
     );
 
-    // Errors: a duplicate tag (device), a duplicate id (control), an unknown release target.
-    let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
+    // Errors: a duplicate id, a tag already on the VM, an unknown release target.
+    let same_id = r#"{"extents":[{"path":"memfd","size":2097152,"id":"tm0"}]}"#;
+    let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(same_id));
     assert_eq!(s, 400);
     assert!(
         v["error"]
@@ -131,12 +132,13 @@ fn add_list_release_round_trip() {
     );
     let dup_tag = format!(r#"{{"extents":[{{"tag":"{TAG}","path":"memfd","size":2097152}}]}}"#);
     let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&dup_tag));
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (
-            400,
-            Some(format!("tag {TAG} is already present on this device").as_str())
-        )
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("extents[0]: tag={TAG}: already present on this VM")),
+        "{v}"
     );
     let (s, v) = call(
         &r,
@@ -186,6 +188,61 @@ fn add_list_release_round_trip() {
     assert_eq!(table, serde_json::json!([]));
     assert!(r.vmm.guest_view().unwrap().by_tag(&tag).is_none());
     // The names of released extents can be used again.
+    let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn b8_the_vmm_refuses_a_tag_present_on_the_vm_before_the_device_is_reached() {
+    let Some(r) = start() else { return };
+    // Leave the first offer pending: the guest answers only when told to poll.
+    r.vmm.set_autopoll(false).unwrap();
+    let one = |tag: &str, path: &str| format!(r#"{{"tag":"{tag}","path":"{path}","size":2097152}}"#);
+    let body = format!(r#"{{"extents":[{}]}}"#, one(TAG, "memfd"));
+    let (s, added) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
+    assert_eq!(s, 200, "{added}");
+    let id = added["extents"][0]["extent_id"].as_u64().unwrap();
+    let slots = r.vmm.slots().len();
+
+    // Pending: refused by the VMM, naming the tag and the extent that holds it. The second
+    // extent of this chain names a file that does not exist: the tag rule answers first, so
+    // nothing was opened and the device was never asked.
+    let other = "0b7e8c1d-2f3a-4b5c-8d9e-0f1a2b3c4d5e";
+    let body = format!(
+        r#"{{"extents":[{},{}]}}"#,
+        one(other, "memfd"),
+        one(TAG, "/nonexistent/file")
+    );
+    let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (
+            409,
+            format!(
+                "extents[1]: tag={TAG}: already present on this VM (extent {id} on tagged \
+                 device 0 is pending); a tag names one group per VM, release it first"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(r.vmm.extents().len(), 1);
+    assert_eq!(r.vmm.slots().len(), slots);
+
+    // Accepted: still refused.
+    r.vmm.guest_poll().unwrap();
+    assert_eq!(answered(&r.vmm, added["chain_id"].as_u64().unwrap()), vec![id]);
+    let body = format!(r#"{{"extents":[{}]}}"#, one(TAG, "memfd"));
+    let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
+    assert_eq!(s, 409);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(extent {id} on tagged device 0 is accepted)")),
+        "{v}"
+    );
+    // The other tag was never offered: it is free.
+    let body = format!(r#"{{"extents":[{}]}}"#, one(other, "memfd"));
     let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
     assert_eq!(s, 200, "{v}");
 }

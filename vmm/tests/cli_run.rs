@@ -142,7 +142,8 @@ fn run_serves_the_api_to_the_client_until_sigterm() {
         &["add-tagged-memory", &format!("tag={TAG},path=memfd,size=2M")],
     );
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("tag {TAG} is already present")));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains(&format!("409: extents[0]: tag={TAG}: already present on this VM")));
     // The released group is on its way out: no member is still plainly accepted.
     let table = json(&client(&sock, &["tagged-memory"]));
     for row in table.as_array().unwrap() {
