@@ -40,6 +40,24 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Polls `GET vm.tagged-memory` until every extent in `ids` is accepted; returns that table.
+fn wait_accepted(sock: &str, ids: &[u64]) -> serde_json::Value {
+    let mut table = serde_json::Value::Null;
+    for _ in 0..3000 {
+        table = json(&client(sock, &["tagged-memory"]));
+        let rows = table.as_array().unwrap();
+        let accepted = |id: &u64| {
+            rows.iter()
+                .any(|r| r["id"].as_u64() == Some(*id) && r["state"] == "accepted")
+        };
+        if ids.iter().all(accepted) {
+            return table;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("extents {ids:?} were never accepted: {table}");
+}
+
 struct Vmm(Child);
 
 impl Drop for Vmm {
@@ -108,7 +126,9 @@ fn run_serves_the_api_to_the_client_until_sigterm() {
     assert_eq!(added["extents"][0]["id"], "s0");
     assert_eq!(added["extents"][1]["size"], 2 << 20);
 
-    let table = json(&client(&sock, &["tagged-memory"]));
+    // The guest answers the offer on its own time: wait, through the API, until it has accepted
+    // the group before asking for its release.
+    let table = wait_accepted(&sock, &ids);
     let rows = table.as_array().unwrap();
     assert_eq!(rows.len(), 4, "{table}");
     let s1 = rows.iter().find(|r| r["name"] == "s1").unwrap();
