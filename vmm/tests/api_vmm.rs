@@ -7,7 +7,7 @@ use std::time::Duration;
 use tagmem_device::HostEvent;
 use tagmem_vmm::api::{self, ApiServer, ApiSocket, TaggedMemoryControl};
 use tagmem_vmm::config::Resolver;
-use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
+use tagmem_vmm::{Vmm, VmmConfig};
 use uuid::Uuid;
 
 const TAG: &str = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
@@ -19,8 +19,7 @@ struct Running {
 }
 
 fn start() -> Option<Running> {
-    if let Some(reason) = kvm_unavailable() {
-        println!("skipped: /dev/kvm not available ({reason})");
+    if !tagmem_test_support::kvm_or_skip() {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

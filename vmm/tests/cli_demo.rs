@@ -3,19 +3,8 @@
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tagmem_vmm::kvm_unavailable;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tagmem-vmm");
-
-fn kvm_or_skip() -> bool {
-    match kvm_unavailable() {
-        Some(reason) => {
-            println!("skipped: /dev/kvm not available ({reason})");
-            false
-        }
-        None => true,
-    }
-}
 
 /// Runs the demo with `args`; returns its output after checking it succeeded in time.
 fn demo(args: &[&str]) -> String {
@@ -53,7 +42,7 @@ fn table_after<'a>(out: &'a str, heading: &str) -> Vec<&'a str> {
 
 #[test]
 fn builtin_demo_shows_the_guest_view_before_and_after_the_release() {
-    if !kvm_or_skip() {
+    if !tagmem_test_support::kvm_or_skip() {
         return;
     }
     let out = demo(&[]);
@@ -96,7 +85,7 @@ fn builtin_demo_shows_the_guest_view_before_and_after_the_release() {
 
 #[test]
 fn demo_runs_on_extents_given_on_the_command_line() {
-    if !kvm_or_skip() {
+    if !tagmem_test_support::kvm_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

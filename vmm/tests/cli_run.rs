@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use tagmem_vmm::kvm_unavailable;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tagmem-vmm");
 const TAG: &str = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
@@ -69,8 +68,7 @@ impl Drop for Vmm {
 
 #[test]
 fn run_serves_the_api_to_the_client_until_sigterm() {
-    if let Some(reason) = kvm_unavailable() {
-        println!("skipped: /dev/kvm not available ({reason})");
+    if !tagmem_test_support::kvm_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

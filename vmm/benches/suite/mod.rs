@@ -24,7 +24,7 @@ use tagmem_device::{
 };
 use tagmem_vmm::memslot::{KvmMemslotMapper, SlotRegistrar};
 use tagmem_vmm::test_guest::{Command, Report as GuestReport};
-use tagmem_vmm::{kvm_unavailable, Backing, BackingLifetime, Vmm, VmmConfig};
+use tagmem_vmm::{Backing, BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -1389,8 +1389,7 @@ pub fn expected_rows() -> Vec<String> {
 
 /// Runs the suite; `None` (after saying why) when `/dev/kvm` is not available.
 pub fn run(opts: &Options) -> Res<Option<Report>> {
-    if let Some(reason) = kvm_unavailable() {
-        println!("tagmem benchmark skipped: /dev/kvm not available ({reason})");
+    if !tagmem_test_support::kvm_or_skip() {
         return Ok(None);
     }
     let start = Instant::now();

@@ -3,8 +3,9 @@
 
 use std::os::unix::fs::FileExt;
 use tagmem_device::{Mapping, SourceId, SourceRef};
+use tagmem_test_support::kvm_or_skip;
 use tagmem_vmm::test_guest::TestGuest;
-use tagmem_vmm::{kvm_unavailable, Backing, VmConfig};
+use tagmem_vmm::{Backing, VmConfig};
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
@@ -13,10 +14,10 @@ pub const GIB: u64 = 1 << 30;
 /// One TiB.
 pub const TIB: u64 = 1 << 40;
 
-/// Boots the test guest, or prints why the test is skipped and returns `None`.
+/// Boots the test guest, or prints why the test is skipped and returns `None` (a failure where
+/// `TAGMEM_REQUIRE_KVM=1`).
 pub fn boot_or_skip(config: VmConfig) -> Option<TestGuest> {
-    if let Some(reason) = kvm_unavailable() {
-        println!("skipped: /dev/kvm not available ({reason})");
+    if !kvm_or_skip() {
         return None;
     }
     Some(TestGuest::boot(config).expect("boot test guest"))
@@ -106,8 +107,7 @@ pub fn manual_config() -> (VmmConfig, Arc<ManualClock>) {
 /// Boots the runtime with the test guest and waits for its driver, or prints why the test is
 /// skipped and returns `None`.
 pub fn vmm_or_skip(config: VmmConfig) -> Option<Vmm> {
-    if let Some(reason) = kvm_unavailable() {
-        println!("skipped: /dev/kvm not available ({reason})");
+    if !kvm_or_skip() {
         return None;
     }
     let vmm = Vmm::new(config).expect("start the VMM");
