@@ -4,11 +4,14 @@
 //! what its guest's driver accepted, has the driver's records rather than sysfs files. This
 //! module turns those records into the same [`DaxDevice`] a Linux guest's sysfs gives
 //! ([`crate::SysfsSource`] over the T-LOOKUP-5/6 layout), so one [`crate::lookup`] serves both.
+//! Accepted capacity the guest has not claimed yet becomes [`Unclaimed`] capacity of the
+//! device's region ([`DriverDevice::to_unclaimed`]), as a Linux guest's sysfs lists it.
 
 use uuid::Uuid;
 
+use crate::capacity::Unclaimed;
 use crate::error::LookupError;
-use crate::model::{DaxDevice, Flags, Perf, Poison, SourceClass};
+use crate::model::{DaxDevice, Extent, Flags, Perf, Poison, SourceClass};
 
 /// `align` of every device a guest driver registers (SPEC.md T-LOOKUP-5: 2 MiB).
 pub const DAX_ALIGN: u64 = 2 << 20;
@@ -36,10 +39,11 @@ pub struct DriverExtent {
     pub poison: Vec<Poison>,
 }
 
-/// One device of the driver's view: a tag group, or one untagged extent.
+/// One device of the driver's view: a tag group, or one untagged extent (claimed into a dax
+/// device, or held unclaimed by the region).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriverDevice {
-    /// Device name (`dax0.N`).
+    /// Device name (`dax0.N`); unused for unclaimed capacity.
     pub name: String,
     /// The tag; nil for an untagged extent.
     pub uuid: Uuid,
@@ -87,12 +91,35 @@ impl DriverDevice {
         }
         Ok(dev)
     }
+
+    /// The group as unclaimed capacity of dax region `region` (e.g. `region0`), laid out as a
+    /// claim would lay it out ([`DriverDevice::to_dax`]): extents in device order, node,
+    /// performance and source class of the first extent, union of the flags.
+    pub fn to_unclaimed(&self, region: &str) -> Result<Unclaimed, LookupError> {
+        let dev = self.to_dax(None)?;
+        let extents = dev
+            .extents
+            .into_iter()
+            .map(|e| Extent {
+                start: e.start,
+                length: e.length,
+                poison: e.poison,
+                offset: None,
+            })
+            .collect();
+        let mut u = Unclaimed::new(region, self.uuid, extents)?;
+        u.target_node = dev.target_node;
+        u.perf = dev.perf;
+        u.source_class = dev.source_class;
+        u.flags = dev.flags;
+        Ok(u)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Extent, Mapping, PAGE_SIZE};
+    use crate::model::{Mapping, PAGE_SIZE};
 
     fn ext(id: u64, seq: u16, start: u64, length: u64) -> DriverExtent {
         DriverExtent {
@@ -142,6 +169,29 @@ mod tests {
         );
         assert_eq!(d.extents[0], Extent::at(0x1_0000_0000, DAX_ALIGN));
         assert_eq!(d.extents[1].poison.len(), 1);
+    }
+
+    #[test]
+    fn unclaimed_groups_are_laid_out_as_a_claim_would() {
+        let tag = Uuid::from_u128(0xa);
+        let d = DriverDevice {
+            name: String::new(),
+            uuid: tag,
+            extents: vec![
+                ext(3, 1, 0x1_4000_0000, 2 * DAX_ALIGN),
+                ext(4, 0, 0x1_0000_0000, DAX_ALIGN),
+            ],
+        };
+        let u = d.to_unclaimed("region0").unwrap();
+        assert_eq!(
+            (u.region.as_str(), u.uuid, u.size),
+            ("region0", tag, 3 * DAX_ALIGN)
+        );
+        assert_eq!(u.extents[0], Extent::at(0x1_0000_0000, DAX_ALIGN));
+        assert_eq!(u.target_node, Some(2));
+        assert_eq!(u.perf.unwrap().access_class, 1);
+        assert_eq!(u.source_class, Some(SourceClass::CxlDc));
+        assert_eq!(u.flags, Some(Flags::from_bits(Flags::SHARABLE_BIT)));
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub enum LookupError {
         #[source]
         source: io::Error,
     },
+    /// Something other than a sysfs attribute sits where one should be: not a regular file (a
+    /// FIFO, a device such as `/dev/zero`, a directory) or longer than one page.
+    #[error("{path}: not a sysfs attribute: {reason}")]
+    NotAttribute {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
     /// An attribute holds a value that does not parse as the ABI says it should.
     #[error("{path}: cannot parse {value:?} as {expected}")]
     Parse {

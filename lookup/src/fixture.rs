@@ -156,7 +156,7 @@ impl Tree {
     /// Creates CXL region `id` at `base` with its `dax_regionID` device (linked from
     /// `sys/bus/cxl/devices`); returns the dax region's directory, the parent of its dax devices.
     pub fn cxl_region(&self, id: u32, base: Option<u64>, size: u64) -> String {
-        let region = format!("sys/devices/platform/ACPI0017:00/root0/decoder0.0/region{id}");
+        let region = cxl_region_dir(id);
         if let Some(base) = base {
             self.attr(&format!("{region}/resource"), &c_hex(base));
         }
@@ -188,7 +188,17 @@ impl Tree {
         }
     }
 
-    /// Registers HMAT access class `class` of `node`: latencies in ns, bandwidths in MB/s.
+    /// Sets CXL region `id`'s access coordinates for class `class`
+    /// (`regionN/accessK/{read,write}_{latency,bandwidth}`, each left out while zero, as the CXL
+    /// core hides it): latencies in ns, bandwidths in MB/s.
+    pub fn cxl_region_perf(&self, id: u32, class: u32, lat: (u32, u32), bw: (u32, u32)) {
+        let d = format!("{}/access{class}", cxl_region_dir(id));
+        self.mkdir(&d);
+        sparse_perf(self, &d, lat, bw);
+    }
+
+    /// Registers HMAT access class `class` of `node`: latencies in ns, bandwidths in MB/s. Linux
+    /// shows these for online nodes only; a node that holds nothing but devdax capacity has none.
     pub fn hmat(&self, node: u32, class: u32, lat: (u32, u32), bw: (u32, u32)) {
         let d = format!("sys/devices/system/node/node{node}/access{class}/initiators");
         self.attr(&format!("{d}/read_latency"), &lat.0.to_string());
@@ -197,10 +207,14 @@ impl Tree {
         self.attr(&format!("{d}/write_bandwidth"), &bw.1.to_string());
     }
 
-    /// Creates virtio device `vdev` (linked from `sys/bus/virtio/devices`) and returns its path.
-    pub fn virtio(&self, vdev: &str) -> String {
+    /// Creates virtio device `vdev` (linked from `sys/bus/virtio/devices`) holding dax region
+    /// `region` (its `dax_region/` attributes, as `alloc_dax_region` adds them to the parent) and
+    /// returns its path, the parent of the region's dax devices.
+    pub fn virtio(&self, vdev: &str, region: u32) -> String {
         let dir = format!("sys/devices/pci0000:00/0000:00:04.0/{vdev}");
         self.mkdir(&dir);
+        self.attr(&format!("{dir}/dax_region/id"), &region.to_string());
+        self.attr(&format!("{dir}/dax_region/align"), &MIB2.to_string());
         self.link(&format!("sys/bus/virtio/devices/{vdev}"), &dir);
         dir
     }
@@ -214,8 +228,30 @@ impl Tree {
         self.attr(&format!("{d}/flags"), e.flags);
         self.attr(&format!("{d}/source"), e.source);
         self.attr(&format!("{d}/seq"), &e.seq.to_string());
-        self.attr(&format!("{d}/target_node"), "1");
+        self.attr(&format!("{d}/target_node"), &e.node.to_string());
         self.attr(&format!("{d}/poison"), e.poison);
+        let a = format!("{d}/access1");
+        self.mkdir(&a);
+        sparse_perf(self, &a, e.lat, e.bw);
+    }
+}
+
+/// `sys/devices/...` directory of CXL region `id`.
+fn cxl_region_dir(id: u32) -> String {
+    format!("sys/devices/platform/ACPI0017:00/root0/decoder0.0/region{id}")
+}
+
+/// Writes `{read,write}_{latency,bandwidth}` into `dir`, leaving out zeros.
+fn sparse_perf(t: &Tree, dir: &str, lat: (u32, u32), bw: (u32, u32)) {
+    for (name, v) in [
+        ("read_latency", lat.0),
+        ("write_latency", lat.1),
+        ("read_bandwidth", bw.0),
+        ("write_bandwidth", bw.1),
+    ] {
+        if v != 0 {
+            t.attr(&format!("{dir}/{name}"), &v.to_string());
+        }
     }
 }
 
@@ -237,11 +273,22 @@ pub struct VirtioExtent {
     pub seq: u16,
     /// `poison`, one `offset length` pair a line.
     pub poison: &'static str,
+    /// `target_node`.
+    pub node: i32,
+    /// `access1/{read,write}_latency`, ns (zero: left out).
+    pub lat: (u32, u32),
+    /// `access1/{read,write}_bandwidth`, MB/s (zero: left out).
+    pub bw: (u32, u32),
 }
 
+/// Latency (ns) and bandwidth (MB/s) of CXL region 2 for CPUs (`access1`) in [`dcd_host`].
+pub const REGION2_CPU_PERF: ((u32, u32), (u32, u32)) = ((250, 300), (25_000, 12_000));
+
 /// A CXL DCD host: region 2 at [`REGION2_BASE`] with a seed device `dax2.0` (size 0), the
-/// two-extent group [`TAG_A`] as `dax2.1`, two untagged extents as `dax2.2` and `dax2.3`, and HMAT
-/// access classes 0 and 1 for node 2.
+/// two-extent group [`TAG_A`] claimed as `dax2.1`, two untagged extents claimed as `dax2.2` and
+/// `dax2.3`, and the region's access coordinates: class 1 (CPUs) [`REGION2_CPU_PERF`], class 0
+/// (the best initiator) better. Target node 2 holds only devdax capacity, so it is offline and
+/// shows no HMAT attributes, as on a real DCD host.
 pub fn dcd_host() -> Tree {
     let t = Tree::new();
     let r = t.cxl_region(2, Some(REGION2_BASE), 1 << 32);
@@ -276,7 +323,17 @@ pub fn dcd_host() -> Tree {
     for d in [&seed, &tagged, &u1, &u2] {
         t.dax(d);
     }
-    t.hmat(2, 0, (250, 300), (25_000, 12_000));
-    t.hmat(2, 1, (400, 450), (20_000, 10_000));
+    t.cxl_region_perf(2, 0, (180, 220), (32_000, 16_000));
+    t.cxl_region_perf(2, 1, REGION2_CPU_PERF.0, REGION2_CPU_PERF.1);
+    t
+}
+
+/// [`dcd_host`] with the group [`TAG_A`] accepted but not claimed yet: its extents are listed by
+/// region 2 and no dax device holds them (`daxctl create-device -r region2 --uuid` claims it).
+pub fn dcd_host_unclaimed() -> Tree {
+    let t = dcd_host();
+    fs::remove_file(t.path("sys/bus/dax/devices/dax2.1")).expect("unlink dax2.1");
+    fs::remove_dir_all(t.path(&format!("{}/dax_region2/dax2.1", cxl_region_dir(2)))).expect("remove dax2.1");
+    fs::remove_file(t.path("dev/dax2.1")).expect("remove /dev/dax2.1");
     t
 }

@@ -1,14 +1,14 @@
 //! `tagmem`: list dax capacity and find the device holding a tag.
 //!
-//! Exit status: 0 on success, 1 when `lookup` finds no device with the tag, 2 on a usage error
-//! or when the system's devices cannot be read.
+//! Exit status: 0 on success, 1 when `lookup` finds no capacity with the tag (claimed or not), 2
+//! on a usage error or when the system's devices cannot be read.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tagmem_lookup::{lookup, output, CapacitySource, DaxDevice, SysfsSource};
+use tagmem_lookup::{list, lookup, output, Found, SysfsSource};
 use uuid::Uuid;
 
 /// Find tagged memory capacity (CXL Dynamic Capacity, HBM, devdax, tagged virtio-mem) by tag.
@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List dax devices with their tag, geometry, extents and node performance.
+    /// List dax devices with their tag, geometry, extents and performance, then the capacity
+    /// dynamic-capacity regions hold unclaimed.
     List {
         #[command(flatten)]
         common: Common,
@@ -29,7 +30,8 @@ enum Command {
         #[arg(short = 'i', long)]
         idle: bool,
     },
-    /// Show the device holding capacity tagged UUID; exit 1 if there is none.
+    /// Show the device holding capacity tagged UUID, or the region holding it unclaimed; exit 1
+    /// if there is neither.
     Lookup {
         /// The tag, as a UUID (e.g. 6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee).
         #[arg(value_name = "UUID")]
@@ -53,43 +55,43 @@ struct Common {
 }
 
 impl Common {
-    fn render(&self, devices: &[DaxDevice]) -> String {
+    fn render(&self, found: &Found) -> String {
         let human = self.human || (!self.json && io::stdout().is_terminal());
         if human {
-            output::human_table(devices)
+            output::found_table(found)
         } else {
-            output::json_string(devices)
+            output::found_json_string(found)
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
-    let (common, devices) = match cli.command {
+    let (common, found) = match cli.command {
         Command::List { common, idle } => {
             let source = SysfsSource::new(&common.sysfs_root);
-            let mut devices = source.devices().map_err(|e| e.to_string())?;
+            let mut found = list(&source).map_err(|e| e.to_string())?;
             if !idle {
-                devices.retain(|d| d.size != 0);
+                found.devices.retain(|d| d.size != 0);
             }
-            (common, devices)
+            (common, found)
         }
         Command::Lookup { uuid, common } => {
             let source = SysfsSource::new(&common.sysfs_root);
-            let devices = lookup(&source, &uuid).map_err(|e| e.to_string())?;
-            if devices.is_empty() {
+            let found = lookup(&source, &uuid).map_err(|e| e.to_string())?;
+            if found.is_empty() {
                 let why = if uuid.is_nil() {
                     " (the nil UUID marks untagged capacity and matches no device; use `tagmem list`)"
                 } else {
                     ""
                 };
-                eprintln!("tagmem: no device has tag {uuid}{why}");
+                eprintln!("tagmem: no device has tag {uuid} and no region holds it{why}");
                 return Ok(ExitCode::from(1));
             }
-            (common, devices)
+            (common, found)
         }
     };
     io::stdout()
-        .write_all(common.render(&devices).as_bytes())
+        .write_all(common.render(&found).as_bytes())
         .map_err(|e| format!("writing to stdout: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -232,7 +232,8 @@ impl Extent {
 /// Performance of a device's target node, from one HMAT access class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Perf {
-    /// The access class the values come from: 0 (`access0`, best initiator) or 1 (`access1`, CPUs).
+    /// The access class the values come from: 1 (`access1`, CPU initiators), the class tagged
+    /// capacity reports everywhere (SPEC.md T-EXT-6).
     pub access_class: u8,
     /// Read latency, nanoseconds.
     pub read_latency_ns: u32,
@@ -246,8 +247,8 @@ pub struct Perf {
 
 impl Perf {
     /// Performance as a tagged extent record reports it, where all-zero means "not reported"
-    /// (SPEC.md T-LOOKUP-5); the values are presented as access class 0, as a Linux guest
-    /// driver registers them.
+    /// (SPEC.md T-LOOKUP-5). A record carries CPU-initiator values (SPEC.md T-EXT-6), so they
+    /// are access class 1, as HMAT's `access1` and a CXL region's `access1` report them.
     pub fn from_record(
         read_latency_ns: u32,
         write_latency_ns: u32,
@@ -258,7 +259,7 @@ impl Perf {
             return None;
         }
         Some(Perf {
-            access_class: 0,
+            access_class: 1,
             read_latency_ns,
             write_latency_ns,
             read_bandwidth_mbps: read_mbps,
@@ -422,7 +423,11 @@ mod tests {
     fn perf_all_zero_is_not_reported() {
         assert_eq!(Perf::from_record(0, 0, 0, 0), None);
         let p = Perf::from_record(100, 0, 0, 0).unwrap();
-        assert_eq!((p.access_class, p.read_latency_ns), (0, 100));
+        assert_eq!(
+            (p.access_class, p.read_latency_ns),
+            (1, 100),
+            "records are CPU access"
+        );
     }
 
     #[test]

@@ -10,10 +10,17 @@
 //! `perf_access_class`, `read_latency_ns`, `write_latency_ns`, `read_bandwidth_MBps`,
 //! `write_bandwidth_MBps` (MB/s as the kernel reports them). Absent values are left out, never
 //! printed as null.
+//!
+//! Unclaimed capacity of a dynamic-capacity region ([`Unclaimed`]) follows the devices, one object
+//! per tag group or untagged extent: `region` (`regionX`, as `daxctl create-device -r` takes it),
+//! `size`, `target_node`, `state` (always `"unclaimed"`), then `uuid`, `source`, `flags`,
+//! `extents` and the performance fields as for a device, and `claim`, the daxctl command that
+//! turns it into a device.
 
 use serde::Serialize;
 
-use crate::model::{DaxDevice, Extent, Mapping, Poison};
+use crate::capacity::{Found, Unclaimed};
+use crate::model::{DaxDevice, Extent, Mapping, Perf, Poison};
 
 #[derive(Serialize)]
 struct JsonMapping {
@@ -90,6 +97,17 @@ struct JsonDevice<'a> {
     flags: Option<Vec<&'static str>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     extents: Vec<JsonExtent>,
+    #[serde(flatten)]
+    perf: JsonPerf,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The performance fields both kinds of entry end with.
+#[derive(Serialize)]
+struct JsonPerf {
     #[serde(skip_serializing_if = "Option::is_none")]
     perf_access_class: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,8 +120,69 @@ struct JsonDevice<'a> {
     write_bandwidth_mbps: Option<u32>,
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
+impl From<Option<Perf>> for JsonPerf {
+    fn from(p: Option<Perf>) -> Self {
+        JsonPerf {
+            perf_access_class: p.map(|p| p.access_class),
+            read_latency_ns: p.map(|p| p.read_latency_ns),
+            write_latency_ns: p.map(|p| p.write_latency_ns),
+            read_bandwidth_mbps: p.map(|p| p.read_bandwidth_mbps),
+            write_bandwidth_mbps: p.map(|p| p.write_bandwidth_mbps),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonUnclaimed<'a> {
+    region: &'a str,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_node: Option<i32>,
+    state: &'static str,
+    uuid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extents: Vec<JsonExtent>,
+    #[serde(flatten)]
+    perf: JsonPerf,
+    claim: String,
+}
+
+impl<'a> From<&'a Unclaimed> for JsonUnclaimed<'a> {
+    fn from(u: &'a Unclaimed) -> Self {
+        JsonUnclaimed {
+            region: &u.region,
+            size: u.size,
+            target_node: u.target_node,
+            state: "unclaimed",
+            uuid: u.uuid.hyphenated().to_string(),
+            source: u.source_class.map(|c| c.as_str()),
+            flags: u.flags.map(|f| f.names()),
+            extents: u.extents.iter().map(JsonExtent::from).collect(),
+            perf: u.perf.into(),
+            claim: u.claim_command(),
+        }
+    }
+}
+
+/// One entry of the printed array.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonEntry<'a> {
+    Device(JsonDevice<'a>),
+    Unclaimed(JsonUnclaimed<'a>),
+}
+
+fn entries(found: &Found) -> Vec<JsonEntry<'_>> {
+    found
+        .devices
+        .iter()
+        .map(|d| JsonEntry::Device(d.into()))
+        .chain(found.unclaimed.iter().map(|u| JsonEntry::Unclaimed(u.into())))
+        .collect()
 }
 
 impl<'a> From<&'a DaxDevice> for JsonDevice<'a> {
@@ -122,12 +201,15 @@ impl<'a> From<&'a DaxDevice> for JsonDevice<'a> {
             source: d.source_class.map(|c| c.as_str()),
             flags: d.flags.map(|f| f.names()),
             extents: d.extents.iter().map(JsonExtent::from).collect(),
-            perf_access_class: d.perf.map(|p| p.access_class),
-            read_latency_ns: d.perf.map(|p| p.read_latency_ns),
-            write_latency_ns: d.perf.map(|p| p.write_latency_ns),
-            read_bandwidth_mbps: d.perf.map(|p| p.read_bandwidth_mbps),
-            write_bandwidth_mbps: d.perf.map(|p| p.write_bandwidth_mbps),
+            perf: d.perf.into(),
         }
+    }
+}
+
+fn found_of(devices: &[DaxDevice]) -> Found {
+    Found {
+        devices: devices.to_vec(),
+        unclaimed: Vec::new(),
     }
 }
 
@@ -135,16 +217,24 @@ impl<'a> From<&'a DaxDevice> for JsonDevice<'a> {
 ///
 /// A [`serde_json::Value`] keeps object keys sorted; [`json_string`] prints them in daxctl order.
 pub fn to_json(devices: &[DaxDevice]) -> serde_json::Value {
-    let list: Vec<JsonDevice<'_>> = devices.iter().map(JsonDevice::from).collect();
-    // Plain structs of integers and strings always serialize.
-    serde_json::to_value(list).unwrap_or(serde_json::Value::Null)
+    found_to_json(&found_of(devices))
 }
 
 /// The devices as pretty-printed JSON text in daxctl field order, ending in a newline.
 pub fn json_string(devices: &[DaxDevice]) -> String {
-    let list: Vec<JsonDevice<'_>> = devices.iter().map(JsonDevice::from).collect();
+    found_json_string(&found_of(devices))
+}
+
+/// A lookup's or listing's answer as a JSON value: the devices, then the unclaimed capacity.
+pub fn found_to_json(found: &Found) -> serde_json::Value {
     // Plain structs of integers and strings always serialize.
-    let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
+    serde_json::to_value(entries(found)).unwrap_or(serde_json::Value::Null)
+}
+
+/// A lookup's or listing's answer as pretty-printed JSON text, ending in a newline.
+pub fn found_json_string(found: &Found) -> String {
+    // Plain structs of integers and strings always serialize.
+    let mut s = serde_json::to_string_pretty(&entries(found)).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -168,6 +258,12 @@ pub fn human_size(bytes: u64) -> String {
 
 /// The devices as an aligned text table, one row per device, ending in a newline.
 pub fn human_table(devices: &[DaxDevice]) -> String {
+    found_table(&found_of(devices))
+}
+
+/// A lookup's or listing's answer as a table: one row per device, then one per unclaimed group
+/// (`-` as its device, `unclaimed (regionX)` as its mode).
+pub fn found_table(found: &Found) -> String {
     let header = [
         "CHARDEV",
         "UUID",
@@ -180,7 +276,28 @@ pub fn human_table(devices: &[DaxDevice]) -> String {
         "BW R/W MB/s",
     ];
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 9]> = devices
+    let lat =
+        |p: Option<Perf>| p.map_or_else(dash, |p| format!("{}/{}", p.read_latency_ns, p.write_latency_ns));
+    let bw = |p: Option<Perf>| {
+        p.map_or_else(dash, |p| {
+            format!("{}/{}", p.read_bandwidth_mbps, p.write_bandwidth_mbps)
+        })
+    };
+    let unclaimed = found.unclaimed.iter().map(|u| {
+        [
+            dash(),
+            u.uuid.hyphenated().to_string(),
+            human_size(u.size),
+            u.target_node.map_or_else(dash, |n| n.to_string()),
+            format!("unclaimed ({})", u.region),
+            u.source_class.map_or_else(dash, |c| c.to_string()),
+            u.extents.len().to_string(),
+            lat(u.perf),
+            bw(u.perf),
+        ]
+    });
+    let rows: Vec<[String; 9]> = found
+        .devices
         .iter()
         .map(|d| {
             [
@@ -195,13 +312,11 @@ pub fn human_table(devices: &[DaxDevice]) -> String {
                 },
                 d.source_class.map_or_else(dash, |c| c.to_string()),
                 d.extents.len().to_string(),
-                d.perf
-                    .map_or_else(dash, |p| format!("{}/{}", p.read_latency_ns, p.write_latency_ns)),
-                d.perf.map_or_else(dash, |p| {
-                    format!("{}/{}", p.read_bandwidth_mbps, p.write_bandwidth_mbps)
-                }),
+                lat(d.perf),
+                bw(d.perf),
             ]
         })
+        .chain(unclaimed)
         .collect();
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -225,7 +340,7 @@ pub fn human_table(devices: &[DaxDevice]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Flags, Perf, SourceClass};
+    use crate::model::{Flags, SourceClass};
     use uuid::Uuid;
 
     #[test]
@@ -257,9 +372,36 @@ mod tests {
         assert_eq!(v["state"], "disabled");
         assert_eq!(v["read_bandwidth_MBps"], 3);
         assert_eq!(v["write_bandwidth_MBps"], 4);
-        assert_eq!(v["perf_access_class"], 0);
+        assert_eq!(v["perf_access_class"], 1);
         assert_eq!(v["source"], "file");
         assert_eq!(v["flags"], serde_json::json!(["sharable"]));
+    }
+
+    #[test]
+    fn unclaimed_capacity_prints_after_the_devices() {
+        let tag = Uuid::from_u128(0x6f1c2a9e_0d3b_4c55_9a7e_3b1f00c0ffee);
+        let mut u = Unclaimed::new("region2", tag, vec![Extent::at(0x1000_0000, 0x20_0000)]).unwrap();
+        u.target_node = Some(2);
+        u.perf = Perf::from_record(250, 300, 25_000, 12_000);
+        let found = Found {
+            devices: vec![DaxDevice::new("dax2.0", Uuid::nil())],
+            unclaimed: vec![u],
+        };
+        let compact: String = found_json_string(&found).split_whitespace().collect();
+        assert!(
+            compact.ends_with(
+                r#"{"region":"region2","size":2097152,"target_node":2,"state":"unclaimed","uuid":"6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee","extents":[{"start":268435456,"length":2097152}],"perf_access_class":1,"read_latency_ns":250,"write_latency_ns":300,"read_bandwidth_MBps":25000,"write_bandwidth_MBps":12000,"claim":"daxctlcreate-device-rregion2--uuid6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee"}]"#
+            ),
+            "{compact}"
+        );
+        assert_eq!(found_to_json(&found)[0]["chardev"], "dax2.0");
+        let t = found_table(&found);
+        let row = t.lines().nth(2).unwrap();
+        assert!(row.starts_with("-        6f1c2a9e"), "{t}");
+        assert!(
+            row.contains("unclaimed (region2)") && row.contains("250/300"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -1,26 +1,32 @@
-//! [`SysfsSource`]: dax devices as the Linux kernel shows them, on a host or in a guest.
+//! [`SysfsSource`]: dax devices and unclaimed dynamic capacity as the Linux kernel shows them, on
+//! a host or in a guest.
 //!
 //! Read, relative to a configurable root (default `/`):
 //! - `sys/bus/dax/devices/daxX.Y/{size,uuid,target_node,numa_node,align,driver}` and
 //!   `mappingN/{start,end,page_offset}` (`Documentation/ABI/testing/sysfs-bus-dax`; numbers are
 //!   read as daxctl does with `strtoull(.., 0)`: `0x` hexadecimal, otherwise decimal);
-//! - CXL Dynamic Capacity extents `sys/bus/cxl/devices/dax_regionX/extentX.Y/{offset,length,uuid}`
-//!   (`uuid` hidden for untagged extents), placed at the CXL region's `resource` address;
-//! - the tagged virtio-mem driver's extents in a guest,
-//!   `sys/bus/virtio/devices/virtioN/tagmem/extentE/{uuid,start,length,flags,source,poison}`
-//!   (SPEC.md T-LOOKUP-6);
-//! - HMAT performance `sys/devices/system/node/nodeN/access{0,1}/initiators/{read,write}_{latency,bandwidth}`
-//!   (ns, MB/s) of the device's `target_node`.
+//! - the extents of dynamic-capacity regions ([`crate::bus`]): CXL DCD
+//!   `sys/bus/cxl/devices/dax_regionX/extentX.Y/*` on a host, the tagged virtio-mem driver's
+//!   `sys/bus/virtio/devices/virtioN/tagmem/extentE/*` in a guest. An extent inside a device's
+//!   mappings is claimed by it; the others are listed as [`Unclaimed`] capacity of their region;
+//! - performance, CPU access (`access1`, SPEC.md T-EXT-6): the target node's
+//!   `sys/devices/system/node/nodeN/access1/initiators/{read,write}_{latency,bandwidth}` (ns,
+//!   MB/s) when the node shows it (Linux registers it for online nodes only), otherwise the
+//!   parent bus's: the CXL region's `access1`, a guest extent's `access1`.
+//!
+//! Attributes are read with a one-page bound and without blocking ([`crate::attr`]).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use uuid::Uuid;
 
+use crate::attr::{parse_num, read_opt, read_req, read_u64, read_u64_opt, read_uuid_opt};
+use crate::bus::{self, name_of, sorted_dir, BusExtent, DcRegion};
+use crate::capacity::Unclaimed;
 use crate::error::LookupError;
-use crate::model::{DaxDevice, Extent, Flags, Mapping, Mode, Perf, Poison, SourceClass};
+use crate::model::{DaxDevice, Flags, Mapping, Mode, Perf, SourceClass, PAGE_SIZE};
 use crate::source::CapacitySource;
 
 /// The dax devices of a sysfs tree mounted at `root`.
@@ -33,17 +39,6 @@ impl Default for SysfsSource {
     fn default() -> Self {
         SysfsSource::new("/")
     }
-}
-
-/// An extent as a parent bus (CXL or the tagged virtio-mem device) lists it.
-#[derive(Clone, Debug)]
-struct BusExtent {
-    /// Sort key within its bus directory (the `Y` of `extentX.Y`, the `E` of `extentE`).
-    index: u64,
-    uuid: Option<Uuid>,
-    extent: Extent,
-    flags: Option<Flags>,
-    source: Option<SourceClass>,
 }
 
 impl SysfsSource {
@@ -67,19 +62,12 @@ impl SysfsSource {
         if !base.is_dir() {
             return Err(LookupError::Missing { path: base });
         }
-        let uuid = match read_opt(&base.join("uuid"))? {
-            Some((p, v)) => parse_uuid(&p, &v)?,
-            None => Uuid::nil(),
-        };
+        let uuid = read_uuid_opt(&base.join("uuid"))?.unwrap_or_else(Uuid::nil);
         let mut dev = DaxDevice::new(chardev, uuid);
-        let (p, v) = read_req(&base.join("size"))?;
-        dev.size = parse_u64(&p, &v)?;
+        dev.size = read_u64(&base.join("size"))?;
         dev.target_node = read_node(&base.join("target_node"))?;
         dev.numa_node = read_node(&base.join("numa_node"))?;
-        dev.align = match read_opt(&base.join("align"))? {
-            Some((p, v)) => parse_u64(&p, &v)?,
-            None => 0,
-        };
+        dev.align = read_u64_opt(&base.join("align"))?.unwrap_or(0);
         let driver = driver_name(&base.join("driver"))?;
         dev.enabled = driver.is_some();
         dev.mode = Mode::from_driver(driver.as_deref());
@@ -88,91 +76,128 @@ impl SysfsSource {
         if self.root.join("dev").join(chardev).exists() {
             dev.path = Some(format!("/dev/{chardev}"));
         }
-        self.attach_extents(&mut dev)?;
-        if let Some(node) = dev.target_node {
-            dev.perf = self.read_perf(node)?;
+        let bus_perf = self.attach_extents(&mut dev)?;
+        dev.perf = match dev.target_node {
+            Some(node) => self.node_perf(node)?,
+            None => None,
         }
+        .or(bus_perf);
         Ok(dev)
     }
 
-    /// Fills in the extents of `dev` (and source class and flags) from its parent bus.
-    fn attach_extents(&self, dev: &mut DaxDevice) -> Result<(), LookupError> {
-        if let Some(region) = dax_name_ids(&dev.chardev).map(|(r, _)| r) {
-            let dir = self.root.join(format!("sys/bus/cxl/devices/dax_region{region}"));
-            if dir.is_dir() {
-                let mut extents = read_cxl_extents(&dir, region)?;
-                let base = cxl_region_base(&dir)?;
-                if let Some(base) = base {
-                    for e in &mut extents {
-                        e.extent.start = e.extent.offset.and_then(|o| o.checked_add(base));
-                    }
-                }
-                let mine = if base.is_some() {
-                    in_mappings(dev, extents)
+    /// Fills in the extents of `dev` (and source class and flags) from its parent bus; returns
+    /// the performance the bus reports for them.
+    fn attach_extents(&self, dev: &mut DaxDevice) -> Result<Option<Perf>, LookupError> {
+        if let Some((x, _)) = dax_name_ids(&dev.chardev) {
+            if let Some(region) = bus::cxl_region(&self.root, x)? {
+                let mine = if region.addressed {
+                    in_mappings(dev, region.extents)
                 } else if dev.is_tagged() {
                     // Without the region's address, fall back to the DCD rule: a tagged device
                     // holds every extent carrying its tag.
-                    extents.into_iter().filter(|e| e.uuid == Some(dev.uuid)).collect()
+                    region
+                        .extents
+                        .into_iter()
+                        .filter(|e| e.uuid == Some(dev.uuid))
+                        .collect()
                 } else {
                     Vec::new()
                 };
                 if !mine.is_empty() {
                     dev.source_class = Some(SourceClass::CxlDc);
                     dev.extents = mine.into_iter().map(|e| e.extent).collect();
-                    return Ok(());
+                    return Ok(region.perf);
                 }
             }
         }
-        let mine = in_mappings(dev, self.read_virtio_extents()?);
-        if let Some(first) = mine.first() {
-            dev.source_class = first.source;
-            dev.flags = mine.iter().filter_map(|e| e.flags).reduce(Flags::union);
-            dev.extents = mine.into_iter().map(|e| e.extent).collect();
-        }
-        Ok(())
+        let all: Vec<BusExtent> = bus::virtio_regions(&self.root)?
+            .into_iter()
+            .flat_map(|r| r.extents)
+            .collect();
+        let mine = in_mappings(dev, all);
+        let Some(first) = mine.first() else {
+            return Ok(None);
+        };
+        let perf = first.perf;
+        dev.source_class = first.source;
+        dev.flags = mine.iter().filter_map(|e| e.flags).reduce(Flags::union);
+        dev.extents = mine.into_iter().map(|e| e.extent).collect();
+        Ok(perf)
     }
 
-    /// Every extent the tagged virtio-mem driver lists, over all virtio devices.
-    fn read_virtio_extents(&self) -> Result<Vec<BusExtent>, LookupError> {
-        let bus = self.root.join("sys/bus/virtio/devices");
-        let mut out = Vec::new();
-        for vdev in sorted_dir(&bus)? {
-            let tagmem = vdev.join("tagmem");
-            if !tagmem.is_dir() {
-                continue;
+    /// CPU-access performance (`access1`) of `node`, if the node shows it.
+    fn node_perf(&self, node: i32) -> Result<Option<Perf>, LookupError> {
+        let dir = self
+            .root
+            .join(format!("sys/devices/system/node/node{node}/access1/initiators"));
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let get = |name: &str| -> Result<u32, LookupError> {
+            let (p, v) = read_req(&dir.join(name))?;
+            parse_num::<u32>(&p, &v, "an unsigned 32-bit decimal")
+        };
+        Ok(Some(Perf {
+            access_class: 1,
+            read_latency_ns: get("read_latency")?,
+            write_latency_ns: get("write_latency")?,
+            read_bandwidth_mbps: get("read_bandwidth")?,
+            write_bandwidth_mbps: get("write_bandwidth")?,
+        }))
+    }
+
+    /// The unclaimed capacity of one region, given every dax device of the tree.
+    fn region_unclaimed(
+        &self,
+        region: DcRegion,
+        devices: &[DaxDevice],
+    ) -> Result<Vec<Unclaimed>, LookupError> {
+        let own: Vec<&DaxDevice> = devices
+            .iter()
+            .filter(|d| region.id.is_some() && dax_name_ids(&d.chardev).map(|(x, _)| x) == region.id)
+            .collect();
+        let claimed = |e: &BusExtent| match e.extent.start {
+            Some(start) => devices.iter().any(|d| {
+                d.mappings
+                    .iter()
+                    .any(|m| m.contains_range(start, e.extent.length))
+            }),
+            // Without addresses only a tag can tell: a tagged group is claimed whole.
+            None => e.uuid.is_none() || own.iter().any(|d| d.uuid == e.tag()),
+        };
+        let mut groups: Vec<(Uuid, Vec<BusExtent>)> = Vec::new();
+        for e in region.extents.into_iter().filter(|e| !claimed(e)) {
+            let tag = e.tag();
+            match groups.iter_mut().find(|(t, _)| !tag.is_nil() && *t == tag) {
+                Some((_, v)) => v.push(e),
+                None => groups.push((tag, vec![e])),
             }
-            for dir in sorted_dir(&tagmem)? {
-                let Some(index) = name_of(&dir).strip_prefix("extent").and_then(|s| s.parse().ok()) else {
-                    continue;
-                };
-                out.push(read_virtio_extent(&dir, index)?);
+        }
+        let region_node = own.iter().find_map(|d| d.target_node);
+        let mut out = Vec::with_capacity(groups.len());
+        for (tag, mut extents) in groups {
+            extents.sort_by_key(|e| (e.seq, e.index));
+            let first = &extents[0];
+            let target_node = first.target_node.or(region_node);
+            let bus_perf = first.perf.or(region.perf);
+            let source = first.source;
+            let flags = extents.iter().filter_map(|e| e.flags).reduce(Flags::union);
+            let mut u = Unclaimed::new(
+                region.name.clone(),
+                tag,
+                extents.into_iter().map(|e| e.extent).collect(),
+            )?;
+            u.target_node = target_node;
+            u.perf = match target_node {
+                Some(node) => self.node_perf(node)?,
+                None => None,
             }
+            .or(bus_perf);
+            u.source_class = source;
+            u.flags = flags;
+            out.push(u);
         }
         Ok(out)
-    }
-
-    /// HMAT performance of `node`: access class 0, else 1, else none.
-    fn read_perf(&self, node: i32) -> Result<Option<Perf>, LookupError> {
-        for class in [0u8, 1] {
-            let dir = self.root.join(format!(
-                "sys/devices/system/node/node{node}/access{class}/initiators"
-            ));
-            if !dir.is_dir() {
-                continue;
-            }
-            let get = |name: &str| -> Result<u32, LookupError> {
-                let (p, v) = read_req(&dir.join(name))?;
-                parse_num::<u32>(&p, &v, "an unsigned 32-bit decimal")
-            };
-            return Ok(Some(Perf {
-                access_class: class,
-                read_latency_ns: get("read_latency")?,
-                write_latency_ns: get("write_latency")?,
-                read_bandwidth_mbps: get("read_bandwidth")?,
-                write_bandwidth_mbps: get("write_bandwidth")?,
-            }));
-        }
-        Ok(None)
     }
 }
 
@@ -197,6 +222,20 @@ impl CapacitySource for SysfsSource {
             .collect();
         names.sort();
         names.iter().map(|(_, name)| self.read_device(name)).collect()
+    }
+
+    fn unclaimed(&self) -> Result<Vec<Unclaimed>, LookupError> {
+        let mut regions = bus::cxl_regions(&self.root)?;
+        regions.extend(bus::virtio_regions(&self.root)?);
+        if regions.iter().all(|r| r.extents.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let devices = self.devices()?;
+        let mut out = Vec::new();
+        for region in regions {
+            out.extend(self.region_unclaimed(region, &devices)?);
+        }
+        Ok(out)
     }
 }
 
@@ -223,126 +262,6 @@ fn in_mappings(dev: &DaxDevice, extents: Vec<BusExtent>) -> Vec<BusExtent> {
     keyed.into_iter().map(|(_, e)| e).collect()
 }
 
-fn read_cxl_extents(dir: &Path, region: u32) -> Result<Vec<BusExtent>, LookupError> {
-    let prefix = format!("extent{region}.");
-    let mut out = Vec::new();
-    for path in sorted_dir(dir)? {
-        let Some(index) = name_of(&path).strip_prefix(&prefix).and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let (p, v) = read_req(&path.join("offset"))?;
-        let offset = parse_u64(&p, &v)?;
-        let (p, v) = read_req(&path.join("length"))?;
-        let length = parse_u64(&p, &v)?;
-        let uuid = match read_opt(&path.join("uuid"))? {
-            Some((p, v)) => Some(parse_uuid(&p, &v)?),
-            None => None,
-        };
-        out.push(BusExtent {
-            index,
-            uuid,
-            extent: Extent::in_region(offset, length),
-            flags: None,
-            source: Some(SourceClass::CxlDc),
-        });
-    }
-    out.sort_by_key(|e| e.index);
-    Ok(out)
-}
-
-/// The host-physical base of the CXL region above `dax_regionX` (its parent's `resource`).
-fn cxl_region_base(dax_region: &Path) -> Result<Option<u64>, LookupError> {
-    let real = fs::canonicalize(dax_region).map_err(|source| LookupError::Read {
-        path: dax_region.to_owned(),
-        source,
-    })?;
-    let Some(parent) = real.parent() else {
-        return Ok(None);
-    };
-    match read_opt(&parent.join("resource"))? {
-        Some((p, v)) => parse_u64(&p, &v).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn read_virtio_extent(dir: &Path, index: u64) -> Result<BusExtent, LookupError> {
-    let (p, v) = read_req(&dir.join("start"))?;
-    let start = parse_u64(&p, &v)?;
-    let (p, v) = read_req(&dir.join("length"))?;
-    let length = parse_u64(&p, &v)?;
-    let uuid = match read_opt(&dir.join("uuid"))? {
-        Some((p, v)) => Some(parse_uuid(&p, &v)?),
-        None => None,
-    };
-    let flags = match read_opt(&dir.join("flags"))? {
-        Some((p, v)) => Some(parse_flags(&p, &v)?),
-        None => None,
-    };
-    let source = match read_opt(&dir.join("source"))? {
-        Some((p, v)) => Some(SourceClass::from_name(&v).ok_or(LookupError::Parse {
-            path: p,
-            value: v,
-            expected: "a source class (unspecified, cxl-dc, soft-reserved, pmem, file)",
-        })?),
-        None => None,
-    };
-    let poison = match read_opt(&dir.join("poison"))? {
-        Some((p, v)) => parse_poison(&p, &v)?,
-        None => Vec::new(),
-    };
-    Ok(BusExtent {
-        index,
-        uuid,
-        extent: Extent {
-            offset: None,
-            start: Some(start),
-            length,
-            poison,
-        },
-        flags,
-        source,
-    })
-}
-
-fn parse_flags(path: &Path, value: &str) -> Result<Flags, LookupError> {
-    let mut flags = Flags::default();
-    for word in value.split_whitespace() {
-        match word {
-            "sharable" => flags.sharable = true,
-            "readonly" => flags.readonly = true,
-            _ => {
-                return Err(LookupError::Parse {
-                    path: path.to_owned(),
-                    value: value.to_owned(),
-                    expected: "flag names (sharable, readonly)",
-                })
-            }
-        }
-    }
-    Ok(flags)
-}
-
-fn parse_poison(path: &Path, value: &str) -> Result<Vec<Poison>, LookupError> {
-    value
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let bad = || LookupError::Parse {
-                path: path.to_owned(),
-                value: line.to_owned(),
-                expected: "an `offset length` pair",
-            };
-            let mut words = line.split_whitespace();
-            let (Some(o), Some(l), None) = (words.next(), words.next(), words.next()) else {
-                return Err(bad());
-            };
-            let offset = parse_u64(path, o).map_err(|_| bad())?;
-            let length = parse_u64(path, l).map_err(|_| bad())?;
-            Ok(Poison { offset, length })
-        })
-        .collect()
-}
-
 fn read_mappings(base: &Path) -> Result<Vec<Mapping>, LookupError> {
     let mut out = Vec::new();
     for i in 0usize.. {
@@ -350,15 +269,27 @@ fn read_mappings(base: &Path) -> Result<Vec<Mapping>, LookupError> {
         if !dir.is_dir() {
             break;
         }
-        let get = |name: &str| -> Result<u64, LookupError> {
-            let (p, v) = read_req(&dir.join(name))?;
-            parse_u64(&p, &v)
-        };
-        let (start, end, page_offset) = (get("start")?, get("end")?, get("page_offset")?);
-        let m = Mapping::new(page_offset, start, end).ok_or_else(|| LookupError::Inconsistent {
+        let (start, end) = (read_u64(&dir.join("start"))?, read_u64(&dir.join("end"))?);
+        let page_offset = read_u64(&dir.join("page_offset"))?;
+        let bad = |reason: String| LookupError::Inconsistent {
             path: dir.clone(),
-            reason: format!("end {end:#x} is before start {start:#x}"),
-        })?;
+            reason,
+        };
+        if end < start {
+            return Err(bad(format!("end {end:#x} is before start {start:#x}")));
+        }
+        let m = Mapping::new(page_offset, start, end)
+            .ok_or_else(|| bad(format!("{start:#x}..={end:#x} covers all 2^64 bytes")))?;
+        if page_offset
+            .checked_mul(PAGE_SIZE)
+            .and_then(|o| o.checked_add(m.size))
+            .is_none()
+        {
+            return Err(bad(format!(
+                "page_offset {page_offset:#x} plus {:#x} bytes overflows the device",
+                m.size
+            )));
+        }
         out.push(m);
     }
     Ok(out)
@@ -406,93 +337,9 @@ fn driver_name(link: &Path) -> Result<Option<String>, LookupError> {
     }
 }
 
-/// The entries of `dir` sorted by name; a missing directory is empty.
-fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>, LookupError> {
-    let read_err = |source| LookupError::Read {
-        path: dir.to_owned(),
-        source,
-    };
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut out = entries
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err)?;
-    out.sort();
-    Ok(out)
-}
-
-fn name_of(path: &Path) -> &str {
-    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
-}
-
-/// Reads an attribute: `Some((path, trimmed text))`, or `None` if it does not exist.
-fn read_opt(path: &Path) -> Result<Option<(PathBuf, String)>, LookupError> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some((path.to_owned(), s.trim().to_owned()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LookupError::Read {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Reads an attribute that must exist.
-fn read_req(path: &Path) -> Result<(PathBuf, String), LookupError> {
-    read_opt(path)?.ok_or_else(|| LookupError::Missing {
-        path: path.to_owned(),
-    })
-}
-
-/// A u64 as the kernel prints it (`%llu` or `%#llx`) and daxctl reads it (`0x` is hexadecimal).
-fn parse_u64(path: &Path, value: &str) -> Result<u64, LookupError> {
-    let parsed = match value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => value.parse().ok(),
-    };
-    parsed.ok_or_else(|| LookupError::Parse {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        expected: "an unsigned 64-bit number (decimal or 0x-hexadecimal)",
-    })
-}
-
-fn parse_num<T: FromStr>(path: &Path, value: &str, expected: &'static str) -> Result<T, LookupError> {
-    value.parse().map_err(|_| LookupError::Parse {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        expected,
-    })
-}
-
-fn parse_uuid(path: &Path, value: &str) -> Result<Uuid, LookupError> {
-    Uuid::parse_str(value).map_err(|_| LookupError::Parse {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        expected: "a UUID (8-4-4-4-12 hexadecimal)",
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_parse_as_the_kernel_prints_them() {
-        let p = Path::new("x");
-        assert_eq!(parse_u64(p, "0x200000").unwrap(), 0x20_0000);
-        assert_eq!(parse_u64(p, "0").unwrap(), 0); // "%#llx" prints zero without "0x"
-        assert_eq!(parse_u64(p, "2097152").unwrap(), 0x20_0000);
-        assert_eq!(parse_u64(p, "0XfF").unwrap(), 255);
-        for bad in ["", "0x", "-1", "12k", "0x1g", "18446744073709551616"] {
-            let e = parse_u64(p, bad).unwrap_err();
-            assert!(matches!(e, LookupError::Parse { .. }), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn dax_names() {
@@ -500,26 +347,5 @@ mod tests {
         assert_eq!(dax_name_ids("dax0"), None);
         assert_eq!(dax_name_ids("dax_region0"), None);
         assert_eq!(dax_name_ids("daxa.0"), None);
-    }
-
-    #[test]
-    fn flags_and_poison_text() {
-        let p = Path::new("f");
-        assert_eq!(
-            parse_flags(p, "sharable readonly\n").unwrap(),
-            Flags::from_bits(3)
-        );
-        assert_eq!(parse_flags(p, "").unwrap(), Flags::default());
-        assert!(parse_flags(p, "sharable bogus").is_err());
-        let v = parse_poison(p, "0x1000 0x1000\n8192 4096\n").unwrap();
-        assert_eq!(
-            v[1],
-            Poison {
-                offset: 8192,
-                length: 4096
-            }
-        );
-        assert!(parse_poison(p, "0x1000\n").is_err());
-        assert!(parse_poison(p, "1 2 3\n").is_err());
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{dcd_host, TAG_A, TAG_ABSENT};
+use common::{dcd_host, dcd_host_unclaimed, TAG_A, TAG_ABSENT};
 use serde_json::Value;
 
 fn tagmem(args: &[&str], root: &std::path::Path) -> Output {
@@ -78,8 +78,43 @@ fn absent_tag_exits_1_with_a_message() {
     assert!(out.stdout.is_empty());
     assert_eq!(
         stderr(&out).trim(),
-        format!("tagmem: no device has tag {TAG_ABSENT}")
+        format!("tagmem: no device has tag {TAG_ABSENT} and no region holds it")
     );
+}
+
+#[test]
+fn lookup_of_unclaimed_capacity_prints_its_region_and_the_claim_and_exits_0() {
+    let t = dcd_host_unclaimed();
+    let out = tagmem(&["lookup", TAG_A, "--json"], t.root());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = stdout_json(&out);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["region"], "region2");
+    assert_eq!(v[0]["state"], "unclaimed");
+    assert_eq!(v[0]["uuid"], TAG_A);
+    assert_eq!(v[0]["size"], 6_291_456);
+    assert_eq!(v[0]["perf_access_class"], 1);
+    assert_eq!(
+        v[0]["claim"],
+        format!("daxctl create-device -r region2 --uuid {TAG_A}")
+    );
+    assert!(v[0].get("chardev").is_none());
+    let out = tagmem(&["lookup", TAG_A, "--human"], t.root());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().nth(1).unwrap().contains("unclaimed (region2)"),
+        "{text}"
+    );
+    // `list` shows the devices, then the unclaimed group.
+    let out = tagmem(&["list", "--json"], t.root());
+    let v = stdout_json(&out);
+    let kinds: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["chardev"].as_str().or(e["state"].as_str()).unwrap())
+        .collect();
+    assert_eq!(kinds, ["dax2.2", "dax2.3", "unclaimed"]);
 }
 
 #[test]

@@ -131,8 +131,14 @@ fn full_tagged_life_cycle() {
         .unwrap();
     assert_eq!(mapped(&p), 0, "[T-SEC-1] nothing mapped before the accept");
     p.drv.poll().unwrap();
-    // [T-LOOKUP-*] one dax device per tag, one per untagged extent.
+    // [T-LOOKUP-1] accepted capacity waits unclaimed in the region; a claim by tag makes the
+    // device, one per tag, one per untagged extent.
     let tag = *Uuid::from_u128(0xab).as_bytes();
+    assert!(p.drv.lookup(&tag).is_none() && p.drv.devices().is_empty());
+    assert_eq!(p.drv.unclaimed().len(), 2);
+    assert_eq!(p.drv.claim(&tag).unwrap().name, "dax0.0");
+    assert_eq!(p.drv.claim(&[0; 16]).unwrap().name, "dax0.1");
+    assert_eq!(p.drv.seed(), "dax0.2");
     let d = p.drv.lookup(&tag).expect("tagged device");
     assert_eq!(d.size, 3 * MB2);
     assert_eq!(
@@ -197,7 +203,11 @@ fn hundred_extent_chain_and_partial_accept() {
     let specs: Vec<ExtentSpec> = (0..100).map(|i| spec(0, i * MB2, MB2)).collect();
     p.dev.borrow_mut().offer(&specs).unwrap();
     p.drv.poll().unwrap();
-    assert_eq!(p.drv.devices().len(), 50, "one device per untagged extent");
+    assert_eq!(
+        p.drv.unclaimed().len(),
+        50,
+        "one unclaimed group per untagged extent"
+    );
     assert_eq!(mapped(&p), 50 * MB2);
     let table = p.dev.borrow().extents();
     assert!(table
@@ -225,8 +235,8 @@ fn sharable_groups_are_all_or_nothing() {
         .unwrap();
     p.drv.poll().unwrap();
     // The driver drops the partly chosen group whole; the untagged extent is accepted.
-    assert!(p.drv.lookup(Uuid::from_u128(7).as_bytes()).is_none());
-    assert_eq!(p.drv.devices().len(), 1);
+    assert!(p.drv.lookup_unclaimed(Uuid::from_u128(7).as_bytes()).is_none());
+    assert_eq!(p.drv.unclaimed().len(), 1);
     assert_eq!(mapped(&p), MB2);
     // With the whole group chosen, it is accepted whole.
     p.drv.set_policy(AcceptAll);
@@ -235,7 +245,7 @@ fn sharable_groups_are_all_or_nothing() {
         .offer(&[sharable(8, 8 * MB2, 1), sharable(8, 9 * MB2, 0)])
         .unwrap();
     p.drv.poll().unwrap();
-    let d = p.drv.lookup(Uuid::from_u128(8).as_bytes()).unwrap();
+    let d = p.drv.claim(Uuid::from_u128(8).as_bytes()).unwrap();
     assert_eq!(
         d.extents.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![0, 1],
@@ -253,7 +263,7 @@ fn unanswered_chain_is_abandoned() {
     assert!(p.dev.borrow().extents().is_empty());
     p.drv.poll().unwrap();
     assert!(
-        p.drv.devices().is_empty(),
+        p.drv.devices().is_empty() && p.drv.unclaimed().is_empty(),
         "the driver never surfaces an abandoned chain"
     );
     assert_eq!(mapped(&p), 0);
@@ -266,7 +276,7 @@ fn unanswered_chain_is_abandoned() {
     // The tag may be offered again.
     p.dev.borrow_mut().offer(&[spec(5, 0, MB2)]).unwrap();
     p.drv.poll().unwrap();
-    assert!(p.drv.lookup(Uuid::from_u128(5).as_bytes()).is_some());
+    assert!(p.drv.lookup_unclaimed(Uuid::from_u128(5).as_bytes()).is_some());
 }
 
 #[test]
@@ -278,6 +288,7 @@ fn host_release_is_deferred_while_busy() {
         .unwrap();
     p.drv.poll().unwrap();
     let tag = *Uuid::from_u128(9).as_bytes();
+    p.drv.claim(&tag).unwrap();
     assert!(p.drv.set_busy(tag, true));
     p.dev
         .borrow_mut()
@@ -307,13 +318,120 @@ fn host_release_is_deferred_while_busy() {
 }
 
 #[test]
+fn claim_by_tag_takes_every_extent_of_the_tag_in_seq_order_into_the_seed() {
+    let mut p = ready();
+    // A sharable group offered out of seq order, another tag, and two untagged extents.
+    let r = p
+        .dev
+        .borrow_mut()
+        .offer(&[
+            sharable(3, 0, 2),
+            spec(0, 4 * MB2, MB2),
+            sharable(3, MB2, 0),
+            spec(6, 6 * MB2, MB2),
+            sharable(3, 2 * MB2, 1),
+            spec(0, 5 * MB2, MB2),
+        ])
+        .unwrap();
+    p.drv.poll().unwrap();
+    assert_eq!(
+        mapped(&p),
+        6 * MB2,
+        "accepted and mapped, though no device exists"
+    );
+    assert!(p.drv.devices().is_empty());
+    assert_eq!(p.drv.seed(), "dax0.0", "the region starts with its seed");
+    let listed: Vec<(bool, usize)> = p
+        .drv
+        .unclaimed()
+        .iter()
+        .map(|g| (g.is_tagged(), g.extents.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        [(true, 3), (false, 1), (true, 1), (false, 1)],
+        "the region lists it all"
+    );
+
+    let tag3 = *Uuid::from_u128(3).as_bytes();
+    let d = p.drv.claim(&tag3).unwrap();
+    assert_eq!((d.name.as_str(), d.size), ("dax0.0", 3 * MB2));
+    assert_eq!(d.extents.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(p.drv.seed(), "dax0.1", "a new seed appears");
+    // The nil tag claims one untagged extent at a time, in acceptance order.
+    let first = p.drv.claim(&[0; 16]).unwrap();
+    assert_eq!(
+        (first.name.as_str(), first.extents[0].id),
+        ("dax0.1", r.extents[1].0)
+    );
+    assert_eq!(p.drv.claim(&[0; 16]).unwrap().name, "dax0.2");
+    assert_eq!(
+        p.drv.claim(&[0; 16]).unwrap_err(),
+        tagmem_driver::DriverError::NothingToClaim
+    );
+    assert_eq!(
+        p.drv.claim(&tag3).unwrap_err(),
+        tagmem_driver::DriverError::NothingToClaim,
+        "claimed already"
+    );
+    assert_eq!(p.drv.seed(), "dax0.3", "failed claims leave the seed");
+    assert_eq!(p.drv.unclaimed().len(), 1, "tag 6 is still unclaimed");
+    let created: Vec<String> = p
+        .drv
+        .drain_log()
+        .into_iter()
+        .filter_map(|e| match e {
+            DriverEvent::DeviceCreated { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        created,
+        ["dax0.0", "dax0.1", "dax0.2"],
+        "devices appear on claims only"
+    );
+}
+
+#[test]
+fn host_release_of_unclaimed_capacity_completes_at_once() {
+    let mut p = ready();
+    p.dev
+        .borrow_mut()
+        .offer(&[spec(9, 0, MB2), spec(9, MB2, MB2)])
+        .unwrap();
+    p.drv.poll().unwrap();
+    let tag = *Uuid::from_u128(9).as_bytes();
+    // Marking the tag busy before it is claimed does not make unclaimed capacity busy.
+    assert!(p.drv.set_busy(tag, true));
+    p.dev
+        .borrow_mut()
+        .request_release(Target::Tag(Uuid::from_u128(9)))
+        .unwrap();
+    p.drv.poll().unwrap();
+    assert!(p.drv.unclaimed().is_empty() && p.drv.lookup(&tag).is_none());
+    assert_eq!(mapped(&p), 0);
+    let events = p.dev.borrow_mut().take_host_events();
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, HostEvent::ReleaseDeferred { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, HostEvent::Released { extents } if extents.len() == 2)));
+}
+
+#[test]
 fn readonly_extent_reaches_the_driver_flagged() {
     let mut p = ready();
     let mut s = spec(4, 0, MB2);
     s.flags.readonly = true;
     p.dev.borrow_mut().offer(&[s]).unwrap();
     p.drv.poll().unwrap();
-    assert!(p.drv.lookup(Uuid::from_u128(4).as_bytes()).unwrap().extents[0].is_readonly());
+    assert!(p
+        .drv
+        .lookup_unclaimed(Uuid::from_u128(4).as_bytes())
+        .unwrap()
+        .extents[0]
+        .is_readonly());
     assert!(p.mapper.lock().unwrap().lookup(WIN).unwrap().readonly);
 }
 
@@ -353,7 +471,7 @@ fn snapshot_restore_continues_identically() {
     assert_eq!(mapped(&p), MB2, "the accepted extent is mapped again");
     // The guest carries on: answers the pending chain, releases the first tag.
     p.drv.poll().unwrap();
-    assert!(p.drv.lookup(Uuid::from_u128(2).as_bytes()).is_some());
+    assert!(p.drv.lookup_unclaimed(Uuid::from_u128(2).as_bytes()).is_some());
     assert_eq!(mapped(&p), 3 * MB2);
     assert_eq!(p.drv.release(*Uuid::from_u128(1).as_bytes()).unwrap(), 1);
     assert_eq!(mapped(&p), 2 * MB2);

@@ -30,8 +30,9 @@ Keys (comma-separated key=value, Cloud Hypervisor style):
                      (default off)
   readonly=on|off    the guest may read but not write (default off)
   read_latency=<ns>, write_latency=<ns>, read_bandwidth=<MB/s>, write_bandwidth=<MB/s>
-                     performance as Linux HMAT reports it. Default: the host's HMAT
-                     values for a devdax backing's node, else not reported
+                     performance as Linux HMAT reports it. Default: the host's CPU
+                     access values (access1) for a devdax backing: its node's, else its
+                     CXL region's; else not reported
   node=<n>           guest NUMA node / proximity domain (default 0)
   id=<name>          the extent's name in API answers (default _tagmemN)
 

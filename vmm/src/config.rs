@@ -158,6 +158,16 @@ pub enum ConfigError {
         /// The sysfs tree searched.
         root: String,
     },
+    /// A tag the host holds unclaimed: no dax device exists for it yet (CXL DCD).
+    #[error("tag={tag}: unclaimed in {region} on the host; claim it first: {claim}")]
+    TagUnclaimed {
+        /// The tag.
+        tag: Uuid,
+        /// The dax region holding it.
+        region: String,
+        /// The command that claims it.
+        claim: String,
+    },
     /// A tag that several host dax devices carry.
     #[error("tag={tag}: carried by several dax devices ({devices}); give path= to choose one")]
     TagAmbiguous {
@@ -943,7 +953,14 @@ impl Resolver {
             what: format!("tag={tag}: looking it up on the host"),
             source,
         })?;
-        let mut found = found.into_iter();
+        if let (true, Some(u)) = (found.devices.is_empty(), found.unclaimed.first()) {
+            return Err(ConfigError::TagUnclaimed {
+                tag,
+                region: u.region.clone(),
+                claim: u.claim_command(),
+            });
+        }
+        let mut found = found.devices.into_iter();
         match (found.next(), found.next()) {
             (Some(dev), None) => Ok(dev),
             (None, _) => Err(ConfigError::TagNotFound {
@@ -1522,16 +1539,23 @@ mod tests {
             symlink(&drv, root.join(format!("{base}/driver"))).unwrap();
             symlink(root.join(&base), root.join(format!("sys/bus/dax/devices/{name}"))).unwrap();
         }
-        for (k, v) in [
-            ("read_latency", "250"),
-            ("write_latency", "300"),
-            ("read_bandwidth", "20000"),
-            ("write_bandwidth", "10000"),
+        // HMAT of node 1: CPUs (access1) and a faster non-CPU initiator (access0).
+        for (class, values) in [
+            ("1", ["250", "300", "20000", "10000"]),
+            ("0", ["90", "95", "60000", "50000"]),
         ] {
-            w(
-                &format!("sys/devices/system/node/node1/access0/initiators/{k}"),
-                v,
-            );
+            let keys = [
+                "read_latency",
+                "write_latency",
+                "read_bandwidth",
+                "write_bandwidth",
+            ];
+            for (k, v) in keys.iter().zip(values) {
+                w(
+                    &format!("sys/devices/system/node/node1/access{class}/initiators/{k}"),
+                    v,
+                );
+            }
         }
         dir
     }
@@ -1589,6 +1613,40 @@ mod tests {
         assert!(
             e.starts_with(&format!("tag={absent}: looking it up on the host: ")),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn dcd_host_defaults_are_cpu_access_and_an_unclaimed_tag_names_the_claim() {
+        use tagmem_lookup::fixture::{dcd_host, dcd_host_unclaimed, REGION2_CPU_PERF, TAG_A};
+        // Target node 2 is devdax-only (no HMAT attributes): the CXL region's `access1` gives
+        // the extent's performance, not its `access0`.
+        let host = dcd_host();
+        let p = Resolver::new(host.root())
+            .plan(&parse(&format!("tag={TAG_A}")), 0)
+            .unwrap();
+        let ((rl, wl), (rb, wb)) = REGION2_CPU_PERF;
+        assert_eq!(
+            p.perf,
+            Perf {
+                read_latency_ns: rl,
+                write_latency_ns: wl,
+                read_bandwidth_mbps: rb,
+                write_bandwidth_mbps: wb,
+            }
+        );
+        assert_eq!((p.length, p.class), (6 * MIB, SourceClass::CxlDc));
+        let host = dcd_host_unclaimed();
+        let e = Resolver::new(host.root())
+            .plan(&parse(&format!("tag={TAG_A}")), 0)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "tag={TAG_A}: unclaimed in region2 on the host; claim it first: \
+                 daxctl create-device -r region2 --uuid {TAG_A}"
+            )
         );
     }
 

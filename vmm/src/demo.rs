@@ -2,14 +2,17 @@
 //!
 //! Boots a VM with the test guest, hot-adds tagged extents (by default from memfd: an untagged
 //! extent, a tagged group with HMAT-like metadata, a sharable group and a read-only extent), has
-//! the guest's driver accept them, writes a pattern from the host and has the guest read it back,
-//! updates metadata, reports poison, releases one tag group, and prints the guest's own view
-//! (its `DEV` lines) as a table before and after the release, with a timeline of host and guest
-//! events. Every step is checked; a mismatch ends the demo with an error.
+//! the guest's driver accept them (its region lists them unclaimed, as a CXL DCD host does) and
+//! claim each group by tag into a dax device (`daxctl create-device -r region0 --uuid <tag>`),
+//! writes a pattern from the host and has the guest read it back, updates metadata, reports
+//! poison, releases one tag group, and prints the guest's own view (its `DEV` and `FREE` lines)
+//! as a table after the hot-add, after the claims and after the release, with a timeline of host
+//! and guest events. Every step is checked; a mismatch ends the demo with an error.
 
 use crate::api::{PreparedChain, TaggedMemoryControl};
 use crate::config::{self, format_size, human_size, OptionError, Resolver, TaggedMemoryConfig};
 use crate::memslot::HostAccess;
+use crate::nested::GUEST_REGION;
 use crate::runtime::{Vmm, VmmConfig, VmmError};
 use crate::test_guest::{byte_sum, DevView, GuestView};
 use std::collections::BTreeSet;
@@ -138,7 +141,9 @@ impl DemoOptions {
 /// What the demo observed, for tests.
 #[derive(Clone, Debug)]
 pub struct DemoSummary {
-    /// The guest's view after the hot-add.
+    /// The guest's view after the hot-add: everything accepted, nothing claimed.
+    pub unclaimed: GuestView,
+    /// The guest's view after it claimed every group.
     pub before: GuestView,
     /// The guest's view after the release.
     pub after: GuestView,
@@ -163,6 +168,14 @@ impl Timeline<'_> {
         let text = text.into();
         let at = self.step(&text)?;
         self.entries.push((at, "host", text));
+        Ok(())
+    }
+
+    /// A step of the guest's user space (a claim): printed and kept for the timeline.
+    fn guest(&mut self, text: impl Into<String>) -> Result<(), DemoError> {
+        let text = text.into();
+        let at = self.step(&text)?;
+        self.entries.push((at, "guest", text));
         Ok(())
     }
 
@@ -232,7 +245,8 @@ pub fn run(
 
     // Hot-add: one chain per tag group, answered by the guest's driver.
     let mut pending: BTreeSet<u64> = BTreeSet::new();
-    for chain in chains {
+    let mut groups: Vec<(Uuid, Vec<u64>)> = Vec::new();
+    for (i, chain) in chains.into_iter().enumerate() {
         let reply = control.offer(chain).map_err(|e| DemoError::Host {
             what: "offer".into(),
             message: e.to_string(),
@@ -244,6 +258,11 @@ pub fn run(
             .collect();
         tl.host(format!("offered chain {}: {}", reply.chain_id, names.join(", ")))?;
         pending.insert(reply.chain_id);
+        let tag = options
+            .chains
+            .get(i)
+            .map_or(Uuid::nil(), |c| options.configs[c[0]].tag());
+        groups.push((tag, reply.extents.iter().map(|e| e.extent_id).collect()));
     }
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     while !pending.is_empty() {
@@ -278,14 +297,54 @@ pub fn run(
         .into_iter()
         .filter(|e| e.state == ExtentState::Accepted)
         .collect();
-    let before = vmm.guest_view()?;
+    let unclaimed = vmm.guest_view()?;
     tl.check(
-        accepted.iter().all(|e| before.by_extent(e.id).is_some()),
-        format!("the guest reports all {} accepted extents", accepted.len()),
+        unclaimed.devices.is_empty() && accepted.iter().all(|e| unclaimed.by_extent(e.id).is_some()),
+        format!(
+            "the guest's {GUEST_REGION} lists all {} accepted extents, none claimed yet",
+            accepted.len()
+        ),
     )?;
     checks += 1;
     tl.guest_lines();
-    writeln!(tl.out, "\nWhat the guest reports after the hot-add:\n")?;
+    writeln!(
+        tl.out,
+        "\nWhat the guest reports after the hot-add (accepted, held unclaimed by {GUEST_REGION}):\n"
+    )?;
+    writeln!(tl.out, "{}", render_view(&unclaimed))?;
+
+    // Claims, as user space does on a DCD host: one per tag group, one per untagged extent.
+    for (tag, ids) in &groups {
+        let held = accepted.iter().filter(|e| ids.contains(&e.id)).count();
+        let claims = if tag.is_nil() { held } else { held.min(1) };
+        let arg = if tag.is_nil() {
+            "0".to_string()
+        } else {
+            tag.to_string()
+        };
+        for _ in 0..claims {
+            let (name, size) = vmm.guest_claim(*tag)?;
+            tl.guest(format!(
+                "daxctl create-device -r {GUEST_REGION} --uuid {arg}: {name} ({})",
+                human_size(size)
+            ))?;
+        }
+    }
+    let before = vmm.guest_view()?;
+    tl.check(
+        before.unclaimed.is_empty()
+            && accepted
+                .iter()
+                .all(|e| before.devices.iter().any(|d| d.has_extent(e.id))),
+        format!(
+            "the guest claimed every group: {} devices hold the {} extents",
+            before.devices.len(),
+            accepted.len()
+        ),
+    )?;
+    checks += 1;
+    tl.guest_lines();
+    writeln!(tl.out, "\nWhat the guest reports after the claims:\n")?;
     writeln!(tl.out, "{}", render_view(&before))?;
 
     // Data path: the host writes a pattern into each extent's backing; the guest reads it back.
@@ -408,7 +467,7 @@ pub fn run(
         checks += 1;
         after = vmm.guest_view()?;
         tl.check(
-            after.by_tag(&tag).is_none(),
+            after.by_tag(&tag).is_none() && after.unclaimed_by_tag(&tag).is_none(),
             "the guest no longer lists the released group",
         )?;
         checks += 1;
@@ -445,6 +504,7 @@ pub fn run(
         elapsed.as_secs_f64()
     )?;
     Ok(DemoSummary {
+        unclaimed,
         before,
         after,
         checks,
@@ -485,7 +545,8 @@ fn host_write(vmm: &Vmm, e: &ExtentInfo, bytes: &[u8]) -> bool {
 }
 
 /// Renders the guest's view as a table: device, tag, size, node, flags, class, performance with
-/// units, extents (`id@gpa+size`) and poison.
+/// units, extents (`id@gpa+size`) and poison; capacity the region holds unclaimed follows, with
+/// the region's name where a device has its own.
 pub fn render_view(view: &GuestView) -> String {
     let headers = [
         "dax", "uuid", "size", "node", "flags", "class", "rd lat", "wr lat", "rd bw", "wr bw", "extents",
@@ -501,6 +562,7 @@ pub fn render_view(view: &GuestView) -> String {
     let rows: Vec<Vec<String>> = view
         .devices
         .iter()
+        .chain(&view.unclaimed)
         .map(|d| {
             let flags = Flags::from_bits(u32::try_from(d.flags).unwrap_or(u32::MAX)).names();
             let class = u8::try_from(d.class)
@@ -518,7 +580,11 @@ pub fn render_view(view: &GuestView) -> String {
                 .map(|p| format!("{}@{:#x}+{}", p.id, p.offset, format_size(p.len)))
                 .collect();
             vec![
-                d.name.clone(),
+                if d.name.is_empty() {
+                    format!("({GUEST_REGION})")
+                } else {
+                    d.name.clone()
+                },
                 d.uuid.to_string(),
                 human_size(d.size),
                 d.node.to_string(),
@@ -572,8 +638,9 @@ pub fn render_view(view: &GuestView) -> String {
         out.push("  (no dax devices)".into());
     }
     out.push(format!(
-        "  {} devices, {} offer chains pending in the driver",
+        "  {} devices, {} groups unclaimed, {} offer chains pending in the driver",
         view.devices.len(),
+        view.unclaimed.len(),
         view.pending_chains
     ));
     out.join("\n")
@@ -613,7 +680,28 @@ mod tests {
 
     #[test]
     fn table_shows_units_flags_and_extents() {
+        let free = DevView {
+            name: String::new(),
+            uuid: SHARED_TAG,
+            size: 2 << 20,
+            node: 2,
+            flags: 1,
+            read_latency_ns: 0,
+            write_latency_ns: 0,
+            read_bandwidth_mbps: 0,
+            write_bandwidth_mbps: 0,
+            class: 4,
+            busy: false,
+            extents: vec![ExtentView {
+                id: 7,
+                gpa: 1 << 33,
+                len: 2 << 20,
+            }],
+            poison: Vec::new(),
+        };
         let view = GuestView {
+            unclaimed: vec![free],
+            seed: "dax0.2".into(),
             devices: vec![DevView {
                 name: "dax0.1".into(),
                 uuid: HBM_TAG,
@@ -663,7 +751,8 @@ mod tests {
         ] {
             assert!(row.contains(cell), "{cell} missing in {row}");
         }
-        assert!(t.ends_with("1 devices, 0 offer chains pending in the driver"));
+        assert!(lines[3].trim_start().starts_with("(region0)  0b7e8c1d"), "{t}");
+        assert!(t.ends_with("1 devices, 1 groups unclaimed, 0 offer chains pending in the driver"));
         let empty = render_view(&GuestView::default());
         assert!(empty.contains("(no dax devices)"));
     }

@@ -4,9 +4,12 @@
 //! [`NestedPassthrough`] is the L1 VMM's part. It holds two runtimes: `l1`, the VM whose tagged
 //! device L0 drives (its guest's driver accepts L0's offers), and `l2`, the VM whose tagged device
 //! the L1 VMM drives. For a tag it:
-//! 1. reads the L1 guest driver's report ([`Vmm::guest_extents`]), turns it into dax devices
-//!    ([`tagmem_lookup::DriverDevice::to_dax`]) and resolves the tag with [`tagmem_lookup::lookup`],
-//!    as a lookup on bare metal or in a Linux guest does;
+//! 1. reads the L1 guest driver's report ([`Vmm::guest_extents`]), turns it into dax devices and
+//!    unclaimed capacity ([`tagmem_lookup::DriverDevice::to_dax`], `to_unclaimed`) and resolves
+//!    the tag with [`tagmem_lookup::lookup`], as a lookup on bare metal or in a Linux guest does.
+//!    Capacity L1 accepted but has not claimed is refused ([`NestedError::Unclaimed`]): as on a
+//!    DCD host, only a claimed dax device (`daxctl create-device --uuid`, [`Vmm::guest_claim`])
+//!    can be opened and passed on;
 //! 2. marks the group busy in the L1 guest's driver (T-NEST-2), so a release request from L0 is
 //!    answered RELEASE_BUSY while L2 holds the capacity;
 //! 3. offers L2 one extent per L1 extent, in `seq` order, copying tag, flags, `seq`, performance,
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use tagmem_device::{
     ControlError, ExtentFlags, ExtentSpec, HostEvent, Perf, SourceClass, SourceId, SourceRef, Target,
 };
-use tagmem_lookup::{lookup, DaxDevice, DriverDevice, DriverExtent, LookupError, Poison};
+use tagmem_lookup::{lookup, DaxDevice, DriverDevice, DriverExtent, Found, LookupError, Poison};
 use uuid::Uuid;
 
 use crate::backing::Backing;
@@ -67,6 +70,16 @@ pub enum NestedError {
     /// The L1 guest holds no device with this tag (L0 never gave it to L1, or it was released).
     #[error("tag {0}: the L1 guest holds no capacity with this tag; nothing offered to L2")]
     TagNotPresent(Uuid),
+    /// The L1 guest accepted the capacity but has not claimed it into a dax device.
+    #[error("tag {tag}: the L1 guest holds it unclaimed in {region}; claim it there first ({claim}); nothing offered to L2")]
+    Unclaimed {
+        /// The tag.
+        tag: Uuid,
+        /// The L1 guest's region holding it.
+        region: String,
+        /// The command that claims it in the L1 guest.
+        claim: String,
+    },
     /// The L1 guest's lookup finds several devices with this tag.
     #[error("tag {tag}: the L1 guest reports {count} devices with this tag; nothing offered to L2")]
     TagAmbiguous {
@@ -296,10 +309,12 @@ struct Held {
     released: BTreeSet<u64>,
 }
 
-/// Groups a guest driver's extent report into devices in report order (the driver lists devices
-/// in creation order).
-pub fn driver_devices(details: &[ExtentDetail]) -> Vec<DriverDevice> {
-    let mut out: Vec<DriverDevice> = Vec::new();
+/// Groups a guest driver's extent report into its claimed devices (in report order: the driver
+/// lists devices in claim order) and its unclaimed groups (one per tag, one per untagged extent,
+/// in acceptance order; `name` empty).
+pub fn driver_groups(details: &[ExtentDetail]) -> (Vec<DriverDevice>, Vec<DriverDevice>) {
+    let mut devices: Vec<DriverDevice> = Vec::new();
+    let mut unclaimed: Vec<DriverDevice> = Vec::new();
     for e in details {
         let extent = DriverExtent {
             id: e.id,
@@ -321,26 +336,56 @@ pub fn driver_devices(details: &[ExtentDetail]) -> Vec<DriverDevice> {
                 .map(|&(offset, length)| Poison { offset, length })
                 .collect(),
         };
-        match out.iter_mut().find(|d| d.name == e.device) {
+        // Unclaimed: a tag group collects its extents; every untagged extent stands alone.
+        let list = if e.device.is_some() {
+            &mut devices
+        } else {
+            &mut unclaimed
+        };
+        let same = |d: &DriverDevice| match &e.device {
+            Some(name) => d.name == *name,
+            None => !e.uuid.is_nil() && d.uuid == e.uuid,
+        };
+        match list.iter_mut().find(|d| same(d)) {
             Some(d) => d.extents.push(extent),
-            None => out.push(DriverDevice {
-                name: e.device.clone(),
+            None => list.push(DriverDevice {
+                name: e.device.clone().unwrap_or_default(),
                 uuid: e.uuid,
                 extents: vec![extent],
             }),
         }
     }
-    out
+    (devices, unclaimed)
 }
 
-/// A guest's dax devices as its driver reports them, laid out as a Linux guest's sysfs shows them
-/// (see [`DriverDevice::to_dax`]), with [`GUEST_NUMA_NODE`] as `numa_node`.
-pub fn guest_dax_devices(vmm: &Vmm) -> Result<Vec<DaxDevice>, ViewError> {
+/// Region name of the reference driver's tagged device (`tagmem_driver::REGION`).
+pub const GUEST_REGION: &str = "region0";
+
+/// A guest's capacity as its driver reports it, laid out as a Linux guest's sysfs shows it: the
+/// claimed devices ([`DriverDevice::to_dax`], with [`GUEST_NUMA_NODE`] as `numa_node`) and the
+/// capacity its region holds unclaimed ([`DriverDevice::to_unclaimed`]).
+pub fn guest_capacity(vmm: &Vmm) -> Result<Found, ViewError> {
     let details = vmm.guest_extents()?;
-    Ok(driver_devices(&details)
-        .iter()
-        .map(|d| d.to_dax(Some(GUEST_NUMA_NODE)))
-        .collect::<Result<_, _>>()?)
+    capacity_of(&details)
+}
+
+fn capacity_of(details: &[ExtentDetail]) -> Result<Found, ViewError> {
+    let (devices, unclaimed) = driver_groups(details);
+    Ok(Found {
+        devices: devices
+            .iter()
+            .map(|d| d.to_dax(Some(GUEST_NUMA_NODE)))
+            .collect::<Result<_, _>>()?,
+        unclaimed: unclaimed
+            .iter()
+            .map(|d| d.to_unclaimed(GUEST_REGION))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A guest's claimed dax devices (the `devices` of [`guest_capacity`]).
+pub fn guest_dax_devices(vmm: &Vmm) -> Result<Vec<DaxDevice>, ViewError> {
+    Ok(guest_capacity(vmm)?.devices)
 }
 
 /// The L1 VMM's nested pass-through: see the module documentation.
@@ -395,17 +440,20 @@ impl<'a> NestedPassthrough<'a> {
             source,
         };
         let details = self.l1.guest_extents().map_err(|e| view_err(e.into()))?;
-        let records = driver_devices(&details);
-        let devices: Vec<DaxDevice> = records
-            .iter()
-            .map(|d| d.to_dax(Some(GUEST_NUMA_NODE)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| view_err(e.into()))?;
-        let mut found = lookup(&devices, &tag).map_err(|e| view_err(e.into()))?;
-        let dev = match found.len() {
-            0 => return Err(NestedError::TagNotPresent(tag)),
-            1 => found.remove(0),
-            count => return Err(NestedError::TagAmbiguous { tag, count }),
+        let (records, _) = driver_groups(&details);
+        let capacity = capacity_of(&details).map_err(view_err)?;
+        let mut found = lookup(&capacity, &tag).map_err(|e| view_err(e.into()))?;
+        let dev = match (found.devices.len(), found.unclaimed.first()) {
+            (0, Some(u)) => {
+                return Err(NestedError::Unclaimed {
+                    tag,
+                    region: u.region.clone(),
+                    claim: u.claim_command(),
+                })
+            }
+            (0, None) => return Err(NestedError::TagNotPresent(tag)),
+            (1, _) => found.devices.remove(0),
+            (count, _) => return Err(NestedError::TagAmbiguous { tag, count }),
         };
         let record = records
             .into_iter()

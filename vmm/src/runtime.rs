@@ -35,6 +35,7 @@ use tagmem_device::{
     Clock, ControlError, DeviceConfig, DeviceError, ExtentInfo, ExtentSpec, HostEvent, MonotonicClock,
     OfferReceipt, Perf, SourceId, TaggedMemDevice, TaggedWindow, Target,
 };
+use uuid::Uuid;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -839,6 +840,25 @@ impl Vmm {
         ExtentDetail::parse_all(&lines).ok_or_else(|| VmmError::NoReport {
             cmd: Command::Extents,
             console: self.shared.console.contents(),
+        })
+    }
+
+    /// Has the guest claim the capacity carrying `tag` into its region's seed, as
+    /// `daxctl create-device -r region0 --uuid <tag>` does (SPEC.md T.8; the nil tag claims one
+    /// untagged extent); returns the device's name and size. A claim that finds nothing is
+    /// [`VmmError::UnexpectedReport`] with the guest's `CLAIM error=..` line.
+    pub fn guest_claim(&self, tag: Uuid) -> Result<(String, u64), VmmError> {
+        self.expect(Command::Claim(tag), |r| match r {
+            Report::Claimed { name, size, .. } => Some((name.clone(), *size)),
+            _ => None,
+        })
+    }
+
+    /// Makes the guest's driver claim every accepted group at once (`true`) or leave accepted
+    /// capacity unclaimed until [`Vmm::guest_claim`] (`false`, the default).
+    pub fn set_claim_mode(&self, auto: bool) -> Result<(), VmmError> {
+        self.expect(Command::ClaimMode(auto), |r| {
+            (*r == Report::ClaimMode { auto }).then_some(())
         })
     }
 

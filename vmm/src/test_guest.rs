@@ -99,6 +99,12 @@ pub enum Command {
     Verbose(bool),
     /// Print every accepted extent with its record fields (`EXT` lines).
     Extents,
+    /// Claim accepted capacity by tag into the region's seed, as
+    /// `daxctl create-device -r region0 --uuid <tag>` does (the nil tag: one untagged extent).
+    Claim(Uuid),
+    /// Make every accepted group a device at once (`true`) or leave it unclaimed until a
+    /// [`Command::Claim`] (`false`, the driver's default, as CXL DCD).
+    ClaimMode(bool),
     /// Read `len` bytes at `gpa` (8-byte aligned) `reps` times with 8-byte loads.
     ReadLoop {
         /// Guest-physical address.
@@ -185,6 +191,8 @@ impl Command {
             }
             Command::Verbose(on) => (CMD_VERBOSE, vec![u64::from(*on)]),
             Command::Extents => (CMD_EXTENTS, Vec::new()),
+            Command::Claim(tag) => (CMD_CLAIM, tag_halves(tag).to_vec()),
+            Command::ClaimMode(auto) => (CMD_CLAIM_MODE, vec![u64::from(*auto)]),
             Command::ReadLoop { gpa, len, reps } => (CMD_READ_LOOP, vec![*gpa, *len, *reps]),
             Command::WriteLoop { gpa, len, reps, byte } => {
                 (CMD_WRITE_LOOP, vec![*gpa, *len, *reps, u64::from(*byte)])
@@ -369,7 +377,7 @@ pub enum Report {
         /// Whether the guest now polls on every loop iteration.
         on: bool,
     },
-    /// `VIEW devices=.. pending=..`, after the `DEV` lines.
+    /// `VIEW devices=.. pending=.. unclaimed=.. seed=..`, after the `DEV` and `FREE` lines.
     View {
         /// Number of dax devices.
         devices: u64,
@@ -383,6 +391,21 @@ pub enum Report {
     },
     /// `RELEASE error=..`: the driver could not release.
     ReleaseFailed(String),
+    /// `CLAIMED name=.. uuid=.. size=.. extents=..`: a claim made a device (the `uuid` and
+    /// `extents` fields are for people; the `VIEW` lines carry them for programs).
+    Claimed {
+        /// The device (the seed before the claim).
+        name: String,
+        /// Its size, bytes.
+        size: u64,
+    },
+    /// `CLAIM error=..`: nothing unclaimed carries the tag.
+    ClaimFailed(String),
+    /// `CLAIMMODE auto=..`.
+    ClaimMode {
+        /// Whether accepted groups become devices at once.
+        auto: bool,
+    },
     /// `BUSY ok=..`.
     Busy {
         /// Whether the target named a device or tag.
@@ -491,6 +514,12 @@ impl Report {
             }),
             "RELEASED" => Some(Report::Released { count: n("count")? }),
             "RELEASE" => Some(Report::ReleaseFailed(line.to_string())),
+            "CLAIMED" => Some(Report::Claimed {
+                name: field(line, "name")?.to_string(),
+                size: n("size")?,
+            }),
+            "CLAIM" => Some(Report::ClaimFailed(line.to_string())),
+            "CLAIMMODE" => Some(Report::ClaimMode { auto: flag("auto")? }),
             "BUSY" => Some(Report::Busy { ok: flag("ok")? }),
             "VERBOSE" => Some(Report::Verbose { on: flag("on")? }),
             "FAULT" => Some(Report::Fault(line.to_string())),
@@ -541,10 +570,11 @@ pub struct PoisonView {
     pub len: u64,
 }
 
-/// One dax device as the guest's driver reports it (a `DEV` line).
+/// One dax device as the guest's driver reports it (a `DEV` line), or one group of capacity its
+/// region holds unclaimed (a `FREE` line: `name` empty, never busy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DevView {
-    /// Device name (`dax0.N`).
+    /// Device name (`dax0.N`); empty for unclaimed capacity.
     pub name: String,
     /// Tag (nil for untagged capacity).
     pub uuid: Uuid,
@@ -587,14 +617,16 @@ fn triples(s: &str) -> Option<Vec<(u64, u64, u64)>> {
 }
 
 impl DevView {
-    /// Parses a `DEV ...` line.
+    /// Parses a `DEV ...` line (a device) or a `FREE ...` line (unclaimed capacity).
     pub fn parse(line: &str) -> Option<DevView> {
-        if line.split_whitespace().next()? != "DEV" {
-            return None;
-        }
+        let name = match line.split_whitespace().next()? {
+            "DEV" => field(line, "name")?.to_string(),
+            "FREE" => String::new(),
+            _ => return None,
+        };
         let n = |k| field(line, k).and_then(num);
         Some(DevView {
-            name: field(line, "name")?.to_string(),
+            name,
             uuid: Uuid::parse_str(field(line, "uuid")?).ok()?,
             size: n("size")?,
             node: n("node")?,
@@ -622,27 +654,36 @@ impl DevView {
     }
 }
 
-/// The guest's view of its dax devices, from one [`Command::View`].
+/// The guest's view of its dax region, from one [`Command::View`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuestView {
-    /// Devices in creation order.
+    /// Devices in claim order.
     pub devices: Vec<DevView>,
     /// Offer chains the driver collected but has not answered.
     pub pending_chains: u64,
+    /// Accepted capacity the region holds unclaimed, in acceptance order.
+    pub unclaimed: Vec<DevView>,
+    /// The region's seed, the device the next claim fills.
+    pub seed: String,
 }
 
 impl GuestView {
-    /// Builds the view from the console lines a `View` command printed (its `DEV` lines and the
-    /// closing `VIEW` line); `None` if the closing line is missing.
+    /// Builds the view from the console lines a `View` command printed (its `DEV` and `FREE`
+    /// lines and the closing `VIEW` line); `None` if the closing line is missing.
     pub fn parse(lines: &[String]) -> Option<GuestView> {
-        let devices = lines.iter().filter_map(|l| DevView::parse(l)).collect();
-        let pending = lines.iter().rev().find_map(|l| match Report::parse(l) {
-            Some(Report::View { pending, .. }) => Some(pending),
+        let (devices, unclaimed) = lines
+            .iter()
+            .filter_map(|l| DevView::parse(l))
+            .partition(|d| !d.name.is_empty());
+        let (pending, seed) = lines.iter().rev().find_map(|l| match Report::parse(l) {
+            Some(Report::View { pending, .. }) => Some((pending, field(l, "seed").unwrap_or("").to_string())),
             _ => None,
         })?;
         Some(GuestView {
             devices,
             pending_chains: pending,
+            unclaimed,
+            seed,
         })
     }
 
@@ -651,9 +692,17 @@ impl GuestView {
         self.devices.iter().find(|d| d.uuid == *tag && !tag.is_nil())
     }
 
-    /// The device holding extent `id`.
+    /// The unclaimed group carrying `tag`.
+    pub fn unclaimed_by_tag(&self, tag: &Uuid) -> Option<&DevView> {
+        self.unclaimed.iter().find(|d| d.uuid == *tag && !tag.is_nil())
+    }
+
+    /// The device, or else the unclaimed group, holding extent `id`.
     pub fn by_extent(&self, id: u64) -> Option<&DevView> {
-        self.devices.iter().find(|d| d.has_extent(id))
+        self.devices
+            .iter()
+            .chain(&self.unclaimed)
+            .find(|d| d.has_extent(id))
     }
 }
 
@@ -661,8 +710,8 @@ impl GuestView {
 /// the record fields SPEC.md T-NEST-1 has a nested VMM copy, and its device's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentDetail {
-    /// Name of the device holding it (`dax0.N`).
-    pub device: String,
+    /// Name of the device holding it (`dax0.N`); `None` while unclaimed (`dev=-`).
+    pub device: Option<String>,
     /// Tag (nil for untagged capacity).
     pub uuid: Uuid,
     /// The device is marked busy in the guest.
@@ -705,7 +754,9 @@ impl ExtentDetail {
         let n32 = |k| n(k).and_then(|v| u32::try_from(v).ok());
         let n16 = |k| n(k).and_then(|v| u16::try_from(v).ok());
         Some(ExtentDetail {
-            device: field(line, "dev")?.to_string(),
+            device: Some(field(line, "dev")?)
+                .filter(|d| *d != "-")
+                .map(str::to_string),
             uuid: Uuid::parse_str(field(line, "uuid")?).ok()?,
             busy: n("busy")? != 0,
             release_requested: n("rr")? != 0,
@@ -937,12 +988,48 @@ mod tests {
                 len: 0x1000
             }]
         );
-        let lines = vec![line.to_string(), "VIEW devices=1 pending=2".to_string()];
+        let free = "FREE region=region0 uuid=00000000-0000-0000-0000-000000000006 size=0x200000 node=1 \
+                    flags=0x0 rl=0 wl=0 rb=0 wb=0 class=1 busy=0 extents=9@0x100400000+0x200000 poison=-";
+        let lines = vec![
+            line.to_string(),
+            free.to_string(),
+            "VIEW devices=1 pending=2 unclaimed=1 seed=dax0.2".to_string(),
+        ];
         let v = GuestView::parse(&lines).unwrap();
-        assert_eq!(v.pending_chains, 2);
+        assert_eq!((v.pending_chains, v.seed.as_str()), (2, "dax0.2"));
         assert_eq!(v.by_tag(&Uuid::from_u128(5)).unwrap().name, "dax0.1");
         assert!(v.by_extent(4).is_some());
-        assert!(GuestView::parse(&lines[..1]).is_none());
+        assert_eq!(v.unclaimed.len(), 1);
+        let u = v.unclaimed_by_tag(&Uuid::from_u128(6)).unwrap();
+        assert_eq!((u.name.as_str(), u.extents[0].id), ("", 9));
+        assert!(v.by_tag(&Uuid::from_u128(6)).is_none(), "unclaimed is no device");
+        assert_eq!(v.by_extent(9), Some(u));
+        assert!(GuestView::parse(&lines[..2]).is_none());
+    }
+
+    #[test]
+    fn claim_commands_encode_and_parse() {
+        let tag = Uuid::from_u128(0x0102);
+        assert_eq!(Command::Claim(tag).encode(), (CMD_CLAIM, vec![0, 0x0201 << 48]));
+        assert_eq!(Command::Claim(Uuid::nil()).encode(), (CMD_CLAIM, vec![0, 0]));
+        assert_eq!(Command::ClaimMode(true).encode(), (CMD_CLAIM_MODE, vec![1]));
+        assert_eq!(
+            Report::parse(
+                "CLAIMED name=dax0.3 uuid=00000000-0000-0000-0000-000000000102 size=0x400000 extents=2"
+            ),
+            Some(Report::Claimed {
+                name: "dax0.3".into(),
+                size: 0x40_0000,
+            })
+        );
+        assert!(matches!(
+            Report::parse("CLAIM error=no unclaimed capacity carries this tag"),
+            Some(Report::ClaimFailed(_))
+        ));
+        assert_eq!(
+            Report::parse("CLAIMMODE auto=0"),
+            Some(Report::ClaimMode { auto: false })
+        );
     }
 
     #[test]
@@ -1048,9 +1135,11 @@ mod tests {
                     rb=25000 wb=12000 poison=7@0x1000+0x1000";
         let e = ExtentDetail::parse(line).unwrap();
         assert_eq!(
-            (e.device.as_str(), e.id, e.gpa, e.seq, e.class),
-            ("dax0.1", 7, 0x40_0000_0000, 1, 1)
+            (e.device.as_deref(), e.id, e.gpa, e.seq, e.class),
+            (Some("dax0.1"), 7, 0x40_0000_0000, 1, 1)
         );
+        let free = ExtentDetail::parse(&line.replace("dev=dax0.1", "dev=-")).unwrap();
+        assert_eq!(free.device, None, "unclaimed");
         assert!(e.busy && !e.release_requested);
         assert_eq!((e.read_latency_ns, e.write_bandwidth_mbps), (250, 12_000));
         assert_eq!(e.poison, vec![(0x1000, 0x1000)]);

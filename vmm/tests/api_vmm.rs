@@ -90,10 +90,10 @@ fn add_list_release_round_trip() {
     let accepted = answered(&r.vmm, added["chain_id"].as_u64().unwrap());
     assert_eq!(accepted, ids);
 
-    // The guest reports one device for the group, with the metadata given over the API.
+    // The guest's region lists the group (unclaimed), with the metadata given over the API.
     let view = r.vmm.guest_view().unwrap();
     let tag: Uuid = TAG.parse().unwrap();
-    let dev = view.by_tag(&tag).expect("the guest lists the group");
+    let dev = view.unclaimed_by_tag(&tag).expect("the guest lists the group");
     assert_eq!(
         (dev.size, dev.node, dev.read_latency_ns, dev.flags & 1),
         (6 << 20, 1, 250, 1)
@@ -185,7 +185,7 @@ fn add_list_release_round_trip() {
     assert_eq!(released, ids);
     let (_, table) = call(&r, "GET", api::TAGGED_MEMORY, None);
     assert_eq!(table, serde_json::json!([]));
-    assert!(r.vmm.guest_view().unwrap().by_tag(&tag).is_none());
+    assert!(r.vmm.guest_view().unwrap().unclaimed_by_tag(&tag).is_none());
     // The names of released extents can be used again.
     let (s, v) = call(&r, "PUT", api::ADD_TAGGED_MEMORY, Some(&body));
     assert_eq!(s, 200, "{v}");

@@ -28,17 +28,26 @@ fn demo(args: &[&str]) -> String {
     out
 }
 
-/// The rows of the table that follows `heading`.
+/// The device rows of the table that follows `heading`.
 fn table_after<'a>(out: &'a str, heading: &str) -> Vec<&'a str> {
+    rows_after(out, heading, "dax")
+}
+
+/// The rows starting with `first` (`dax` for devices, `(region0)` for unclaimed capacity) of
+/// the table that follows `heading`.
+fn rows_after<'a>(out: &'a str, heading: &str, first: &str) -> Vec<&'a str> {
     let rest = &out[out
         .find(heading)
         .unwrap_or_else(|| panic!("no {heading:?} in\n{out}"))..];
     rest.lines()
         .skip_while(|l| !l.trim_start().starts_with("------"))
         .skip(1)
-        .take_while(|l| l.trim_start().starts_with("dax"))
+        .take_while(|l| l.trim_start().starts_with("dax") || l.trim_start().starts_with("(region0)"))
+        .filter(|l| l.trim_start().starts_with(first))
         .collect()
 }
+
+const HOT_ADD: &str = "What the guest reports after the hot-add (accepted, held unclaimed by region0):";
 
 #[test]
 fn builtin_demo_shows_the_guest_view_before_and_after_the_release() {
@@ -46,7 +55,16 @@ fn builtin_demo_shows_the_guest_view_before_and_after_the_release() {
         return;
     }
     let out = demo(&[]);
-    let before = table_after(&out, "What the guest reports after the hot-add:");
+    // As on a CXL DCD host, the accepted groups wait unclaimed until the guest claims them.
+    assert!(table_after(&out, HOT_ADD).is_empty(), "{out}");
+    assert_eq!(rows_after(&out, HOT_ADD, "(region0)").len(), 4, "{out}");
+    for claim in [
+        "guest  daxctl create-device -r region0 --uuid 0: dax0.0",
+        "guest  daxctl create-device -r region0 --uuid 6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee: dax0.1",
+    ] {
+        assert!(out.contains(claim), "timeline lacks {claim:?}:\n{out}");
+    }
+    let before = table_after(&out, "What the guest reports after the claims:");
     let after = table_after(&out, "What the guest reports after releasing tag");
     assert_eq!(before.len(), 4, "{out}");
     assert_eq!(after.len(), 3, "{out}");
@@ -80,7 +98,7 @@ fn builtin_demo_shows_the_guest_view_before_and_after_the_release() {
     ] {
         assert!(out.contains(evt), "timeline lacks {evt:?}:\n{out}");
     }
-    assert!(out.contains("14 checks passed"), "{out}");
+    assert!(out.contains("15 checks passed"), "{out}");
 }
 
 #[test]
@@ -107,7 +125,8 @@ fn demo_runs_on_extents_given_on_the_command_line() {
             file.display()
         ),
     ]);
-    let before = table_after(&out, "What the guest reports after the hot-add:");
+    assert_eq!(rows_after(&out, HOT_ADD, "(region0)").len(), 2, "{out}");
+    let before = table_after(&out, "What the guest reports after the claims:");
     let after = table_after(&out, &format!("What the guest reports after releasing tag {b}"));
     assert_eq!((before.len(), after.len()), (2, 1), "{out}");
     assert!(

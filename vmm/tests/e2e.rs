@@ -97,9 +97,17 @@ fn guest_reads_host_bytes_and_host_sees_guest_writes() {
     vmm.guest_poll().unwrap();
     assert!(vmm.extents().iter().all(|e| e.state == ExtentState::Accepted));
 
-    // The guest's own view: two devices with the metadata the host offered.
+    // The guest's own view: its region holds both groups unclaimed, as a CXL DCD host does,
+    // until the guest claims them by tag (and the untagged extent with the nil tag).
     let view = vmm.guest_view().unwrap();
-    assert_eq!(view.devices.len(), 2, "{view:?}");
+    assert!(view.devices.is_empty() && view.unclaimed.len() == 2, "{view:?}");
+    assert_eq!(view.seed, "dax0.0");
+    assert_eq!(vmm.guest_claim(group).unwrap(), ("dax0.0".to_string(), 2 * len));
+    assert_eq!(vmm.guest_claim(Uuid::nil()).unwrap(), ("dax0.1".to_string(), len));
+    // Then two devices with the metadata the host offered.
+    let view = vmm.guest_view().unwrap();
+    assert_eq!((view.devices.len(), view.unclaimed.len()), (2, 0), "{view:?}");
+    assert_eq!(view.seed, "dax0.2");
     let shared = view.by_tag(&group).expect("the tagged group is a device");
     assert_eq!(shared.size, 2 * len);
     assert_eq!(
@@ -201,7 +209,8 @@ fn unbacked_ranges_never_return_backing_bytes() {
     assert_guest_sees(&vmm, gpa(accepted), &fill[..64]);
     assert_guest_sees(&vmm, gpa(accepted) + len - 4096, &fill);
     let view = vmm.guest_view().unwrap();
-    assert_eq!(view.devices.len(), 1, "{view:?}");
+    assert_eq!((view.devices.len(), view.unclaimed.len()), (0, 1), "{view:?}");
+    assert!(view.unclaimed_by_tag(&tag(accepted)).is_some());
     assert_eq!(view.pending_chains, 0);
 }
 
@@ -222,7 +231,7 @@ fn guest_write_to_readonly_extent_leaves_backing_unchanged() {
     vmm.guest_poll().unwrap();
     let view = vmm.guest_view().unwrap();
     assert_eq!(
-        view.by_tag(&s.tag).unwrap().flags,
+        view.unclaimed_by_tag(&s.tag).unwrap().flags,
         u64::from(s.flags.bits()),
         "the guest sees the extent read-only"
     );
@@ -252,7 +261,9 @@ fn one_tib_sparse_extent_first_and_last_page() {
     vmm.offer(&[spec(tag, 1, gpa, TIB)]).unwrap();
     vmm.guest_poll().unwrap();
     let view = vmm.guest_view().unwrap();
-    let dev = view.by_tag(&tag).expect("the guest accepted the 1 TiB extent");
+    let dev = view
+        .unclaimed_by_tag(&tag)
+        .expect("the guest accepted the 1 TiB extent");
     assert_eq!((dev.size, dev.extents[0].gpa), (TIB, gpa));
     assert_eq!(vmm.slots().len(), 1);
 
@@ -280,6 +291,8 @@ fn busy_device_defers_release_until_idle() {
     vmm_memfd(&vmm, 1, 2 * MIB, &[1; 64], BackingLifetime::PerExtent);
     let r = vmm.offer(&[spec(tag, 1, 4 * GIB, 2 * MIB)]).unwrap();
     vmm.guest_poll().unwrap();
+    // Only a claimed device can be in use.
+    vmm.guest_claim(tag).unwrap();
     let busy = |on| Command::Busy {
         target: Target::Tag(tag),
         busy: on,
@@ -423,8 +436,9 @@ fn snapshot_mid_life_cycle_restores_into_a_fresh_vm_and_the_guest_continues() {
     );
     let view = vmm.guest_view().unwrap();
     assert_eq!(
-        view.devices.iter().map(|d| d.uuid).collect::<Vec<_>>(),
-        vec![a, b]
+        view.unclaimed.iter().map(|d| d.uuid).collect::<Vec<_>>(),
+        vec![a, b],
+        "both groups accepted, held unclaimed by the guest's region"
     );
     assert_guest_sees(&vmm, 4 * GIB, &data_a);
     assert_guest_sees(&vmm, 4 * GIB + 4096, &[0x3c; 16]);

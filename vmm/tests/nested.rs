@@ -3,9 +3,13 @@
 //!
 //! What this models. L0 is the test acting as the host: it looks tags up in a host sysfs tree
 //! written under a temporary directory (a CXL Dynamic Capacity region whose extents form tagged
-//! dax devices on target node 2, with HMAT `access0`/`access1` attributes for that node), and
-//! offers VM "L1" one extent per host extent, with the HMAT values as performance, at the
-//! host-physical address of the extent (address-preserving placement). No devdax device exists
+//! dax devices on target node 2; the node holds only devdax capacity, so it shows no HMAT
+//! attributes and the CPU-access performance is the CXL region's `access1`), and offers VM "L1"
+//! one extent per host extent, with those values as performance, at the host-physical address of
+//! the extent (address-preserving placement). As on a DCD host, accepted capacity is unclaimed in
+//! each guest until its user space claims it by tag (`daxctl create-device --uuid`, here
+//! `Vmm::guest_claim`); L1 must claim a group before its VMM can pass it to L2, and L2 claims
+//! what it receives. No devdax device exists
 //! here, so each device is backed by a memfd standing in for `/dev/daxX.Y` (registered as a
 //! devdax backing, so it is mapped in 2 MiB units as a devdax would be). The L1 VMM is
 //! [`NestedPassthrough`] in this process: it resolves a tag through the lookup over what the L1
@@ -29,9 +33,11 @@ use tagmem_device::Target;
 use tagmem_device::{
     ExtentFlags, ExtentSpec, ExtentState, HostEvent, Perf, SourceClass, SourceId, SourceRef,
 };
-use tagmem_lookup::fixture::{c_hex, Dev, Tree, MIB2, REGION2_BASE, TAG_A, TAG_ABSENT};
-use tagmem_lookup::{lookup, output, DaxDevice, SysfsSource};
-use tagmem_vmm::nested::{guest_dax_devices, CascadeStep, Forwarded, NestedError, NestedPassthrough};
+use tagmem_lookup::fixture::{c_hex, Dev, Tree, MIB2, REGION2_BASE, REGION2_CPU_PERF, TAG_A, TAG_ABSENT};
+use tagmem_lookup::{lookup, output, DaxDevice, Found, SysfsSource};
+use tagmem_vmm::nested::{
+    guest_capacity, guest_dax_devices, CascadeStep, Forwarded, NestedError, NestedPassthrough,
+};
 use tagmem_vmm::test_guest::ExtentDetail;
 use tagmem_vmm::{Backing, BackingKind, BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
@@ -51,27 +57,38 @@ fn tag(s: &str) -> Uuid {
 }
 
 /// The host: CXL region 2 at [`REGION2_BASE`] with the two-extent group `TAG_A` (`dax2.1`), the
-/// one-extent groups `TAG_B` (`dax2.2`) and `TAG_C` (`dax2.3`), all on target node 2, whose HMAT
-/// attributes give access class 0 and 1.
+/// one-extent groups `TAG_B` (`dax2.2`) and `TAG_C` (`dax2.3`), all on target node 2, a devdax-only
+/// node without HMAT attributes; the region's access coordinates give class 0 and 1 (CPUs).
 fn host_tree() -> Tree {
-    let t = Tree::new();
-    let r = t.cxl_region(2, Some(REGION2_BASE), 1 << 32);
-    t.cxl_extent(&r, 2, 0, 0, MIB2, Some(TAG_A));
-    t.cxl_extent(&r, 2, 1, 0x1000_0000, 2 * MIB2, Some(TAG_A));
-    t.cxl_extent(&r, 2, 2, 0x2000_0000, MIB2, Some(TAG_B));
-    t.cxl_extent(&r, 2, 3, 0x3000_0000, MIB2, Some(TAG_C));
+    let t = host_region();
+    let r = "sys/devices/platform/ACPI0017:00/root0/decoder0.0/region2/dax_region2";
     let at = |off: u64, len: u64| (REGION2_BASE + off, len);
     for (name, uuid, ranges) in [
         ("dax2.1", TAG_A, vec![at(0, MIB2), at(0x1000_0000, 2 * MIB2)]),
         ("dax2.2", TAG_B, vec![at(0x2000_0000, MIB2)]),
         ("dax2.3", TAG_C, vec![at(0x3000_0000, MIB2)]),
     ] {
-        let mut d = Dev::new(name, &r, Some(uuid), &ranges);
+        let mut d = Dev::new(name, r, Some(uuid), &ranges);
         d.target_node = 2;
         t.dax(&d);
     }
-    t.hmat(2, 0, (250, 300), (25_000, 12_000));
-    t.hmat(2, 1, (400, 450), (20_000, 10_000));
+    t
+}
+
+/// The host's region 2 with its extents, its access coordinates and its seed `dax2.0`, before
+/// user space claimed anything: every group is unclaimed.
+fn host_region() -> Tree {
+    let t = Tree::new();
+    let r = t.cxl_region(2, Some(REGION2_BASE), 1 << 32);
+    t.cxl_extent(&r, 2, 0, 0, MIB2, Some(TAG_A));
+    t.cxl_extent(&r, 2, 1, 0x1000_0000, 2 * MIB2, Some(TAG_A));
+    t.cxl_extent(&r, 2, 2, 0x2000_0000, MIB2, Some(TAG_B));
+    t.cxl_extent(&r, 2, 3, 0x3000_0000, MIB2, Some(TAG_C));
+    let mut seed = Dev::new("dax2.0", &r, Some("00000000-0000-0000-0000-000000000000"), &[]);
+    seed.target_node = 2;
+    t.dax(&seed);
+    t.cxl_region_perf(2, 0, (180, 220), (32_000, 16_000));
+    t.cxl_region_perf(2, 1, REGION2_CPU_PERF.0, REGION2_CPU_PERF.1);
     t
 }
 
@@ -79,20 +96,22 @@ fn host_tree() -> Tree {
 fn host_device(host: &Tree, t: Uuid) -> DaxDevice {
     let mut found = lookup(&SysfsSource::new(host.root()), &t).unwrap();
     assert_eq!(found.len(), 1, "{t}");
-    found.remove(0)
+    found.devices.remove(0)
 }
 
 /// L0 offers VM L1 the host device `dev`, one extent per mapping at its host-physical address,
 /// backed by a fresh memfd standing in for the devdax (backing `source`, offset = the mapping's
-/// offset in the device), with the device's HMAT values, node and source class; sequence numbers
-/// follow the mappings. Returns the L1 extent ids once L1's driver accepted them.
+/// offset in the device), with the device's CPU-access performance, node and source class;
+/// sequence numbers follow the mappings. Returns the L1 extent ids once L1's driver accepted them
+/// (unclaimed in L1 until claimed).
 fn l0_offer(l1: &Vmm, dev: &DaxDevice, source: u64, flags: ExtentFlags) -> Vec<u64> {
     let memfd = Backing::memfd(&format!("l0-{}", dev.chardev), dev.size).unwrap();
     let file = memfd.file_handle().try_clone().unwrap();
     let standin = Backing::from_file(file, dev.size, BackingKind::DevDax, true);
     l1.register_backing(SourceId(source), standin, BackingLifetime::Persistent)
         .unwrap();
-    let perf = dev.perf.expect("HMAT reports the node");
+    let perf = dev.perf.expect("the CXL region reports CPU access");
+    assert_eq!(perf.access_class, 1, "records carry CPU-initiator values");
     let class = match dev.source_class {
         Some(tagmem_lookup::SourceClass::CxlDc) => SourceClass::CxlDc,
         other => panic!("{}: unexpected source class {other:?}", dev.chardev),
@@ -140,7 +159,18 @@ struct Levels {
     l1_ids: Vec<u64>,
 }
 
+/// [`levels_unclaimed`], then L1's user space claims both groups.
 fn levels() -> Option<Levels> {
+    let lv = levels_unclaimed()?;
+    for t in [TAG_A, TAG_B] {
+        let (name, _) = lv.l1.guest_claim(tag(t)).unwrap();
+        assert!(name.starts_with("dax0."), "{name}");
+    }
+    Some(lv)
+}
+
+/// The host and VM L1 holding `TAG_A` and `TAG_B` accepted but not claimed, and VM L2.
+fn levels_unclaimed() -> Option<Levels> {
     let host = host_tree();
     let l1 = vmm_or_skip(VmmConfig::default())?;
     let l2 = vmm_or_skip(VmmConfig::default())?;
@@ -165,17 +195,32 @@ fn levels() -> Option<Levels> {
     Some(Levels { host, l1, l2, l1_ids })
 }
 
-/// The lookup of `t` in a guest, over its driver's report.
+/// The lookup of `t` in a guest, over its driver's report: its claimed devices.
 fn guest_lookup(vmm: &Vmm, t: Uuid) -> Vec<DaxDevice> {
-    lookup(&guest_dax_devices(vmm).unwrap(), &t).unwrap()
+    guest_find(vmm, t).devices
+}
+
+/// The lookup of `t` in a guest: devices and unclaimed capacity.
+fn guest_find(vmm: &Vmm, t: Uuid) -> Found {
+    lookup(&guest_capacity(vmm).unwrap(), &t).unwrap()
+}
+
+/// Passes `t` from L1 to L2, and L2's user space claims it.
+fn pass(l1_vmm: &mut NestedPassthrough<'_>, l2: &Vmm, t: Uuid) -> tagmem_vmm::nested::NestedOffer {
+    let offer = l1_vmm.offer_tag(t).unwrap();
+    l2.guest_poll().unwrap();
+    assert_eq!(guest_find(l2, t).unclaimed.len(), 1, "L2 holds {t} unclaimed");
+    l2.guest_claim(t).unwrap();
+    offer
 }
 
 /// The sysfs tree a Linux guest driver would show for `extents` grouped as `devices`
-/// (SPEC.md T-LOOKUP-5/6): `virtio0/tagmem/extentE/*`, one dax device per group with its
-/// mappings, and the HMAT attributes of each target node for access classes 0 and 1.
+/// (SPEC.md T-LOOKUP-5/6): `virtio0/tagmem/extentE/*` with the record's performance in
+/// `extentE/access1/` (the target node is devdax-only, so it shows no HMAT attributes), the dax
+/// region `region0` with one dax device per claimed group and its seed.
 fn linux_guest_tree(extents: &[ExtentDetail], devices: &[DaxDevice]) -> Tree {
     let t = Tree::new();
-    let v = t.virtio("virtio0");
+    let v = t.virtio("virtio0", 0);
     for e in extents {
         let d = format!("{v}/tagmem/extent{}", e.id);
         let flags = tagmem_lookup::Flags::from_bits(e.flags).names().join(" ");
@@ -189,19 +234,35 @@ fn linux_guest_tree(extents: &[ExtentDetail], devices: &[DaxDevice]) -> Tree {
         t.attr(&format!("{d}/source"), source.as_str());
         t.attr(&format!("{d}/seq"), &e.seq.to_string());
         t.attr(&format!("{d}/poison"), &poison.join("\n"));
-        let rl = (e.read_latency_ns, e.write_latency_ns);
-        let bw = (e.read_bandwidth_mbps, e.write_bandwidth_mbps);
-        for class in [0, 1] {
-            t.hmat(u32::from(e.node), class, rl, bw);
+        for (name, value) in [
+            ("read_latency", e.read_latency_ns),
+            ("write_latency", e.write_latency_ns),
+            ("read_bandwidth", e.read_bandwidth_mbps),
+            ("write_bandwidth", e.write_bandwidth_mbps),
+        ] {
+            if value != 0 {
+                t.attr(&format!("{d}/access1/{name}"), &value.to_string());
+            }
         }
     }
+    let mut seed_number = 0;
     for dev in devices {
         let ranges: Vec<(u64, u64)> = dev.mappings.iter().map(|m| (m.start, m.size)).collect();
         let mut d = Dev::new(&dev.chardev, &v, Some(&dev.uuid.to_string()), &ranges);
         d.target_node = dev.target_node.unwrap();
         d.numa_node = tagmem_vmm::nested::GUEST_NUMA_NODE;
         t.dax(&d);
+        let n: u32 = dev.chardev.rsplit('.').next().unwrap().parse().unwrap();
+        seed_number = seed_number.max(n + 1);
     }
+    let mut seed = Dev::new(
+        &format!("dax0.{seed_number}"),
+        &v,
+        Some("00000000-0000-0000-0000-000000000000"),
+        &[],
+    );
+    seed.numa_node = tagmem_vmm::nested::GUEST_NUMA_NODE;
+    t.dax(&seed);
     t
 }
 
@@ -244,13 +305,12 @@ fn l2_lookup_matches_l0_and_bytes_flow_between_l0_and_l2() {
     };
     let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
     for t in [TAG_A, TAG_B] {
-        let offer = l1_vmm.offer_tag(tag(t)).unwrap();
+        let offer = pass(&mut l1_vmm, &lv.l2, tag(t));
         assert!(
             offer.extents.iter().all(|e| e.accepted && e.l2_gpa == e.l1_gpa),
             "{offer:?}"
         );
     }
-    lv.l2.guest_poll().unwrap();
 
     for t in [TAG_A, TAG_B] {
         let host = host_device(&lv.host, tag(t));
@@ -304,7 +364,7 @@ fn l2_lookup_matches_l0_and_bytes_flow_between_l0_and_l2() {
     let tree = linux_guest_tree(&l2_ext, &l2_devices);
     for t in [TAG_A, TAG_B] {
         let from_sysfs = lookup(&SysfsSource::new(tree.root()), &tag(t)).unwrap();
-        assert_eq!(from_sysfs, guest_lookup(&lv.l2, tag(t)), "{t}");
+        assert_eq!(from_sysfs, guest_find(&lv.l2, tag(t)), "{t}");
     }
 
     // The L2 records copy L1's: tag, range, flags, seq, node, class, performance (T-NEST-1); L1
@@ -375,7 +435,7 @@ fn release_at_l0_cascades_through_l1_to_l2() {
     let tag_a = tag(TAG_A);
     let a = host_device(&lv.host, tag_a);
     let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
-    let offer = l1_vmm.offer_tag(tag_a).unwrap();
+    let offer = pass(&mut l1_vmm, &lv.l2, tag_a);
     let l2_ids: Vec<u64> = offer.extents.iter().map(|e| e.l2_id).collect();
     let (gpa, offset) = addr(&a, 1, 0);
     vmm_host_write(&lv.l1, L0_SOURCE_A, offset, &[7; 64]);
@@ -514,7 +574,7 @@ fn metadata_and_poison_reach_l2_through_l1() {
     };
     let tag_a = tag(TAG_A);
     let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
-    let offer = l1_vmm.offer_tag(tag_a).unwrap();
+    let offer = pass(&mut l1_vmm, &lv.l2, tag_a);
     assert!(
         l1_vmm.forward_updates().unwrap().is_empty(),
         "nothing new to pass on yet"
@@ -570,4 +630,63 @@ fn metadata_and_poison_reach_l2_through_l1() {
     let l1_view = output::json_string(&guest_lookup(&lv.l1, tag_a));
     let l2_view = output::json_string(&guest_lookup(&lv.l2, tag_a));
     assert_eq!(l1_view, l2_view);
+}
+
+#[test]
+fn l1_must_claim_a_group_before_it_can_pass_it_and_unclaimed_reads_alike_at_every_level() {
+    let Some(lv) = levels_unclaimed() else {
+        return;
+    };
+    let tag_a = tag(TAG_A);
+    let mut l1_vmm = NestedPassthrough::new(&lv.l1, &lv.l2);
+    // L1 accepted the group but nobody claimed it: its VMM cannot open a dax device for it.
+    let err = l1_vmm.offer_tag(tag_a).unwrap_err();
+    assert!(
+        matches!(err, NestedError::Unclaimed { tag, ref region, .. } if tag == tag_a && region == "region0"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "tag {tag_a}: the L1 guest holds it unclaimed in region0; claim it there first \
+             (daxctl create-device -r region0 --uuid {tag_a}); nothing offered to L2"
+        )
+    );
+    assert!(lv.l2.extents().is_empty() && lv.l2.take_host_events().is_empty());
+    assert!(lv
+        .l1
+        .guest_extents()
+        .unwrap()
+        .iter()
+        .all(|e| !e.busy && e.device.is_none()));
+
+    // Unclaimed, the tag reads alike on the host (before its user space claimed it) and in L1.
+    let host = lookup(&SysfsSource::new(host_region().root()), &tag_a).unwrap();
+    let l1 = guest_find(&lv.l1, tag_a);
+    assert!(host.devices.is_empty() && l1.devices.is_empty());
+    let json = |f: &Found| output::found_to_json(f);
+    println!("unclaimed at L0:\n{}", output::found_json_string(&host));
+    println!("unclaimed at L1:\n{}", output::found_json_string(&l1));
+    let mut diff = Vec::new();
+    differing_paths(&json(&host), &json(&l1), "", &mut diff);
+    diff.sort();
+    let mut expected: Vec<String> = ["/0/claim", "/0/flags", "/0/region"].map(String::from).to_vec();
+    expected.extend((0..2).map(|i| format!("/0/extents/{i}/offset")));
+    expected.sort();
+    assert_eq!(diff, expected, "L0 and L1 unclaimed answers differ elsewhere");
+
+    // Claimed in L1, it passes; L2 receives it unclaimed and reads as L1 did before its claim.
+    lv.l1.guest_claim(tag_a).unwrap();
+    let offer = l1_vmm.offer_tag(tag_a).unwrap();
+    assert!(offer.extents.iter().all(|e| e.accepted));
+    lv.l2.guest_poll().unwrap();
+    let l2 = guest_find(&lv.l2, tag_a);
+    assert_eq!(json(&l2), json(&l1), "L2 unclaimed equals L1 unclaimed");
+    // And once L2 claims it, L2's device equals L1's.
+    let (name, size) = lv.l2.guest_claim(tag_a).unwrap();
+    assert_eq!((name.as_str(), size), ("dax0.0", 3 * MIB2));
+    assert_eq!(
+        output::to_json(&guest_lookup(&lv.l2, tag_a)),
+        output::to_json(&guest_lookup(&lv.l1, tag_a))
+    );
 }

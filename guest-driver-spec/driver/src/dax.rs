@@ -1,118 +1,34 @@
-//! Accepted capacity as the guest sees it: "dax devices", looked up by tag.
+//! Accepted capacity as the guest sees it: one dynamic-capacity dax region, claimed by tag.
 //!
-//! Mirrors bare-metal Linux DAX: one device per tag holding every accepted extent with that tag
-//! (ordered by sequence number, then extent id), and one device per untagged extent. A device's
-//! `uuid` reads its tag; an untagged device reads the all-zero UUID, like
-//! `/sys/bus/dax/devices/daxX.Y/uuid`. Looking up the nil tag finds nothing: untagged devices are
-//! found by listing.
+//! Mirrors bare-metal Linux with the CXL DCD series (v11) (SPEC.md T.8): the device's tagged
+//! capacity is one dax region, `region0`, with a size-0 seed device. Accepted extents are held
+//! *unclaimed* by the region until the application claims them by tag, which is what writing the
+//! tag to the seed's `uuid` does on Linux (`daxctl create-device -r region0 --uuid <tag>`): the
+//! claim takes every accepted extent with that tag, ordered by sequence number then extent id,
+//! into the seed, which becomes the dax device, and a new seed appears. Claiming the nil tag
+//! (`--uuid 0`) takes one untagged extent. A device's `uuid` reads its tag; an untagged device
+//! reads the all-zero UUID, like `/sys/bus/dax/devices/daxX.Y/uuid`. Looking up the nil tag finds
+//! nothing: untagged devices are found by listing.
+//!
+//! [`ClaimMode::OnAccept`] claims every group as soon as it is accepted (one device per tag, one
+//! per untagged extent), for applications that want devices without asking.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use tagmem_wire::{is_null_tag, ExtentRecord, EXTENT_F_READONLY, EXTENT_F_SHARABLE};
+use tagmem_wire::is_null_tag;
 
-/// HMAT-style performance of an extent (0 in a field: not reported).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Perf {
-    /// Read latency in nanoseconds.
-    pub read_latency_ns: u32,
-    /// Write latency in nanoseconds.
-    pub write_latency_ns: u32,
-    /// Read bandwidth in MB/s.
-    pub read_bandwidth_mbps: u32,
-    /// Write bandwidth in MB/s.
-    pub write_bandwidth_mbps: u32,
-}
+pub use crate::extent::{format_uuid, Extent, Perf, PoisonRange};
 
-impl Perf {
-    /// The performance fields of a wire record.
-    pub fn from_record(r: &ExtentRecord) -> Self {
-        Perf {
-            read_latency_ns: r.read_latency_ns.get(),
-            write_latency_ns: r.write_latency_ns.get(),
-            read_bandwidth_mbps: r.read_bandwidth_mbps.get(),
-            write_bandwidth_mbps: r.write_bandwidth_mbps.get(),
-        }
-    }
-}
+/// Name of the dax region the driver's device holds its tagged capacity in (dax region id 0).
+pub const REGION: &str = "region0";
 
-/// A poisoned byte range inside one extent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoisonRange {
-    /// Offset from the extent's start.
-    pub offset: u64,
-    /// Length in bytes.
-    pub length: u64,
-}
-
-/// One extent, offered or accepted, decoded from its wire record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Extent {
-    /// Device-assigned id.
-    pub id: u64,
-    /// Tag (all zero: untagged).
-    pub tag: [u8; 16],
-    /// Guest-physical address.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// `EXTENT_F_*` flags.
-    pub flags: u32,
-    /// Sequence number within its tag group.
-    pub seq: u16,
-    /// NUMA node / proximity domain.
-    pub node: u16,
-    /// `SOURCE_*` class.
-    pub source: u8,
-    /// Performance metadata.
-    pub perf: Perf,
-    /// Poisoned ranges reported so far.
-    pub poison: Vec<PoisonRange>,
-}
-
-impl Extent {
-    /// Decodes a wire record (no validation; see [`crate::offer::screen`]).
-    pub fn from_record(r: &ExtentRecord) -> Self {
-        Extent {
-            id: r.extent_id.get(),
-            tag: r.tag,
-            gpa: r.addr.get(),
-            len: r.length.get(),
-            flags: r.flags.get(),
-            seq: r.seq.get(),
-            node: r.node_id.get(),
-            source: r.source,
-            perf: Perf::from_record(r),
-            poison: Vec::new(),
-        }
-    }
-
-    /// True if the extent carries a non-nil tag.
-    pub fn is_tagged(&self) -> bool {
-        !is_null_tag(&self.tag)
-    }
-
-    /// True if the capacity may be shared with other hosts or guests.
-    pub fn is_sharable(&self) -> bool {
-        self.flags & EXTENT_F_SHARABLE != 0
-    }
-
-    /// True if the guest may only read the capacity.
-    pub fn is_readonly(&self) -> bool {
-        self.flags & EXTENT_F_READONLY != 0
-    }
-
-    /// True if `[gpa, gpa + len)` intersects the extent.
-    pub fn overlaps(&self, gpa: u64, len: u64) -> bool {
-        gpa < self.gpa.saturating_add(self.len) && self.gpa < gpa.saturating_add(len)
-    }
-}
-
-/// One guest-visible device: a tag group or a single untagged extent.
+/// One group of accepted capacity: a tag group or a single untagged extent. Claimed, it is a
+/// dax device (`dax0.N`); unclaimed, it is capacity the region holds and `name` is empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaxDevice {
-    /// Stable name in creation order (`dax0.0`, `dax0.1`, ...), never reused.
+    /// Stable name in claim order (`dax0.0`, `dax0.1`, ...), never reused; empty while unclaimed.
     pub name: String,
     /// The tag; all zero for an untagged device.
     pub uuid: [u8; 16],
@@ -129,6 +45,7 @@ pub struct DaxDevice {
     /// Source class of the first extent.
     pub source: u8,
     /// The application marked the device busy: host release requests are answered RELEASE_BUSY.
+    /// Unclaimed capacity is never busy: nothing can use it.
     pub busy: bool,
     /// The host asked for the device back and it has not been released yet.
     pub release_requested: bool,
@@ -172,6 +89,20 @@ impl DaxDevice {
         !is_null_tag(&self.uuid)
     }
 
+    /// True once a claim made the group a dax device.
+    pub fn is_claimed(&self) -> bool {
+        !self.name.is_empty()
+    }
+
+    /// The device's name, or for unclaimed capacity `region0:<lowest extent id>`, for logs.
+    pub fn label(&self) -> String {
+        if self.is_claimed() {
+            self.name.clone()
+        } else {
+            format!("{REGION}:{}", self.lead_extent_id().unwrap_or(0))
+        }
+    }
+
     /// The lowest extent id of the device (the one release requests carry).
     pub fn lead_extent_id(&self) -> Option<u64> {
         self.extents.iter().map(|e| e.id).min()
@@ -192,37 +123,86 @@ impl DaxDevice {
     }
 }
 
-/// Formats a 16-byte tag as a lowercase 8-4-4-4-12 UUID string.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h = |r: core::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+/// How accepted capacity becomes dax devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClaimMode {
+    /// As CXL DCD v11: accepted capacity stays unclaimed in the region until the application
+    /// claims it by tag (the default).
+    #[default]
+    OnRequest,
+    /// Every accepted group becomes a dax device at once: one per tag, one per untagged extent.
+    OnAccept,
 }
 
-/// The set of dax devices, in creation order, with indexes so that every check an offer needs
-/// (id known, tag present, range overlapping) costs O(log n) in the number of accepted extents.
+/// Where a group of accepted capacity is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Claimed: index into [`DaxRegistry::devices`].
+    Device(usize),
+    /// Unclaimed: index into [`DaxRegistry::unclaimed`].
+    Unclaimed(usize),
+}
+
+/// Why a claim took nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// No unclaimed capacity carries the tag (for the nil tag: no unclaimed untagged extent). The
+    /// seed stays at size 0, as DCD's `uuid` write fails with `ENOENT`.
+    NoMatch,
+}
+
+/// The region: claimed devices in claim order, unclaimed groups in acceptance order, with
+/// indexes so that every check an offer needs (id known, tag present, range overlapping) costs
+/// O(log n) in the number of accepted extents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaxRegistry {
     devices: Vec<DaxDevice>,
-    /// Creation number of `devices[i]`; ascending, so positions are found by binary search.
-    serials: Vec<u64>,
-    next_id: u64,
-    /// Extent id -> creation number of its device.
+    /// Serial of `devices[i]`; ascending, so positions are found by binary search.
+    device_serials: Vec<u64>,
+    pool: Vec<DaxDevice>,
+    /// Serial of `pool[i]`; ascending.
+    pool_serials: Vec<u64>,
+    next_serial: u64,
+    /// Number of the seed, the next device name (`dax0.<next_name>`).
+    next_name: u64,
+    mode: ClaimMode,
+    /// Extent id -> serial of its group.
     by_extent: BTreeMap<u64, u64>,
-    /// Non-nil tag -> creation number of its device.
+    /// Non-nil tag -> serial of its group.
     by_tag: BTreeMap<[u8; 16], u64>,
     /// Accepted ranges: guest-physical start -> length.
     by_gpa: BTreeMap<u64, u64>,
 }
 
 impl DaxRegistry {
-    /// An empty registry.
+    /// An empty region in [`ClaimMode::OnRequest`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Every device, in creation order.
+    /// How accepted capacity becomes devices.
+    pub fn mode(&self) -> ClaimMode {
+        self.mode
+    }
+
+    /// Sets how capacity accepted from now on becomes devices.
+    pub fn set_mode(&mut self, mode: ClaimMode) {
+        self.mode = mode;
+    }
+
+    /// Every claimed dax device, in claim order.
     pub fn devices(&self) -> &[DaxDevice] {
         &self.devices
+    }
+
+    /// Every group the region holds unclaimed, in acceptance order (names empty).
+    pub fn unclaimed(&self) -> &[DaxDevice] {
+        &self.pool
+    }
+
+    /// The region's seed: the size-0 device a claim fills (`dax0.N`, the next name).
+    pub fn seed(&self) -> String {
+        format!("dax0.{}", self.next_name)
     }
 
     /// The device carrying `tag`; the nil tag matches nothing.
@@ -230,11 +210,22 @@ impl DaxRegistry {
         self.position_of_tag(tag).map(|i| &self.devices[i])
     }
 
-    fn position_of_serial(&self, serial: u64) -> Option<usize> {
-        self.serials.binary_search(&serial).ok()
+    /// The unclaimed group carrying `tag`; the nil tag matches nothing.
+    pub fn lookup_unclaimed(&self, tag: &[u8; 16]) -> Option<&DaxDevice> {
+        match self.group_of_tag(tag)? {
+            Slot::Unclaimed(i) => self.pool.get(i),
+            Slot::Device(_) => None,
+        }
     }
 
-    /// True if `[gpa, gpa + len)` intersects an accepted extent.
+    fn slot_of_serial(&self, serial: u64) -> Option<Slot> {
+        if let Ok(i) = self.device_serials.binary_search(&serial) {
+            return Some(Slot::Device(i));
+        }
+        self.pool_serials.binary_search(&serial).ok().map(Slot::Unclaimed)
+    }
+
+    /// True if `[gpa, gpa + len)` intersects an accepted extent, claimed or not.
     pub fn overlaps(&self, gpa: u64, len: u64) -> bool {
         let end = gpa.saturating_add(len);
         self.by_gpa
@@ -243,50 +234,167 @@ impl DaxRegistry {
             .is_some_and(|(start, l)| start.saturating_add(*l) > gpa)
     }
 
+    /// True if extent `id` is accepted, claimed or not.
+    pub fn holds_extent(&self, id: u64) -> bool {
+        self.by_extent.contains_key(&id)
+    }
+
+    /// True if non-nil `tag` is accepted, claimed or not.
+    pub fn holds_tag(&self, tag: &[u8; 16]) -> bool {
+        !is_null_tag(tag) && self.by_tag.contains_key(tag)
+    }
+
     /// The device named `name`.
     pub fn by_name(&self, name: &str) -> Option<&DaxDevice> {
         self.devices.iter().find(|d| d.name == name)
     }
 
-    /// Index of the device holding extent `id`.
+    /// Index of the device holding extent `id` (claimed capacity only).
     pub fn device_of(&self, id: u64) -> Option<usize> {
-        self.by_extent.get(&id).and_then(|s| self.position_of_serial(*s))
+        match self.group_of(id)? {
+            Slot::Device(i) => Some(i),
+            Slot::Unclaimed(_) => None,
+        }
     }
 
-    /// Index of the device carrying non-nil `tag`.
+    /// Index of the device carrying non-nil `tag` (claimed capacity only).
     pub fn position_of_tag(&self, tag: &[u8; 16]) -> Option<usize> {
+        match self.group_of_tag(tag)? {
+            Slot::Device(i) => Some(i),
+            Slot::Unclaimed(_) => None,
+        }
+    }
+
+    /// Where the group holding extent `id` is.
+    pub fn group_of(&self, id: u64) -> Option<Slot> {
+        self.by_extent.get(&id).and_then(|s| self.slot_of_serial(*s))
+    }
+
+    /// Where the group carrying non-nil `tag` is.
+    pub fn group_of_tag(&self, tag: &[u8; 16]) -> Option<Slot> {
         if is_null_tag(tag) {
             return None;
         }
-        self.by_tag.get(tag).and_then(|s| self.position_of_serial(*s))
+        self.by_tag.get(tag).and_then(|s| self.slot_of_serial(*s))
     }
 
-    /// Every accepted extent, device by device.
+    /// The group at `slot`.
+    pub fn group(&self, slot: Slot) -> Option<&DaxDevice> {
+        match slot {
+            Slot::Device(i) => self.devices.get(i),
+            Slot::Unclaimed(i) => self.pool.get(i),
+        }
+    }
+
+    /// Every accepted extent, device by device, then the unclaimed ones.
     pub fn extents(&self) -> impl Iterator<Item = &Extent> + '_ {
-        self.devices.iter().flat_map(|d| d.extents.iter())
+        self.devices
+            .iter()
+            .chain(self.pool.iter())
+            .flat_map(|d| d.extents.iter())
     }
 
-    /// Creates a device named with the next free number; returns its index.
-    pub(crate) fn create(&mut self, uuid: [u8; 16], extents: Vec<Extent>, busy: bool) -> usize {
-        let serial = self.next_id;
-        let name = format!("dax0.{serial}");
-        self.next_id += 1;
-        for e in &extents {
+    fn index(&mut self, serial: u64, uuid: &[u8; 16], extents: &[Extent]) {
+        for e in extents {
             self.by_extent.insert(e.id, serial);
             self.by_gpa.insert(e.gpa, e.len);
         }
-        if !is_null_tag(&uuid) {
-            self.by_tag.insert(uuid, serial);
+        if !is_null_tag(uuid) {
+            self.by_tag.insert(*uuid, serial);
         }
+    }
+
+    fn take_serial(&mut self) -> u64 {
+        let s = self.next_serial;
+        self.next_serial += 1;
+        s
+    }
+
+    /// Makes a claimed device of `extents` named after the seed (a new seed follows); returns
+    /// its index.
+    pub(crate) fn create(&mut self, uuid: [u8; 16], extents: Vec<Extent>, busy: bool) -> usize {
+        let serial = self.take_serial();
+        let name = self.seed();
+        self.next_name += 1;
+        self.index(serial, &uuid, &extents);
         self.devices.push(DaxDevice::new(name, uuid, extents, busy));
-        self.serials.push(serial);
+        self.device_serials.push(serial);
         self.devices.len() - 1
     }
 
-    /// Removes and returns the device at `index`.
-    pub(crate) fn remove(&mut self, index: usize) -> DaxDevice {
-        self.serials.remove(index);
-        let d = self.devices.remove(index);
+    /// Takes freshly accepted extents: one group per tag (in the order its first extent appears)
+    /// and one per untagged extent. In [`ClaimMode::OnRequest`] they stay unclaimed; in
+    /// [`ClaimMode::OnAccept`] each becomes a device, busy if its tag is in `busy_tags`. Returns
+    /// the indexes of the devices created.
+    pub(crate) fn add_accepted(
+        &mut self,
+        accepted: Vec<Extent>,
+        busy_tags: &BTreeSet<[u8; 16]>,
+    ) -> Vec<usize> {
+        let mut groups: Vec<([u8; 16], Vec<Extent>)> = Vec::new();
+        for e in accepted {
+            match groups.iter_mut().find(|(t, _)| e.is_tagged() && *t == e.tag) {
+                Some((_, v)) => v.push(e),
+                None => groups.push((e.tag, alloc::vec![e])),
+            }
+        }
+        let mut created = Vec::new();
+        for (uuid, extents) in groups {
+            match self.mode {
+                ClaimMode::OnAccept => created.push(self.create(uuid, extents, busy_tags.contains(&uuid))),
+                ClaimMode::OnRequest => {
+                    let serial = self.take_serial();
+                    self.index(serial, &uuid, &extents);
+                    self.pool
+                        .push(DaxDevice::new(String::new(), uuid, extents, false));
+                    self.pool_serials.push(serial);
+                }
+            }
+        }
+        created
+    }
+
+    /// Claims into the seed every unclaimed extent carrying non-nil `tag` (in sequence order),
+    /// or for the nil tag the unclaimed untagged extent accepted first; the seed becomes the
+    /// device (busy if `busy`) and a new seed follows. Capacity the host asked back is not
+    /// claimed. Returns the device's index.
+    pub(crate) fn claim(&mut self, tag: &[u8; 16], busy: bool) -> Result<usize, ClaimError> {
+        let i = if is_null_tag(tag) {
+            self.pool
+                .iter()
+                .position(|g| !g.is_tagged() && !g.release_requested)
+        } else {
+            match self.group_of_tag(tag) {
+                Some(Slot::Unclaimed(i)) if !self.pool[i].release_requested => Some(i),
+                _ => None,
+            }
+        }
+        .ok_or(ClaimError::NoMatch)?;
+        self.pool_serials.remove(i);
+        let group = self.pool.remove(i);
+        for e in &group.extents {
+            self.by_extent.remove(&e.id);
+        }
+        if group.is_tagged() {
+            self.by_tag.remove(&group.uuid);
+        }
+        // Same ranges: `by_gpa` stays; `create` re-indexes ids and tag under the new serial.
+        Ok(self.create(group.uuid, group.extents, busy))
+    }
+
+    /// Removes and returns the group at `slot`.
+    pub(crate) fn remove_group(&mut self, slot: Slot) -> Option<DaxDevice> {
+        let d = match slot {
+            Slot::Device(i) if i < self.devices.len() => {
+                self.device_serials.remove(i);
+                self.devices.remove(i)
+            }
+            Slot::Unclaimed(i) if i < self.pool.len() => {
+                self.pool_serials.remove(i);
+                self.pool.remove(i)
+            }
+            _ => return None,
+        };
         for e in &d.extents {
             self.by_extent.remove(&e.id);
             self.by_gpa.remove(&e.gpa);
@@ -294,21 +402,43 @@ impl DaxRegistry {
         if !is_null_tag(&d.uuid) {
             self.by_tag.remove(&d.uuid);
         }
-        d
+        Some(d)
     }
 
-    /// Removes every device (names are still never reused).
+    /// Removes and returns the device at `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not below the number of devices.
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, index: usize) -> DaxDevice {
+        self.remove_group(Slot::Device(index))
+            .unwrap_or_else(|| panic!("no device at index {index}"))
+    }
+
+    /// Removes every group, claimed or not (names are still never reused).
     pub(crate) fn clear(&mut self) -> Vec<DaxDevice> {
-        self.serials.clear();
+        self.device_serials.clear();
+        self.pool_serials.clear();
         self.by_extent.clear();
         self.by_tag.clear();
         self.by_gpa.clear();
-        core::mem::take(&mut self.devices)
+        let mut all = core::mem::take(&mut self.devices);
+        all.append(&mut self.pool);
+        all
     }
 
     /// Mutable access to the device at `index`.
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut DaxDevice> {
         self.devices.get_mut(index)
+    }
+
+    /// Mutable access to the group at `slot`.
+    pub(crate) fn group_mut(&mut self, slot: Slot) -> Option<&mut DaxDevice> {
+        match slot {
+            Slot::Device(i) => self.devices.get_mut(i),
+            Slot::Unclaimed(i) => self.pool.get_mut(i),
+        }
     }
 }
 
@@ -316,7 +446,7 @@ impl DaxRegistry {
 mod tests {
     use super::*;
     use alloc::vec;
-    use tagmem_wire::{Le64, EXTENT_ALIGN};
+    use tagmem_wire::{ExtentRecord, Le64, EXTENT_ALIGN};
 
     fn ext(id: u64, tag: u8, seq: u16) -> Extent {
         let mut r = ExtentRecord {
@@ -380,12 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn uuid_format_and_poison_gpas() {
-        let mut u = [0u8; 16];
-        for (i, b) in u.iter_mut().enumerate() {
-            *b = u8::try_from(i).unwrap() * 0x11;
-        }
-        assert_eq!(format_uuid(&u), "00112233-4455-6677-8899-aabbccddeeff");
+    fn poison_gpas() {
         let mut e = ext(2, 1, 0);
         e.poison.push(PoisonRange {
             offset: 4096,
@@ -398,13 +523,90 @@ mod tests {
     }
 
     #[test]
-    fn overlap_and_flags() {
-        let mut e = ext(1, 0, 0);
-        e.flags = EXTENT_F_READONLY;
-        assert!(e.overlaps(EXTENT_ALIGN, 1));
-        assert!(e.overlaps(0, EXTENT_ALIGN + 1));
-        assert!(!e.overlaps(0, EXTENT_ALIGN));
-        assert!(!e.overlaps(2 * EXTENT_ALIGN, u64::MAX));
-        assert!(e.is_readonly() && !e.is_sharable() && !e.is_tagged());
+    fn accepted_capacity_waits_unclaimed_until_claimed_by_tag() {
+        let mut reg = DaxRegistry::new();
+        assert_eq!((reg.mode(), reg.seed()), (ClaimMode::OnRequest, "dax0.0".into()));
+        let none = BTreeSet::new();
+        let created = reg.add_accepted(
+            vec![ext(4, 7, 1), ext(1, 0, 0), ext(3, 7, 0), ext(2, 0, 0)],
+            &none,
+        );
+        assert!(
+            created.is_empty() && reg.devices().is_empty(),
+            "nothing is a device yet"
+        );
+        assert_eq!(reg.unclaimed().len(), 3, "one tag group, two untagged extents");
+        assert!(reg
+            .unclaimed()
+            .iter()
+            .all(|g| !g.is_claimed() && g.name.is_empty()));
+        assert_eq!(reg.unclaimed()[0].label(), "region0:3");
+        // The accepted capacity counts for offers whether claimed or not.
+        assert!(reg.holds_extent(4) && reg.holds_tag(&[7; 16]) && reg.overlaps(EXTENT_ALIGN, 1));
+        assert_eq!(reg.lookup(&[7; 16]), None, "a lookup finds devices only");
+        assert_eq!(reg.lookup_unclaimed(&[7; 16]).unwrap().size, 2 * EXTENT_ALIGN);
+
+        // Claiming the tag takes the whole group, in seq order, into the seed.
+        let i = reg.claim(&[7; 16], true).unwrap();
+        let d = &reg.devices()[i];
+        assert_eq!((d.name.as_str(), d.uuid, d.busy), ("dax0.0", [7; 16], true));
+        assert_eq!(d.extents.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(reg.seed(), "dax0.1", "a new seed appears");
+        assert_eq!(
+            (reg.device_of(4), reg.group_of(4)),
+            (Some(0), Some(Slot::Device(0)))
+        );
+        assert_eq!(reg.lookup_unclaimed(&[7; 16]), None);
+        assert_eq!(
+            reg.claim(&[7; 16], false),
+            Err(ClaimError::NoMatch),
+            "claimed already"
+        );
+        assert_eq!(
+            reg.claim(&[9; 16], false),
+            Err(ClaimError::NoMatch),
+            "never accepted"
+        );
+        assert_eq!(reg.seed(), "dax0.1", "a failed claim leaves the seed at size 0");
+
+        // The nil tag claims one untagged extent at a time, first accepted first.
+        let i = reg.claim(&[0; 16], false).unwrap();
+        assert_eq!(reg.devices()[i].extents[0].id, 1);
+        assert_eq!(reg.devices()[i].name, "dax0.1");
+        reg.claim(&[0; 16], false).unwrap();
+        assert_eq!(reg.claim(&[0; 16], false), Err(ClaimError::NoMatch));
+        assert!(reg.unclaimed().is_empty());
+        assert_eq!(reg.extents().count(), 4);
+        assert!(
+            reg.overlaps(4 * EXTENT_ALIGN, 1),
+            "ranges stay indexed after a claim"
+        );
+    }
+
+    #[test]
+    fn on_accept_mode_claims_every_group_at_once() {
+        let mut reg = DaxRegistry::new();
+        reg.set_mode(ClaimMode::OnAccept);
+        let busy: BTreeSet<[u8; 16]> = [[7; 16]].into_iter().collect();
+        let created = reg.add_accepted(vec![ext(3, 7, 0), ext(1, 0, 0), ext(4, 7, 1)], &busy);
+        assert_eq!(created, [0, 1]);
+        assert!(reg.unclaimed().is_empty());
+        let names: Vec<_> = reg.devices().iter().map(|d| (d.name.as_str(), d.busy)).collect();
+        assert_eq!(names, [("dax0.0", true), ("dax0.1", false)]);
+    }
+
+    #[test]
+    fn requested_capacity_is_not_claimed_and_groups_are_removed_whole() {
+        let mut reg = DaxRegistry::new();
+        reg.add_accepted(vec![ext(1, 5, 0), ext(2, 5, 1), ext(3, 0, 0)], &BTreeSet::new());
+        let slot = reg.group_of_tag(&[5; 16]).unwrap();
+        reg.group_mut(slot).unwrap().release_requested = true;
+        assert_eq!(reg.claim(&[5; 16], false), Err(ClaimError::NoMatch));
+        let g = reg.remove_group(slot).unwrap();
+        assert_eq!(g.extents.len(), 2);
+        assert!(!reg.holds_extent(1) && !reg.holds_tag(&[5; 16]) && !reg.overlaps(EXTENT_ALIGN, 1));
+        assert_eq!(reg.group_of(3), Some(Slot::Unclaimed(0)));
+        assert_eq!(reg.remove_group(Slot::Device(0)), None);
+        assert_eq!(reg.clear().len(), 1);
     }
 }

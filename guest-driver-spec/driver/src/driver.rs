@@ -6,7 +6,7 @@
 //! application calls [`TagMemDriver::poll`]. A host-side test can therefore run device and driver
 //! in one thread: the transport's `notify` runs the device.
 
-use crate::dax::{format_uuid, DaxDevice, DaxRegistry, Extent, PoisonRange};
+use crate::dax::{format_uuid, ClaimError, ClaimMode, DaxDevice, DaxRegistry, Extent, PoisonRange, Slot};
 use crate::offer::{enforce, screen, AcceptAll, OfferPolicy, RejectReason, Window};
 use crate::transport::{status, DmaAllocator, DmaMemory, Transport};
 use crate::virtqueue::{Buf, QueueError, QueueLayout, VirtQueue};
@@ -92,6 +92,8 @@ pub enum DriverError {
     Refused(TaggedResponse),
     /// No accepted device matches the target.
     UnknownTarget,
+    /// A claim found no unclaimed capacity with the tag (DCD's `uuid` write fails `ENOENT`).
+    NothingToClaim,
     /// An event whose used length is not the event size.
     EventLength(u32),
     /// An event that does not parse.
@@ -160,6 +162,7 @@ impl core::fmt::Display for DriverError {
                 r.resp, r.reason, r.value
             ),
             UnknownTarget => write!(f, "no such device"),
+            NothingToClaim => write!(f, "no unclaimed capacity carries this tag"),
             EventLength(n) => write!(f, "event of {n} bytes"),
             BadEvent(e) => write!(f, "bad event: {e}"),
             UnknownExtent(id) => write!(f, "unknown extent {id}"),
@@ -641,7 +644,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         self.stale = None;
         self.chains.clear();
         self.any_deferred = false;
-        for d in self.registry.clear() {
+        for d in self.registry.clear().into_iter().filter(DaxDevice::is_claimed) {
             self.push_log(DriverEvent::DeviceRemoved {
                 name: d.name,
                 uuid: d.uuid,
@@ -971,64 +974,61 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         }
     }
 
-    /// Groups freshly accepted extents into devices: one per tag, one per untagged extent, created
-    /// in the order their first extent appeared in the chain.
+    /// Hands freshly accepted extents to the region: unclaimed until claimed by tag, or (with
+    /// [`ClaimMode::OnAccept`]) one device per tag and per untagged extent at once.
     fn create_devices(&mut self, accepted: Vec<Extent>) {
-        let mut groups: Vec<([u8; 16], Vec<Extent>)> = Vec::new();
-        for e in accepted {
-            match groups.iter_mut().find(|(t, _)| e.is_tagged() && *t == e.tag) {
-                Some((_, v)) => v.push(e),
-                None => groups.push((e.tag, vec![e])),
-            }
-        }
-        for (uuid, extents) in groups {
-            let busy = self.busy_tags.contains(&uuid);
-            let i = self.registry.create(uuid, extents, busy);
-            let name = self.registry.devices()[i].name.clone();
+        for i in self.registry.add_accepted(accepted, &self.busy_tags) {
+            let d = &self.registry.devices()[i];
+            let (name, uuid) = (d.name.clone(), d.uuid);
             self.push_log(DriverEvent::DeviceCreated { name, uuid });
         }
     }
 
-    /// The accepted device an event's record names, if the record's tag matches it.
-    fn device_for_record(&mut self, r: &ExtentRecord) -> Option<usize> {
+    /// The accepted group (claimed or not) an event's record names, if the record's tag matches.
+    fn device_for_record(&mut self, r: &ExtentRecord) -> Option<Slot> {
         let id = r.extent_id.get();
-        let Some(i) = self.registry.device_of(id) else {
+        let Some(slot) = self.registry.group_of(id) else {
             self.push_log(DriverEvent::Protocol(DriverError::UnknownExtent(id)));
             return None;
         };
-        if self.registry.devices()[i].uuid != r.tag {
+        if self.registry.group(slot).map(|g| g.uuid) != Some(r.tag) {
             self.push_log(DriverEvent::Protocol(DriverError::TagMismatch(id)));
             return None;
         }
-        Some(i)
+        Some(slot)
     }
 
-    /// The device and the extent a METADATA or POISON record names (checked as in
+    /// The group and the extent a METADATA or POISON record names (checked as in
     /// [`Self::device_for_record`]).
     fn extent_for_record(&mut self, r: &ExtentRecord) -> Option<(&mut DaxDevice, usize)> {
-        let i = self.device_for_record(r)?;
+        let slot = self.device_for_record(r)?;
         let id = r.extent_id.get();
-        let dev = self.registry.get_mut(i)?;
+        let dev = self.registry.group_mut(slot)?;
         let e = dev.extents.iter().position(|e| e.id == id)?;
         Some((dev, e))
     }
 
     fn on_release_request(&mut self, r: &ExtentRecord) {
-        let Some(i) = self.device_for_record(r) else {
+        let Some(slot) = self.device_for_record(r) else {
             return;
         };
         let extent_id = r.extent_id.get();
-        let Some(dev) = self.registry.get_mut(i) else {
+        let Some(dev) = self.registry.group_mut(slot) else {
             return;
         };
         dev.release_requested = true;
-        let (name, uuid, busy) = (dev.name.clone(), dev.uuid, dev.busy);
+        // Unclaimed capacity is never busy: nothing can use it, so it goes back at once.
+        let (name, uuid, busy) = (dev.label(), dev.uuid, dev.busy);
         self.push_log(DriverEvent::ReleaseRequested {
             name: name.clone(),
             extent_id,
         });
+        let Slot::Device(i) = slot else {
+            let _ = self.release_slot(slot);
+            return;
+        };
         if !busy {
-            let _ = self.release_index(i);
+            let _ = self.release_slot(slot);
             return;
         }
         match self.tagged_request(TaggedReq::new(TAGMEM_REQ_RELEASE_BUSY, extent_id, uuid, 0), &[]) {
@@ -1062,7 +1062,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         ext.node = fresh.node;
         ext.source = fresh.source;
         dev.refresh();
-        let name = dev.name.clone();
+        let name = dev.label();
         self.push_log(DriverEvent::MetadataUpdated { name, extent_id: id });
     }
 
@@ -1081,7 +1081,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             return;
         }
         ext.poison.push(PoisonRange { offset, length });
-        let name = dev.name.clone();
+        let name = dev.label();
         self.push_log(DriverEvent::Poisoned {
             name,
             extent_id: id,
@@ -1111,7 +1111,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             if let Some(d) = self.registry.get_mut(i) {
                 d.deferred = false;
             }
-            let _ = self.release_index(i);
+            let _ = self.release_slot(Slot::Device(i));
         }
         self.any_deferred = self.registry.devices().iter().any(|d| d.deferred);
     }
@@ -1132,25 +1132,29 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
 
     // ---- release and lookup -------------------------------------------------------------------
 
-    fn resolve(&self, target: Target) -> Option<usize> {
+    fn resolve(&self, target: Target) -> Option<Slot> {
         match target {
-            Target::Tag(t) => self.registry.position_of_tag(&t),
-            Target::Extent(id) => self.registry.device_of(id),
+            Target::Tag(t) => self.registry.group_of_tag(&t),
+            Target::Extent(id) => self.registry.group_of(id),
         }
     }
 
-    /// Releases the device `target` names (a whole tag group, or one untagged extent).
+    /// Releases the capacity `target` names (a whole tag group, or one untagged extent), claimed
+    /// or not.
     ///
     /// Returns the number of extents the device released. After `Ok` the guest must not touch
-    /// the memory any more (it is gone from [`TagMemDriver::devices`]).
+    /// the memory any more (it is gone from [`TagMemDriver::devices`] and
+    /// [`TagMemDriver::unclaimed`]).
     pub fn release(&mut self, target: impl Into<Target>) -> Result<u32, DriverError> {
-        let i = self.resolve(target.into()).ok_or(DriverError::UnknownTarget)?;
-        self.release_index(i)
+        let slot = self.resolve(target.into()).ok_or(DriverError::UnknownTarget)?;
+        self.release_slot(slot)
     }
 
-    fn release_index(&mut self, i: usize) -> Result<u32, DriverError> {
-        let dev = &self.registry.devices()[i];
-        let (name, uuid) = (dev.name.clone(), dev.uuid);
+    fn release_slot(&mut self, slot: Slot) -> Result<u32, DriverError> {
+        let Some(dev) = self.registry.group(slot) else {
+            return Err(DriverError::UnknownTarget);
+        };
+        let (name, uuid) = (dev.label(), dev.uuid);
         let lead = dev.lead_extent_id().unwrap_or(0);
         let n = u32::try_from(dev.extents.len()).unwrap_or(u32::MAX);
         match self.tagged_request(TaggedReq::new(TAGMEM_REQ_RELEASE, lead, uuid, 0), &[]) {
@@ -1161,12 +1165,16 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
                         got: r.value,
                     }));
                 }
-                let dev = self.registry.remove(i);
+                let extent_ids = self
+                    .registry
+                    .remove_group(slot)
+                    .map(|d| d.extents.iter().map(|e| e.id).collect())
+                    .unwrap_or_default();
                 self.busy_tags.remove(&uuid);
                 self.push_log(DriverEvent::Released {
                     name,
                     uuid,
-                    extent_ids: dev.extents.iter().map(|e| e.id).collect(),
+                    extent_ids,
                 });
                 Ok(r.value)
             }
@@ -1188,7 +1196,11 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     /// `target` names nothing (the nil tag, or an extent that is not accepted).
     pub fn set_busy(&mut self, target: impl Into<Target>, busy: bool) -> bool {
         let target = target.into();
-        let i = self.resolve(target);
+        // Only a claimed device can be in use; a tag still unclaimed is marked for its claim.
+        let i = match self.resolve(target) {
+            Some(Slot::Device(i)) => Some(i),
+            _ => None,
+        };
         let tag = match (target, i) {
             (Target::Tag(t), _) if !is_null_tag(&t) => t,
             (Target::Extent(_), Some(i)) => self.registry.devices()[i].uuid,
@@ -1207,19 +1219,62 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         true
     }
 
-    /// Every accepted extent.
+    /// Every accepted extent, claimed or not.
     pub fn accepted(&self) -> impl Iterator<Item = &Extent> + '_ {
         self.registry.extents()
     }
 
-    /// Every dax device, in creation order.
+    /// Every dax device (claimed capacity), in claim order.
     pub fn devices(&self) -> &[DaxDevice] {
         self.registry.devices()
+    }
+
+    /// Accepted capacity no device has claimed yet, one group per tag and per untagged extent,
+    /// in acceptance order (SPEC.md T.8: what the region lists).
+    pub fn unclaimed(&self) -> &[DaxDevice] {
+        self.registry.unclaimed()
+    }
+
+    /// The region's seed, the size-0 device the next claim fills (`dax0.N`).
+    pub fn seed(&self) -> String {
+        self.registry.seed()
+    }
+
+    /// How accepted capacity becomes devices ([`ClaimMode::OnRequest`] unless set).
+    pub fn claim_mode(&self) -> ClaimMode {
+        self.registry.mode()
+    }
+
+    /// Sets how capacity accepted from now on becomes devices: claimed by tag on request (the
+    /// default, as CXL DCD) or a device per group as soon as it is accepted.
+    pub fn set_claim_mode(&mut self, mode: ClaimMode) {
+        self.registry.set_mode(mode);
+    }
+
+    /// Claims capacity into the seed, as writing `tag` to a DCD seed's `uuid` does
+    /// (`daxctl create-device -r region0 --uuid <tag>`): every unclaimed extent carrying a
+    /// non-nil `tag`, in sequence order, or for the nil tag one untagged extent. The device is
+    /// busy if the tag was marked busy before. Fails with [`DriverError::NothingToClaim`] if no
+    /// unclaimed capacity matches (capacity the host asked back included); the seed then stays.
+    pub fn claim(&mut self, tag: &[u8; 16]) -> Result<&DaxDevice, DriverError> {
+        let busy = self.busy_tags.contains(tag);
+        let i = self.registry.claim(tag, busy).map_err(|e| match e {
+            ClaimError::NoMatch => DriverError::NothingToClaim,
+        })?;
+        let d = &self.registry.devices()[i];
+        let (name, uuid) = (d.name.clone(), d.uuid);
+        self.push_log(DriverEvent::DeviceCreated { name, uuid });
+        Ok(&self.registry.devices()[i])
     }
 
     /// The device carrying `tag`; the nil tag matches nothing.
     pub fn lookup(&self, tag: &[u8; 16]) -> Option<&DaxDevice> {
         self.registry.lookup(tag)
+    }
+
+    /// The unclaimed group carrying `tag`; the nil tag matches nothing.
+    pub fn lookup_unclaimed(&self, tag: &[u8; 16]) -> Option<&DaxDevice> {
+        self.registry.lookup_unclaimed(tag)
     }
 
     /// The device named `name` (e.g. `dax0.1`).
@@ -1477,6 +1532,10 @@ mod tests {
         let mem = Rc::new(VecMemory::new(MEM_BASE, MEM_LEN));
         let dev = FakeDevice::new(mem.clone(), features);
         let mut d = TagMemDriver::new(dev, mem, MEM_BASE, 64 * 1024);
+        assert_eq!(d.claim_mode(), ClaimMode::OnRequest, "DCD semantics by default");
+        // These tests are about the protocol: every accepted group becomes a device at once.
+        // Claiming by tag (the default) is tested in `dax` and with the real device.
+        d.set_claim_mode(ClaimMode::OnAccept);
         d.set_spin_limit(50);
         d
     }
@@ -1622,7 +1681,7 @@ mod tests {
         d.init().unwrap();
         offer(&mut d, 1, &[rec(1, 0, 0, 0, 0)]);
         d.poll().unwrap();
-        assert_eq!(d.devices().len(), 1);
+        assert_eq!(d.accepted().count(), 1);
     }
 
     #[test]

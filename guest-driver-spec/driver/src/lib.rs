@@ -9,7 +9,9 @@
 //! - [`transport`]: the two environment traits, a test memory and the DMA bump allocator.
 //! - [`virtqueue`]: the driver side of a split virtqueue.
 //! - [`offer`]: screening offered extents, the [`OfferPolicy`] and sharable-group enforcement.
-//! - [`dax`]: accepted capacity as "dax devices", looked up by tag.
+//! - [`dax`]: accepted capacity as a dax region: unclaimed until claimed by tag into "dax
+//!   devices", looked up by tag.
+//! - [`extent`]: one extent decoded from its wire record.
 //! - [`driver`]: [`TagMemDriver`], tying it together.
 #![no_std]
 #![deny(missing_docs)]
@@ -19,11 +21,14 @@ extern crate alloc;
 
 pub mod dax;
 pub mod driver;
+pub mod extent;
 pub mod offer;
 pub mod transport;
 pub mod virtqueue;
 
-pub use dax::{format_uuid, DaxDevice, DaxRegistry, Extent, Perf, PoisonRange};
+pub use dax::{
+    format_uuid, ClaimError, ClaimMode, DaxDevice, DaxRegistry, Extent, Perf, PoisonRange, Slot, REGION,
+};
 pub use driver::{
     BlockState, DriverError, DriverEvent, MemResponse, StateResponse, TagMemDriver, TaggedResponse, Target,
 };

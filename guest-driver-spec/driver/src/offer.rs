@@ -96,7 +96,8 @@ pub struct Screened {
     pub rejected: Vec<(u64, RejectReason)>,
 }
 
-/// Checks every record of a closed chain against the window and the already accepted devices.
+/// Checks every record of a closed chain against the window and the capacity already accepted
+/// (claimed into devices or not).
 pub fn screen(records: &[ExtentRecord], window: Window, accepted: &DaxRegistry) -> Screened {
     let exts: Vec<Extent> = records.iter().map(Extent::from_record).collect();
     let mut why: Vec<Option<RejectReason>> = exts.iter().map(|e| check_one(e, window, accepted)).collect();
@@ -194,10 +195,10 @@ fn check_one(e: &Extent, window: Window, accepted: &DaxRegistry) -> Option<Rejec
     if e.is_sharable() && is_null_tag(&e.tag) {
         return Some(RejectReason::SharableUntagged);
     }
-    if accepted.device_of(e.id).is_some() {
+    if accepted.holds_extent(e.id) {
         return Some(RejectReason::DuplicateId);
     }
-    if accepted.position_of_tag(&e.tag).is_some() {
+    if accepted.holds_tag(&e.tag) {
         return Some(RejectReason::DuplicateTag);
     }
     if accepted.overlaps(e.gpa, e.len) {

@@ -20,7 +20,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr;
 use protocol::*;
-use tagmem_driver::{format_uuid, AcceptAll, Extent, MemResponse, RejectAll, TagMemDriver, Target};
+use tagmem_driver::{
+    format_uuid, AcceptAll, ClaimMode, DaxDevice, Extent, MemResponse, RejectAll, TagMemDriver, Target, REGION,
+};
 use virtio::{DmaWindow, MmioTransport};
 
 core::arch::global_asm!(
@@ -301,11 +303,12 @@ impl Guest {
             println!("FAULT no driver");
             return;
         };
-        for d in drv.devices() {
+        let line = |kind: &str, who: &str, d: &DaxDevice| {
             println!(
-                "DEV name={} uuid={} size={:#x} node={} flags={:#x} rl={} wl={} rb={} wb={} class={} busy={} \
+                "{} {} uuid={} size={:#x} node={} flags={:#x} rl={} wl={} rb={} wb={} class={} busy={} \
                  extents={} poison={}",
-                d.name,
+                kind,
+                who,
                 format_uuid(&d.uuid),
                 d.size,
                 d.node,
@@ -319,8 +322,43 @@ impl Guest {
                 Triples(d.extents.iter().map(|e| (e.id, e.gpa, e.len))),
                 Triples(d.extents.iter().flat_map(|e| e.poison.iter().map(move |p| (e.id, p.offset, p.length)))),
             );
+        };
+        for d in drv.devices() {
+            line("DEV", &alloc::format!("name={}", d.name), d);
         }
-        println!("VIEW devices={} pending={}", drv.devices().len(), drv.pending_chains());
+        for d in drv.unclaimed() {
+            line("FREE", &alloc::format!("region={}", REGION), d);
+        }
+        println!(
+            "VIEW devices={} pending={} unclaimed={} seed={}",
+            drv.devices().len(),
+            drv.pending_chains(),
+            drv.unclaimed().len(),
+            drv.seed()
+        );
+    }
+
+    /// Claims capacity by tag into the seed, as `daxctl create-device --uuid` does.
+    fn claim(&mut self, args: &[u64]) {
+        let Some(drv) = self.drv.as_mut() else {
+            println!("FAULT no driver");
+            return;
+        };
+        let tag = tag_from(args.first().copied().unwrap_or(0), args.get(1).copied().unwrap_or(0));
+        let r = drv.claim(&tag).map(|d| {
+            alloc::format!(
+                "CLAIMED name={} uuid={} size={:#x} extents={}",
+                d.name,
+                format_uuid(&d.uuid),
+                d.size,
+                d.extents.len()
+            )
+        });
+        self.flush_log();
+        match r {
+            Ok(line) => println!("{}", line),
+            Err(e) => println!("CLAIM error={}", e),
+        }
     }
 
     fn release(&mut self, args: &[u64]) {
@@ -352,12 +390,13 @@ impl Guest {
             return;
         };
         let mut count = 0u64;
-        for d in drv.devices() {
+        for d in drv.devices().iter().chain(drv.unclaimed()) {
+            let dev = if d.is_claimed() { d.name.as_str() } else { "-" };
             for e in &d.extents {
                 println!(
                     "EXT dev={} uuid={} busy={} rr={} id={} gpa={:#x} len={:#x} flags={:#x} seq={} node={} \
                      class={} rl={} wl={} rb={} wb={} poison={}",
-                    d.name,
+                    dev,
                     format_uuid(&d.uuid),
                     u8::from(d.busy),
                     u8::from(d.release_requested),
@@ -468,6 +507,15 @@ impl Guest {
                 println!("VERBOSE on={}", u8::from(self.verbose));
             }
             CMD_EXTENTS => self.extents(),
+            CMD_CLAIM => self.claim(args),
+            CMD_CLAIM_MODE => match self.drv.as_mut() {
+                Some(drv) => {
+                    let auto = arg(0) != 0;
+                    drv.set_claim_mode(if auto { ClaimMode::OnAccept } else { ClaimMode::OnRequest });
+                    println!("CLAIMMODE auto={}", u8::from(auto));
+                }
+                None => println!("FAULT no driver"),
+            },
             CMD_READ_LOOP | CMD_WRITE_LOOP if arg(0) % 8 != 0 => {
                 println!("FAULT unaligned gpa={:#x}", arg(0));
             }

@@ -55,7 +55,9 @@ pub const CMD_POLL: u64 = 6;
 /// Command: poll the driver on every loop iteration (`arg0` = 1) or only on `CMD_POLL` (0);
 /// prints `AUTOPOLL on=..`.
 pub const CMD_AUTOPOLL: u64 = 7;
-/// Command: print one `DEV ...` line per dax device, then `VIEW devices=.. pending=..`.
+/// Command: print one `DEV ...` line per dax device, one `FREE ...` line per group of accepted
+/// capacity the region holds unclaimed (the same fields without `name` and `busy`), then
+/// `VIEW devices=.. pending=.. unclaimed=.. seed=..`.
 pub const CMD_VIEW: u64 = 8;
 /// Command: release the device a target names (`arg0` a `TARGET_*` value, then the extent id or
 /// the tag's two halves); prints `RELEASED count=..` or `RELEASE error=..`.
@@ -67,10 +69,19 @@ pub const CMD_BUSY: u64 = 10;
 /// only count them (0); prints `VERBOSE on=..`.
 pub const CMD_VERBOSE: u64 = 11;
 /// Command: print one `EXT ...` line per accepted extent, in device order and within a device in
-/// `seq` order: its device's name, tag, busy and release-requested state, and the extent's id,
-/// address, length, flags, `seq`, node, source class, performance and poison (the record fields
-/// SPEC.md T-NEST-1 copies); then `EXTENTS count=..`.
+/// `seq` order, then the unclaimed groups' extents (`dev=-`) in the same way: its device's name,
+/// tag, busy and release-requested state, and the extent's id, address, length, flags, `seq`,
+/// node, source class, performance and poison (the record fields SPEC.md T-NEST-1 copies); then
+/// `EXTENTS count=..`.
 pub const CMD_EXTENTS: u64 = 12;
+/// Command: claim accepted capacity into the region's seed, as `daxctl create-device -r region0
+/// --uuid <tag>` does (SPEC.md T.8): `arg0`/`arg1` are the tag's two halves (both 0: the nil tag,
+/// one untagged extent); prints `CLAIMED name=.. uuid=.. size=.. extents=..` or
+/// `CLAIM error=..`.
+pub const CMD_CLAIM: u64 = 13;
+/// Command: make every accepted group a device at once (`arg0` = 1) or leave accepted capacity
+/// unclaimed until claimed (0, the default); prints `CLAIMMODE auto=..`.
+pub const CMD_CLAIM_MODE: u64 = 14;
 /// Command (benchmarks): read `arg1` bytes at GPA `arg0` (8-byte aligned) `arg2` times with aligned
 /// 8-byte volatile loads; prints `READLOOP gpa=.. len=.. reps=.. acc=..` (`acc` the wrapping sum
 /// of the words loaded).
