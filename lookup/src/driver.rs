@@ -25,7 +25,7 @@ pub struct DriverExtent {
     pub start: u64,
     /// Length, bytes.
     pub length: u64,
-    /// `EXTENT_F_*` wire flags.
+    /// `VIRTIO_MEM_EXTENT_F_*` wire flags.
     pub flags: u32,
     /// Sequence number within its tag group.
     pub seq: u16,

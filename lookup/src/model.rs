@@ -105,7 +105,7 @@ impl fmt::Display for SourceClass {
     }
 }
 
-/// Capacity flags of SPEC.md (`EXTENT_F_SHARABLE`, `EXTENT_F_READONLY`).
+/// Capacity flags of SPEC.md (`VIRTIO_MEM_EXTENT_F_SHARABLE`, `VIRTIO_MEM_EXTENT_F_READONLY`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flags {
     /// The capacity may be shared with other hosts or guests.

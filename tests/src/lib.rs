@@ -70,6 +70,14 @@ impl Transport for InProcess {
             self.status = 0;
             return;
         }
+        if s & status::FEATURES_OK != 0
+            && self.status & status::FEATURES_OK == 0
+            && !self.dev.borrow().features_ok()
+        {
+            // The device refuses the feature set (as virtio-mmio does): FEATURES_OK does not stick.
+            self.status = s & !status::FEATURES_OK;
+            return;
+        }
         if s & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0 {
             let mut qs = Vec::new();
             for (i, r) in self.queues.iter().enumerate() {
@@ -88,9 +96,6 @@ impl Transport for InProcess {
                 self.status = s | status::DEVICE_NEEDS_RESET;
                 return;
             }
-        }
-        if s & status::FEATURES_OK != 0 {
-            // Feature negotiation already filtered to offered bits; FEATURES_OK sticks.
         }
         self.status = s;
     }

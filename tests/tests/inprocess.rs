@@ -2,12 +2,13 @@
 //! request, the whole tagged life cycle, and snapshot/restore mid-way. Requirement ids refer to
 //! guest-driver-spec/SPEC.md.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use tagmem_device::test_utils::{FakeMapper, ManualClock};
 use tagmem_device::*;
 use tagmem_driver::{AcceptAll, BlockState, DriverEvent, MemResponse};
 use tagmem_tests::Pair;
-use tagmem_wire::EXTENT_ALIGN as MB2;
+use tagmem_wire::VIRTIO_MEM_EXTENT_ALIGN as MB2;
 use uuid::Uuid;
 
 const BASE: u64 = 1 << 30;
@@ -46,6 +47,13 @@ fn ready() -> Pair {
     let mut p = Pair::new(Pair::config());
     p.drv.init().expect("driver init");
     assert!(p.drv.tagged(), "the tagged feature is negotiated");
+    // The driver resets the device first thing in init: the host hears of it.
+    assert_eq!(
+        p.dev.borrow_mut().take_host_events(),
+        [HostEvent::DeviceReset {
+            pending_chains: vec![]
+        }]
+    );
     p
 }
 
@@ -435,14 +443,97 @@ fn readonly_extent_reaches_the_driver_flagged() {
     assert!(p.mapper.lock().unwrap().lookup(WIN).unwrap().readonly);
 }
 
+/// What the guest reads at `gpa`: the bytes of the host backing the device mapped there
+/// (`backing` holds each backing's bytes by id), or `None` if nothing is mapped.
+fn guest_reads(p: &Pair, backing: &HashMap<u64, Vec<u8>>, gpa: u64, len: usize) -> Option<Vec<u8>> {
+    let m = p.mapper.lock().unwrap().lookup(gpa)?;
+    let off = usize::try_from(m.source.offset + (gpa - m.gpa)).unwrap();
+    Some(backing[&m.source.id.0][off..off + len].to_vec())
+}
+
+/// A device as the guest sees it: uuid, extents as (id, gpa, length), and the bytes it reads at
+/// both ends of each extent.
+type Seen = (String, [u8; 16], Vec<(u64, u64, u64)>, Vec<u8>);
+
+/// Acceptance (issue 10), in process: after a reset the reference driver re-learns every accepted
+/// extent through LIST, and the guest reads the same bytes there as before; pending chains are
+/// offered again and plugged base blocks stay.
 #[test]
-fn device_reset_drops_everything() {
+fn driver_relearns_accepted_extents_after_reset() {
     let mut p = ready();
-    p.dev.borrow_mut().offer(&[spec(1, 0, MB2)]).unwrap();
+    // Backing 3's bytes: a pattern the guest can recognise per 2 MiB slot.
+    let bytes: Vec<u8> = (0..16 * MB2)
+        .map(|i| u8::try_from((i / 4096 + i) % 251).unwrap())
+        .collect();
+    let backing: HashMap<u64, Vec<u8>> = [(3, bytes)].into_iter().collect();
+    assert_eq!(p.drv.plug(BASE, 2).unwrap(), MemResponse::Ack);
+    p.dev
+        .borrow_mut()
+        .offer(&[
+            spec(0xab, 0, MB2),
+            spec(0xab, MB2, 2 * MB2),
+            spec(0, 4 * MB2, MB2),
+        ])
+        .unwrap();
+    p.dev
+        .borrow_mut()
+        .offer(&[sharable(7, 6 * MB2, 1), sharable(7, 5 * MB2, 0)])
+        .unwrap();
     p.drv.poll().unwrap();
+    let seen = |p: &Pair| -> Vec<Seen> {
+        p.drv
+            .devices()
+            .iter()
+            .map(|d| {
+                let ext = d.extents.iter().map(|e| (e.id, e.gpa, e.len)).collect();
+                let mut data = Vec::new();
+                for e in &d.extents {
+                    data.extend(guest_reads(p, &backing, e.gpa, 64).expect("mapped"));
+                    data.extend(guest_reads(p, &backing, e.gpa + e.len - 64, 64).expect("mapped"));
+                }
+                (d.uuid_string(), d.uuid, ext, data)
+            })
+            .collect()
+    };
+    let before = seen(&p);
+    assert_eq!(
+        before.len(),
+        3,
+        "a tag group, an untagged extent, a sharable group"
+    );
+    let mut sorted_before = before.clone();
+    sorted_before.sort();
+    let mapped_before = mapped(&p);
+
+    // An unanswered chain at the time of the reset.
+    p.drv.set_policy(tagmem_driver::RejectAll);
+    p.dev.borrow_mut().offer(&[spec(0xcd, 8 * MB2, MB2)]).unwrap();
     p.drv.reset();
-    assert_eq!(mapped(&p), 0);
-    assert!(p.dev.borrow().extents().is_empty());
+    assert!(p.drv.devices().is_empty(), "the driver forgot its devices");
+    assert_eq!(mapped(&p), mapped_before, "the device unmapped nothing");
+    assert_eq!(p.dev.borrow().plugged_size(), 2 * MB2);
+
+    p.drv.set_policy(AcceptAll);
+    p.drv.init().unwrap();
+    let log = p.drv.drain_log();
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, DriverEvent::Relearned { extents } if extents.len() == 5)),
+        "{log:?}"
+    );
+    let mut after = seen(&p);
+    after.sort();
+    assert_eq!(after, sorted_before, "same devices, extents and bytes");
+    let d = p.drv.lookup(Uuid::from_u128(7).as_bytes()).unwrap();
+    assert_eq!(d.extents.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(p.drv.state(BASE, 2).unwrap().state, Some(BlockState::Plugged));
+
+    // The pending chain is offered again and now accepted.
+    p.drv.poll().unwrap();
+    assert!(p.drv.lookup(Uuid::from_u128(0xcd).as_bytes()).is_some());
+    // Re-learned capacity is released as any other.
+    assert_eq!(p.drv.release(*Uuid::from_u128(0xab).as_bytes()).unwrap(), 2);
+    assert!(guest_reads(&p, &backing, before[0].2[0].1, 1).is_none());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tagmem_device::test_utils::{Harness, NullMapper};
 use tagmem_device::*;
-use tagmem_wire::EXTENT_ALIGN;
+use tagmem_wire::VIRTIO_MEM_EXTENT_ALIGN;
 use uuid::Uuid;
 
 /// Counts live heap bytes.
@@ -46,12 +46,12 @@ fn fill(h: &mut Harness, src: u64, n: u64, tagged: bool, spaced: bool) {
                 } else {
                     Uuid::nil()
                 },
-                length: EXTENT_ALIGN,
+                length: VIRTIO_MEM_EXTENT_ALIGN,
                 source: SourceRef {
                     id: SourceId(src),
-                    offset: i * EXTENT_ALIGN,
+                    offset: i * VIRTIO_MEM_EXTENT_ALIGN,
                 },
-                gpa: spaced.then(|| (8 << 30) + i * 2 * EXTENT_ALIGN),
+                gpa: spaced.then(|| (8 << 30) + i * 2 * VIRTIO_MEM_EXTENT_ALIGN),
                 flags: ExtentFlags::default(),
                 perf: Perf {
                     read_latency_ns: 250,

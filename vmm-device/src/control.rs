@@ -16,17 +16,24 @@ pub struct ExtentFlags {
 }
 
 impl ExtentFlags {
-    /// The `EXTENT_F_*` wire bits.
+    /// The `VIRTIO_MEM_EXTENT_F_*` wire bits.
     pub fn bits(self) -> u32 {
-        (if self.sharable { wire::EXTENT_F_SHARABLE } else { 0 })
-            | (if self.readonly { wire::EXTENT_F_READONLY } else { 0 })
+        (if self.sharable {
+            wire::VIRTIO_MEM_EXTENT_F_SHARABLE
+        } else {
+            0
+        }) | (if self.readonly {
+            wire::VIRTIO_MEM_EXTENT_F_READONLY
+        } else {
+            0
+        })
     }
 
     /// Decodes wire bits, ignoring unknown ones.
     pub fn from_bits(bits: u32) -> Self {
         ExtentFlags {
-            sharable: bits & wire::EXTENT_F_SHARABLE != 0,
-            readonly: bits & wire::EXTENT_F_READONLY != 0,
+            sharable: bits & wire::VIRTIO_MEM_EXTENT_F_SHARABLE != 0,
+            readonly: bits & wire::VIRTIO_MEM_EXTENT_F_READONLY != 0,
         }
     }
 }
@@ -66,21 +73,21 @@ impl SourceClass {
     /// The wire value.
     pub fn to_wire(self) -> u8 {
         match self {
-            SourceClass::Unspecified => wire::SOURCE_UNSPECIFIED,
-            SourceClass::CxlDc => wire::SOURCE_CXL_DC,
-            SourceClass::SoftReserved => wire::SOURCE_SOFT_RESERVED,
-            SourceClass::Pmem => wire::SOURCE_PMEM,
-            SourceClass::File => wire::SOURCE_FILE,
+            SourceClass::Unspecified => wire::VIRTIO_MEM_SOURCE_UNSPECIFIED,
+            SourceClass::CxlDc => wire::VIRTIO_MEM_SOURCE_CXL_DC,
+            SourceClass::SoftReserved => wire::VIRTIO_MEM_SOURCE_SOFT_RESERVED,
+            SourceClass::Pmem => wire::VIRTIO_MEM_SOURCE_PMEM,
+            SourceClass::File => wire::VIRTIO_MEM_SOURCE_FILE,
         }
     }
 
     /// Decodes a wire value; unknown values read as `Unspecified`.
     pub fn from_wire(v: u8) -> Self {
         match v {
-            wire::SOURCE_CXL_DC => SourceClass::CxlDc,
-            wire::SOURCE_SOFT_RESERVED => SourceClass::SoftReserved,
-            wire::SOURCE_PMEM => SourceClass::Pmem,
-            wire::SOURCE_FILE => SourceClass::File,
+            wire::VIRTIO_MEM_SOURCE_CXL_DC => SourceClass::CxlDc,
+            wire::VIRTIO_MEM_SOURCE_SOFT_RESERVED => SourceClass::SoftReserved,
+            wire::VIRTIO_MEM_SOURCE_PMEM => SourceClass::Pmem,
+            wire::VIRTIO_MEM_SOURCE_FILE => SourceClass::File,
             _ => SourceClass::Unspecified,
         }
     }
@@ -103,7 +110,7 @@ pub struct ExtentSpec {
     pub perf: Perf,
     /// NUMA node / proximity domain.
     pub node: u16,
-    /// Sequence number within a sharable tag group (0..n-1).
+    /// Sequence number within a sharable tag group (0..n-1); ignored (zero) for other extents.
     pub seq: u16,
     /// Class of the host capacity.
     pub class: SourceClass,
@@ -222,6 +229,13 @@ pub enum HostEvent {
     ReleaseDeferred {
         /// Extent ids of the group.
         extents: Vec<u64>,
+    },
+    /// The driver reset the device. Nothing was unmapped: plugged blocks and accepted extents
+    /// stay, and so do pending chains, which are offered again when the driver next activates
+    /// the device with tagged extents (unless they time out first).
+    DeviceReset {
+        /// Chains pending at the reset.
+        pending_chains: Vec<u64>,
     },
 }
 

@@ -2,18 +2,19 @@
 //! extent state machine and the host control API.
 
 use crate::blocks::Blocks;
+use crate::clock::Clock;
 use crate::control::*;
 use crate::error::DeviceError;
-use crate::mapper::{Clock, Mapping, MemoryMapper, Notifier, SourceRef};
+use crate::mapper::{Mapping, MemoryMapper, Notifier, SourceRef};
 use crate::metrics::DeviceMetrics;
-use crate::request::{parse_chain, write_response, ParsedChain};
+use crate::request::{indirect_tables_fit, parse_chain, write_response, ChainError, ParsedChain};
 use crate::state::{mapping_of, ExtentTable};
 use crate::virtio::VirtioDevice;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tagmem_wire::{self as wire, reason, EventMsg, IntoBytes, Le16, Le32, Le64, Request, TaggedConfig};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemory};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
 
 /// The guest-physical window tagged extents are placed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +36,9 @@ pub struct DeviceConfig {
     pub node_id: Option<u16>,
     /// Start of the base (block-plugged) region, block aligned.
     pub region_addr: u64,
-    /// Size of the base region, a multiple of the block size (zero: tagged capacity only).
+    /// Size of the base region: at least one block, a multiple of the block size. A device that
+    /// only carries tagged capacity still has one ([`MINIMAL_BASE_REGION_SIZE`], requested size 0:
+    /// nothing is plugged), because Linux's virtio_mem fails its probe on an empty region.
     pub region_size: u64,
     /// Host backing of the base region; block `i` lives at `offset + i * block_size`.
     pub region_source: Option<SourceRef>,
@@ -54,19 +57,24 @@ pub struct DeviceConfig {
 impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
-            block_size: wire::EXTENT_ALIGN,
+            block_size: wire::VIRTIO_MEM_EXTENT_ALIGN,
             node_id: None,
             region_addr: 0,
             region_size: 0,
             region_source: None,
             requested_size: 0,
             tagged: None,
-            max_pending: wire::DEFAULT_MAX_PENDING,
-            offer_timeout_ms: wire::DEFAULT_OFFER_TIMEOUT_MS,
+            max_pending: wire::VIRTIO_MEM_DEFAULT_MAX_PENDING,
+            offer_timeout_ms: wire::VIRTIO_MEM_DEFAULT_OFFER_TIMEOUT_MS,
             queue_size: 256,
         }
     }
 }
+
+/// Size of the base region a VMM gives a device that only carries tagged capacity: one Linux
+/// memory block on x86-64 (128 MiB), block aligned, backed by a sparse file and never plugged
+/// (requested size 0).
+pub const MINIMAL_BASE_REGION_SIZE: u64 = 128 << 20;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DeviceError {
     DeviceError::InvalidConfig {
@@ -91,6 +99,14 @@ impl DeviceConfig {
                 format!("{:#x} is not block aligned", self.region_addr),
             ));
         }
+        if self.region_size == 0 {
+            // Linux's virtio_mem probe fails on request_mem_region(addr, 0) (T-BASE-8).
+            return Err(invalid(
+                "region_size",
+                "must be at least one block (a device with only tagged capacity gets a small, \
+                 never plugged base region)",
+            ));
+        }
         if self.region_size % bs != 0 {
             return Err(invalid("region_size", "not a multiple of block_size"));
         }
@@ -107,20 +123,18 @@ impl DeviceConfig {
                 "must be a block multiple no larger than region_size",
             ));
         }
-        if self.region_size > 0 {
-            match self.region_source {
-                None => return Err(invalid("region_source", "a non-empty region needs a backing")),
-                Some(s) if s.offset % bs != 0 || s.offset.checked_add(self.region_size).is_none() => {
-                    return Err(invalid(
-                        "region_source",
-                        "offset must be block aligned and not overflow",
-                    ))
-                }
-                _ => {}
+        match self.region_source {
+            None => return Err(invalid("region_source", "the base region needs a backing")),
+            Some(s) if s.offset % bs != 0 || s.offset.checked_add(self.region_size).is_none() => {
+                return Err(invalid(
+                    "region_source",
+                    "offset must be block aligned and not overflow",
+                ))
             }
+            _ => {}
         }
         if let Some(w) = self.tagged {
-            let a = wire::EXTENT_ALIGN;
+            let a = wire::VIRTIO_MEM_EXTENT_ALIGN;
             if w.addr % a != 0 || w.size % a != 0 || w.size == 0 {
                 return Err(invalid(
                     "tagged",
@@ -131,7 +145,7 @@ impl DeviceConfig {
                 .addr
                 .checked_add(w.size)
                 .ok_or_else(|| invalid("tagged", "window end overflows"))?;
-            if self.region_size > 0 && w.addr < region_end && self.region_addr < end {
+            if w.addr < region_end && self.region_addr < end {
                 return Err(invalid("tagged", "window overlaps the base region"));
             }
         }
@@ -147,9 +161,11 @@ impl DeviceConfig {
         Ok(())
     }
 
-    /// Features the device offers for this configuration.
+    /// Features the device offers for this configuration. `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`
+    /// is always offered (and required, [`VirtioDevice::features_ok`]): unplugged memory is not
+    /// mapped, so the driver must not touch it (T-FEAT-2).
     pub fn features(&self) -> u64 {
-        let mut f = 1u64 << wire::VIRTIO_F_VERSION_1;
+        let mut f = 1u64 << wire::VIRTIO_F_VERSION_1 | 1 << wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE;
         if self.node_id.is_some() {
             f |= 1 << wire::VIRTIO_MEM_F_ACPI_PXM;
         }
@@ -164,7 +180,9 @@ impl DeviceConfig {
 pub struct TaggedMemDevice<M: GuestAddressSpace> {
     pub(crate) cfg: DeviceConfig,
     pub(crate) acked_features: u64,
-    queue_sizes: Vec<u16>,
+    pub(crate) queue_sizes: Vec<u16>,
+    /// The driver reset the device since its last activation with tagged extents.
+    pub(crate) replay_pending: bool,
     pub(crate) mem: Option<M>,
     pub(crate) queues: Vec<Queue>,
     pub(crate) blocks: Blocks,
@@ -223,6 +241,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             table: empty_table(&cfg),
             cfg,
             acked_features: 0,
+            replay_pending: false,
             mem: None,
             queues: Vec::new(),
             host_events: Vec::new(),
@@ -252,6 +271,12 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
     /// True when the driver negotiated tagged extents.
     pub fn tagged_negotiated(&self) -> bool {
         self.acked_features & (1 << wire::VIRTIO_MEM_F_TAGGED_EXTENTS) != 0
+    }
+
+    /// Whether the features the driver accepted are enough to run: it must accept
+    /// `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`, as QEMU's `virtio_mem_validate_features` requires.
+    pub(crate) fn features_acceptable(&self) -> bool {
+        self.acked_features & (1 << wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) != 0
     }
 
     fn bump_config(&mut self) {
@@ -359,18 +384,24 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
     fn process_guestq(&mut self) {
         let Some(mem) = self.mem.clone() else { return };
         let m = mem.memory();
-        let cap = wire::TAGGED_REQ_SIZE + 8 * self.cfg.max_pending as usize;
+        let cap = wire::VIRTIO_MEM_TAGGED_REQ_SIZE + 8 * self.cfg.max_pending as usize;
         let mut used = false;
         loop {
-            let Some(q) = self.queues.get_mut(usize::from(wire::GUESTQ)) else {
+            let Some(q) = self.queues.get_mut(usize::from(wire::VIRTIO_MEM_GUESTQ)) else {
                 return;
             };
             let Some(chain) = q.pop_descriptor_chain(&*m) else {
                 break;
             };
             let head = chain.head_index();
+            let (table, size) = (GuestAddress(q.desc_table()), q.size());
             self.metrics.requests.inc();
-            let len = match parse_chain(&*m, chain, cap) {
+            let parsed = if indirect_tables_fit(&*m, table, size, head) {
+                parse_chain(&*m, chain, cap, size)
+            } else {
+                Err(ChainError::TooLong { max: size })
+            };
+            let len = match parsed {
                 Ok(parsed) => self.handle_request(&*m, &parsed),
                 Err(_) => {
                     self.metrics.bad_chains.inc();
@@ -383,7 +414,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             used = true;
         }
         if used && self.queues[0].needs_notification(&*m).unwrap_or(true) {
-            self.notifier.signal_used_queue(wire::GUESTQ);
+            self.notifier.signal_used_queue(wire::VIRTIO_MEM_GUESTQ);
         }
     }
 
@@ -394,7 +425,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             .get(0..2)
             .is_some_and(|b| wire::is_tagged_request(u16::from_le_bytes([b[0], b[1]])));
         let room = if tagged_type {
-            wire::TAGGED_RESP_SIZE
+            wire::VIRTIO_MEM_TAGGED_RESP_SIZE
         } else {
             wire::VIRTIO_MEM_RESP_SIZE
         };
@@ -404,6 +435,9 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             return 0;
         }
         let resp: Vec<u8> = match Request::parse(&p.readable) {
+            Ok((Request::List { first_id, count }, _)) if self.tagged_negotiated() => {
+                self.list(first_id, count, p)
+            }
             Ok((req, _)) if req.is_tagged() => {
                 let (t, r, v) = self.handle_tagged(req, p);
                 if t != wire::VIRTIO_MEM_RESP_ACK {
@@ -448,9 +482,12 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         })
     }
 
-    /// Base virtio-mem request; returns (response type, state).
+    /// Base virtio-mem request; returns (response type, state). A mapper failure answers BUSY
+    /// with the state unchanged ([T-BASE-3], [T-BASE-4]): Linux retries BUSY later, while ERROR
+    /// marks the device broken for good.
     fn handle_base(&mut self, req: Request) -> (u16, u16) {
         const ACK: u16 = wire::VIRTIO_MEM_RESP_ACK;
+        const BUSY: u16 = wire::VIRTIO_MEM_RESP_BUSY;
         const ERR: u16 = wire::VIRTIO_MEM_RESP_ERROR;
         match req {
             Request::Plug { addr, nb_blocks } => {
@@ -465,7 +502,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 };
                 if self.mapper.map(&m).is_err() {
                     self.metrics.map_failures.inc();
-                    return (ERR, 0);
+                    return (BUSY, 0);
                 }
                 self.blocks.set(r, true);
                 self.bump_config();
@@ -483,17 +520,18 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 };
                 if self.mapper.unmap(&m).is_err() {
                     self.metrics.map_failures.inc();
-                    return (ERR, 0);
+                    return (BUSY, 0);
                 }
                 self.blocks.set(r, false);
                 self.bump_config();
                 (ACK, 0)
             }
+            // UNPLUG_ALL answers only ACK or BUSY: a run that could not be unmapped stays plugged.
             Request::UnplugAll => {
                 if self.unplug_all() {
                     (ACK, 0)
                 } else {
-                    (ERR, 0)
+                    (BUSY, 0)
                 }
             }
             Request::State { addr, nb_blocks } => match self.blocks.check(addr, nb_blocks) {
@@ -532,11 +570,11 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         match req {
             Request::Accept { chain_id, count } => {
                 let n = count as usize;
-                let expect = wire::TAGGED_REQ_SIZE as u64 + 8 * u64::from(count);
+                let expect = wire::VIRTIO_MEM_TAGGED_REQ_SIZE as u64 + 8 * u64::from(count);
                 if n > self.cfg.max_pending as usize || p.readable_len != expect {
                     return (ERR, reason::BAD_LENGTH, 0);
                 }
-                let ids: Vec<u64> = p.readable[wire::TAGGED_REQ_SIZE..]
+                let ids: Vec<u64> = p.readable[wire::VIRTIO_MEM_TAGGED_REQ_SIZE..]
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
                     .collect();
@@ -565,6 +603,28 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             },
             _ => (ERR, reason::WRONG_STATE, 0),
         }
+    }
+
+    /// LIST ([T-LIST-1]): the response and up to `count` records of accepted extents from
+    /// `first_id` on, or a BAD_LENGTH response.
+    fn list(&mut self, first_id: u64, count: u32, p: &ParsedChain) -> Vec<u8> {
+        let room = wire::VIRTIO_MEM_TAGGED_RESP_SIZE as u64
+            + wire::VIRTIO_MEM_EXTENT_RECORD_SIZE as u64 * u64::from(count);
+        if count == 0 || count > wire::VIRTIO_MEM_LIST_MAX || p.writable_len < room {
+            self.metrics.tagged_errors.inc();
+            return wire::TaggedResp::new(wire::VIRTIO_MEM_RESP_ERROR, reason::BAD_LENGTH, 0)
+                .as_bytes()
+                .to_vec();
+        }
+        let records = self.table.list(first_id, count as usize);
+        let n = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        let mut out = wire::TaggedResp::new(wire::VIRTIO_MEM_RESP_ACK, reason::NONE, n)
+            .as_bytes()
+            .to_vec();
+        for r in &records {
+            out.extend_from_slice(r.as_bytes());
+        }
+        out
     }
 
     fn accept(&mut self, chain_id: u64, ids: &[u64]) -> (u16, u16, u32) {
@@ -638,15 +698,19 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         let mut used = false;
         while let Some(ev) = self.table.peek_event() {
             let msg = EventMsg::from(ev);
-            let Some(q) = self.queues.get_mut(usize::from(wire::EVENTQ)) else {
+            let Some(q) = self.queues.get_mut(usize::from(wire::VIRTIO_MEM_EVENTQ)) else {
                 return;
             };
             let Some(chain) = q.pop_descriptor_chain(&*m) else {
                 break;
             };
             let head = chain.head_index();
-            let len = match parse_chain(&*m, chain, 0) {
-                Ok(p) if p.readable_len == 0 => write_response(&*m, &p, msg.as_bytes()).unwrap_or(0),
+            let fits = indirect_tables_fit(&*m, GuestAddress(q.desc_table()), q.size(), head);
+            // [T-Q-5]: any device-readable descriptor, even an empty one, disqualifies the buffer.
+            let len = match parse_chain(&*m, chain, 0, q.size()) {
+                Ok(p) if fits && p.readable_descs == 0 => {
+                    write_response(&*m, &p, msg.as_bytes()).unwrap_or(0)
+                }
                 _ => 0,
             };
             if len > 0 {
@@ -661,7 +725,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             used = true;
         }
         if used && self.queues[1].needs_notification(&*m).unwrap_or(true) {
-            self.notifier.signal_used_queue(wire::EVENTQ);
+            self.notifier.signal_used_queue(wire::VIRTIO_MEM_EVENTQ);
         }
     }
 
@@ -697,28 +761,30 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         Ok(())
     }
 
-    /// Unmaps everything and forgets all extents, reporting them to the host.
-    fn release_everything(&mut self) {
-        for chain_id in self.table.chains.keys().copied().collect::<Vec<_>>() {
-            let extents = self.table.drop_chain(chain_id, false);
-            self.host_events.push(HostEvent::ChainDropped {
-                chain_id,
-                extents,
-                reason: "device reset".into(),
+    /// Takes the queues the driver set up, checked against guest memory; no replay, no events
+    /// (restore uses it to resume a live device).
+    pub(crate) fn activate_queues(&mut self, mem: M, queues: Vec<Queue>) -> Result<(), DeviceError> {
+        if self.is_active() {
+            return Err(DeviceError::AlreadyActive);
+        }
+        let need = if self.tagged_negotiated() { 2 } else { 1 };
+        if queues.len() < need {
+            return Err(DeviceError::QueueCount {
+                need,
+                got: queues.len(),
             });
         }
-        let accepted = self.table.accepted_mappings();
-        let mut released = Vec::new();
-        for (id, m) in &accepted {
-            if self.mapper.unmap(m).is_err() {
-                self.metrics.map_failures.inc();
+        {
+            let m = mem.memory();
+            for (i, q) in queues.iter().take(need).enumerate() {
+                if !q.is_valid(&*m) {
+                    return Err(DeviceError::QueueInvalid(u16::try_from(i).unwrap_or(u16::MAX)));
+                }
             }
-            released.push((*id, m.source));
         }
-        if !released.is_empty() {
-            self.host_events.push(HostEvent::Released { extents: released });
-        }
-        self.unplug_all();
+        self.queues = queues;
+        self.mem = Some(mem);
+        Ok(())
     }
 }
 
@@ -745,6 +811,10 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         self.acked_features = features & self.cfg.features();
     }
 
+    fn features_ok(&self) -> bool {
+        self.features_acceptable()
+    }
+
     fn driver_features(&self) -> u64 {
         self.acked_features
     }
@@ -754,7 +824,7 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         let cfg = self.tagged_config();
         let bytes = cfg.as_bytes();
         let len = if self.cfg.tagged.is_some() {
-            wire::TAGGED_CONFIG_SIZE
+            wire::VIRTIO_MEM_TAGGED_CONFIG_SIZE
         } else {
             wire::VIRTIO_MEM_CONFIG_SIZE
         };
@@ -773,42 +843,36 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
     }
 
     fn activate(&mut self, mem: M, queues: Vec<Queue>) -> Result<(), DeviceError> {
-        if self.is_active() {
-            return Err(DeviceError::AlreadyActive);
-        }
-        let need = if self.tagged_negotiated() { 2 } else { 1 };
-        if queues.len() < need {
-            return Err(DeviceError::QueueCount {
-                need,
-                got: queues.len(),
+        if !self.features_acceptable() {
+            return Err(DeviceError::FeatureRequired {
+                bit: wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
+                name: "VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE",
             });
         }
-        {
-            let m = mem.memory();
-            for (i, q) in queues.iter().take(need).enumerate() {
-                if !q.is_valid(&*m) {
-                    return Err(DeviceError::QueueInvalid(u16::try_from(i).unwrap_or(u16::MAX)));
-                }
-            }
+        self.activate_queues(mem, queues)?;
+        if self.replay_pending && self.tagged_negotiated() {
+            // [T-RESET-1]: a driver back after a reset hears of pending chains, release requests
+            // and poison again; what it holds accepted it learns with LIST.
+            self.table.replay(self.clock.now_ms());
+            self.replay_pending = false;
         }
-        self.queues = queues;
-        self.mem = Some(mem);
+        self.deliver_events();
         Ok(())
     }
 
+    /// Device reset (status 0): forgets the queues, the negotiated features and the undelivered
+    /// events, and nothing else ([T-RESET-1], VIRTIO §5.15.5). Plugged blocks stay plugged and
+    /// mapped, accepted extents stay accepted and mapped, pending chains stay pending (they are
+    /// offered again at the next activation with tagged extents), poison records stay.
     fn reset(&mut self) {
-        self.release_everything();
-        let requested = self.blocks.requested_size;
-        self.blocks = empty_blocks(&self.cfg);
-        self.blocks.requested_size = requested;
-        // Ids stay unique for the life of the device, across resets.
-        let (chain, extent) = (self.table.next_chain_id, self.table.next_extent_id);
-        self.table = empty_table(&self.cfg);
-        self.table.next_chain_id = chain;
-        self.table.next_extent_id = extent;
+        self.table.forget_events();
+        self.replay_pending = true;
         self.queues.clear();
         self.mem = None;
         self.acked_features = 0;
+        self.host_events.push(HostEvent::DeviceReset {
+            pending_chains: self.table.chains.keys().copied().collect(),
+        });
         self.bump_config();
     }
 
@@ -818,8 +882,8 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         }
         self.expire_chains();
         match index {
-            wire::GUESTQ => self.process_guestq(),
-            wire::EVENTQ => {}
+            wire::VIRTIO_MEM_GUESTQ => self.process_guestq(),
+            wire::VIRTIO_MEM_EVENTQ => {}
             _ => return,
         }
         self.deliver_events();

@@ -27,9 +27,24 @@ pub enum DeviceError {
     /// The device is already active.
     #[error("device is already active")]
     AlreadyActive,
-    /// A snapshot is inconsistent; it is rejected whole.
-    #[error("snapshot rejected: {0}")]
-    InvalidSnapshot(String),
+    /// A snapshot is inconsistent; it is rejected whole. `field` is a path into the
+    /// [`crate::DeviceState`] (`chains[2].remaining_ms`, `extents[id 7].source.offset`).
+    #[error("snapshot rejected: {field}: {reason}")]
+    InvalidSnapshot {
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The driver did not accept a feature the device cannot work without; FEATURES_OK is
+    /// refused and the device is not activated.
+    #[error("the driver did not accept feature bit {bit} ({name}), which the device requires")]
+    FeatureRequired {
+        /// The feature bit.
+        bit: u32,
+        /// Its name.
+        name: &'static str,
+    },
     /// Restoring mappings from a snapshot failed.
     #[error("restoring a mapping failed")]
     RestoreMap(#[source] MapperError),

@@ -1,8 +1,8 @@
-//! The narrow traits a VMM implements to host the device: a memory mapper, an interrupt hook and
-//! a clock. The device core never touches a hypervisor handle; it calls these.
+//! The narrow traits a VMM implements to host the device: a memory mapper and an interrupt hook
+//! (the clock is in [`crate::clock`]). The device core never touches a hypervisor handle; it
+//! calls these.
 
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 /// Opaque id of a host backing (devdax, file, memfd) the VMM registered with its mapper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -68,28 +68,6 @@ pub trait Notifier: Send + Sync {
     fn signal_used_queue(&self, queue: u16);
     /// The device configuration changed.
     fn signal_config_change(&self);
-}
-
-/// Monotonic milliseconds, injected so timeouts are tested without sleeping.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since an arbitrary fixed point; never decreases.
-    fn now_ms(&self) -> u64;
-}
-
-/// The real monotonic clock.
-#[derive(Debug)]
-pub struct MonotonicClock(Instant);
-
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        MonotonicClock(Instant::now())
-    }
-}
-
-impl Clock for MonotonicClock {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
 }
 
 /// A notifier that does nothing, for polled transports.

@@ -37,7 +37,7 @@ pub struct DeviceMetrics {
     pub requests: Counter,
     /// Chains refused outright (malformed, outside memory, no room for a response).
     pub bad_chains: Counter,
-    /// Base requests answered with NACK or ERROR.
+    /// Base requests answered with NACK, BUSY or ERROR.
     pub base_errors: Counter,
     /// Tagged requests answered with an error.
     pub tagged_errors: Counter,

@@ -1,6 +1,7 @@
 //! Turning a guest descriptor chain into bytes the device can trust: direction, length and
 //! address checks happen here, before any request is interpreted (SPEC.md [T-Q-*]).
 
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
@@ -24,6 +25,13 @@ pub enum ChainError {
     /// The chain has no descriptor at all.
     #[error("guest gave us an empty descriptor chain")]
     Empty,
+    /// The chain, or an indirect table in it, holds more descriptors than the queue size
+    /// (VIRTIO §2.7.5.3.1).
+    #[error("guest gave us a chain or indirect table longer than the queue ({max} descriptors)")]
+    TooLong {
+        /// The queue size.
+        max: u16,
+    },
 }
 
 /// A chain's contents copied out of guest memory.
@@ -31,6 +39,8 @@ pub enum ChainError {
 pub(crate) struct ParsedChain {
     /// Bytes of the device-readable part, at most the cap given to [`parse_chain`].
     pub readable: Vec<u8>,
+    /// Number of device-readable descriptors (zero-length ones included).
+    pub readable_descs: usize,
     /// Total length of the device-readable part (may exceed `readable.len()`).
     pub readable_len: u64,
     /// Device-writable descriptors in order.
@@ -39,11 +49,13 @@ pub(crate) struct ParsedChain {
     pub writable_len: u64,
 }
 
-/// Copies a chain out of guest memory, reading at most `cap` readable bytes.
+/// Copies a chain out of guest memory, reading at most `cap` readable bytes. A chain of more than
+/// `queue_size` descriptors is refused.
 pub(crate) fn parse_chain<M, T>(
     mem: &T,
     chain: DescriptorChain<M>,
     cap: usize,
+    queue_size: u16,
 ) -> Result<ParsedChain, ChainError>
 where
     M: std::ops::Deref<Target = T>,
@@ -52,11 +64,16 @@ where
     let mut out = ParsedChain::default();
     let mut last_has_next = false;
     let mut any = false;
+    let mut count = 0usize;
     // `DescriptorChain` bounds the walk by the queue size (ttl), rejects nested indirect
     // tables and caps the total at 2^32 bytes; it ends the iteration early on any of those,
     // which shows up here as a last descriptor that still claims a successor.
     for desc in chain {
         any = true;
+        count += 1;
+        if count > usize::from(queue_size) {
+            return Err(ChainError::TooLong { max: queue_size });
+        }
         last_has_next = desc.has_next();
         let (addr, len) = (desc.addr(), desc.len());
         let access = if desc.is_write_only() {
@@ -79,6 +96,7 @@ where
             if !out.writable.is_empty() {
                 return Err(ChainError::ReadableAfterWritable);
             }
+            out.readable_descs += 1;
             out.readable_len += u64::from(len);
             let room = cap.saturating_sub(out.readable.len());
             let take = usize::try_from(len).unwrap_or(usize::MAX).min(room);
@@ -100,6 +118,43 @@ where
         return Err(ChainError::Malformed);
     }
     Ok(out)
+}
+
+/// VIRTIO §2.7.5.3.1: an indirect table holds no more descriptors than the queue size. Walks the
+/// direct part of the chain at `head` in the descriptor table (at most `queue_size` steps) and
+/// checks the length of the indirect table it ends in, if any. `DescriptorChain` itself accepts
+/// tables of up to 65535 entries, whatever the queue size.
+pub(crate) fn indirect_tables_fit<T: GuestMemory>(
+    mem: &T,
+    desc_table: GuestAddress,
+    queue_size: u16,
+    head: u16,
+) -> bool {
+    let mut index = head;
+    for _ in 0..queue_size {
+        if index >= queue_size {
+            // Not a descriptor: the chain walk refuses it.
+            return true;
+        }
+        let mut raw = [0u8; 16];
+        let Some(at) = desc_table.checked_add(16 * u64::from(index)) else {
+            return true;
+        };
+        if mem.read_slice(&mut raw, at).is_err() {
+            return true;
+        }
+        let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        let next = u16::from_le_bytes([raw[14], raw[15]]);
+        if u32::from(flags) & VRING_DESC_F_INDIRECT != 0 {
+            return len / 16 <= u32::from(queue_size);
+        }
+        if u32::from(flags) & VRING_DESC_F_NEXT == 0 {
+            return true;
+        }
+        index = next;
+    }
+    true
 }
 
 /// Writes `bytes` across the chain's writable descriptors; returns the bytes written, or `None`
@@ -145,7 +200,7 @@ mod tests {
         vq.build_desc_chain(&raw).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let chain = q.iter(&m).unwrap().next().unwrap();
-        parse_chain(&m, chain, 64)
+        parse_chain(&m, chain, 64, 16)
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! only then re-creates the mappings.
 
 use crate::blocks::Blocks;
+use crate::clock::Clock;
 use crate::control::{ExtentInfo, ExtentState};
 use crate::device::{DeviceConfig, TaggedMemDevice};
 use crate::error::DeviceError;
-use crate::mapper::{Clock, Mapping, MemoryMapper, Notifier};
-use crate::state::{mapping_of, Chain};
+use crate::mapper::{Mapping, MemoryMapper, Notifier};
+use crate::state::{mapping_of, record_of, Chain, Invalid};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tagmem_wire::{Event, EventMsg, IntoBytes};
 use virtio_queue::{Queue, QueueT};
@@ -57,7 +59,12 @@ impl TryFrom<&QueueSnapshot> for Queue {
     type Error = DeviceError;
 
     fn try_from(s: &QueueSnapshot) -> Result<Queue, DeviceError> {
-        let bad = |what: &str| DeviceError::InvalidSnapshot(format!("queue {what}"));
+        let bad = |what: &str| {
+            bad(
+                format!("queues[].{what}"),
+                "refused by the queue's own validation",
+            )
+        };
         let mut q = Queue::new(s.max_size).map_err(|_| bad("max_size"))?;
         q.try_set_size(s.size).map_err(|_| bad("size"))?;
         q.try_set_desc_table_address(GuestAddress(s.desc_table))
@@ -113,10 +120,24 @@ pub struct DeviceState {
     pub next_extent_id: u64,
     /// Config generation.
     pub config_generation: u32,
+    /// The driver reset the device since it last activated it with tagged extents: the next such
+    /// activation queues the events that re-offer pending chains and re-announce release requests
+    /// and poison (SPEC.md [T-RESET-1]).
+    #[serde(default)]
+    pub replay_pending: bool,
 }
 
-fn bad(msg: impl Into<String>) -> DeviceError {
-    DeviceError::InvalidSnapshot(msg.into())
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> DeviceError {
+    DeviceError::InvalidSnapshot {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl From<Invalid> for DeviceError {
+    fn from(e: Invalid) -> Self {
+        bad(e.field, e.reason)
+    }
 }
 
 impl<M: GuestAddressSpace> TaggedMemDevice<M> {
@@ -158,11 +179,13 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             next_chain_id: self.table.next_chain_id,
             next_extent_id: self.table.next_extent_id,
             config_generation: self.config_generation,
+            replay_pending: self.replay_pending,
         }
     }
 
     /// Rebuilds a device from an untrusted snapshot; `mem` is required when it was active.
-    /// Every plugged block and accepted extent is mapped again through `mapper`.
+    /// Every plugged block and accepted extent is mapped again through `mapper`. Every field is
+    /// checked first; a bad one is refused as [`DeviceError::InvalidSnapshot`] naming it.
     pub fn restore(
         state: &DeviceState,
         mapper: Box<dyn MemoryMapper>,
@@ -172,13 +195,16 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
     ) -> Result<Self, DeviceError> {
         let mut dev = TaggedMemDevice::new(state.config.clone(), mapper, notifier, clock)?;
         if state.acked_features & !state.config.features() != 0 {
-            return Err(bad("acked features the device does not offer"));
+            return Err(bad("acked_features", "holds bits the device does not offer"));
         }
         dev.acked_features = state.acked_features;
         if state.requested_size > state.config.region_size
             || state.requested_size % state.config.block_size != 0
         {
-            return Err(bad("requested_size"));
+            return Err(bad(
+                "requested_size",
+                "not a block multiple no larger than region_size",
+            ));
         }
         let mut blocks = Blocks::new(
             state.config.region_addr,
@@ -186,83 +212,106 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             state.config.block_size,
             state.requested_size,
         );
-        for &(first, count) in &state.plugged {
+        for (i, &(first, count)) in state.plugged.iter().enumerate() {
+            let field = format!("plugged[{i}]");
             let end = first
                 .checked_add(count)
-                .ok_or_else(|| bad("plugged run overflows"))?;
+                .ok_or_else(|| bad(&field, "run overflows"))?;
             if count == 0 || end > blocks.len() as u64 {
-                return Err(bad("plugged run outside the region"));
+                return Err(bad(&field, "run is empty or outside the region"));
             }
             let r = crate::blocks::BlockRange {
-                first: usize::try_from(first).map_err(|_| bad("plugged run"))?,
-                count: usize::try_from(count).map_err(|_| bad("plugged run"))?,
+                first: usize::try_from(first).map_err(|_| bad(&field, "run outside the region"))?,
+                count: usize::try_from(count).map_err(|_| bad(&field, "run outside the region"))?,
             };
             if (r.first..r.first + r.count).any(|i| blocks.is_plugged(i)) {
-                return Err(bad("plugged runs overlap"));
+                return Err(bad(&field, "overlaps an earlier run"));
             }
             blocks.set(r, true);
         }
         dev.blocks = blocks;
 
         // Extent table: ids, chains and extents must agree; indexes are rebuilt, not trusted.
+        let timeout = u64::from(state.config.offer_timeout_ms);
         let t = &mut dev.table;
         t.next_chain_id = state.next_chain_id;
         t.next_extent_id = state.next_extent_id;
         for e in &state.extents {
             if !t.insert_info(e) {
-                return Err(bad(format!("extent id {} appears twice", e.id)));
+                return Err(bad(format!("extents[id {}]", e.id), "the id appears twice"));
             }
         }
         let now = dev.clock.now_ms();
-        for c in &state.chains {
+        for (i, c) in state.chains.iter().enumerate() {
+            if c.remaining_ms > timeout {
+                return Err(bad(
+                    format!("chains[{i}].remaining_ms"),
+                    format!("{} exceeds the offer timeout of {timeout} ms", c.remaining_ms),
+                ));
+            }
             let chain = Chain {
                 ids: c.ids.clone(),
                 deadline_ms: now.saturating_add(c.remaining_ms),
                 closed: c.closed,
             };
-            if c.ids
-                .iter()
-                .any(|id| t.extents.get(id).is_none_or(|e| e.chain_id != c.id))
-            {
-                return Err(bad(format!("chain {} names extents of another chain", c.id)));
-            }
             if t.chains.insert(c.id, chain).is_some() {
-                return Err(bad(format!("chain {} appears twice", c.id)));
+                return Err(bad(
+                    format!("chains[{i}].id"),
+                    format!("chain {} appears twice", c.id),
+                ));
             }
         }
-        t.reindex().map_err(bad)?;
-        if state.outbox.len() > crate::state::OUTBOX_LIMIT {
-            return Err(bad("too many queued events"));
+        t.reindex()?;
+        check_outbox(t, state)?;
+        let extents_live = !t.extents.is_empty();
+        let tagged = state.acked_features & (1 << tagmem_wire::VIRTIO_MEM_F_TAGGED_EXTENTS) != 0;
+        let active = state.queues.is_some();
+
+        // Extents exist only on a device that activated with tagged extents: the feature is
+        // still negotiated, or the driver reset the device since (and a replay is pending). A
+        // device active with tagged extents has replayed already.
+        if extents_live && !tagged && !state.replay_pending {
+            return Err(bad(
+                "acked_features",
+                "extents exist, but tagged extents are not negotiated and no reset is pending",
+            ));
         }
-        for raw in &state.outbox {
-            let ev = Event::try_from(raw.as_slice()).map_err(|e| bad(format!("queued event: {e}")))?;
-            let known = match ev {
-                Event::Offer { chain_id, record, .. } => t
-                    .chains
-                    .get(&chain_id)
-                    .is_some_and(|c| c.ids.contains(&record.extent_id.get())),
-                Event::ChainAbandoned { .. } => true,
-                Event::ReleaseRequest { record }
-                | Event::Metadata { record }
-                | Event::Poison { record, .. } => t
-                    .extents
-                    .get(&record.extent_id.get())
-                    .is_some_and(|e| e.state != ExtentState::Pending),
-            };
-            if !known {
-                return Err(bad("queued event names unknown capacity"));
-            }
-            t.outbox.push_back(ev);
+        if state.replay_pending && active && tagged {
+            return Err(bad(
+                "replay_pending",
+                "set on a device that is active with tagged extents (activation replays)",
+            ));
         }
+        dev.replay_pending = state.replay_pending;
 
         // Queues: rebuilt through the validating setters, then checked against guest memory.
         match (&state.queues, mem) {
             (Some(qs), Some(mem)) => {
+                let maxes = dev.queue_sizes.clone();
+                if qs.len() != maxes.len() {
+                    return Err(bad(
+                        "queues",
+                        format!("{} queues, the device has {}", qs.len(), maxes.len()),
+                    ));
+                }
+                for (i, (q, max)) in qs.iter().zip(&maxes).enumerate() {
+                    if q.max_size != *max {
+                        return Err(bad(
+                            format!("queues[{i}].max_size"),
+                            format!("{} differs from the device's {max}", q.max_size),
+                        ));
+                    }
+                }
+                if !dev.features_acceptable() {
+                    return Err(bad(
+                        "acked_features",
+                        "an active device needs VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE",
+                    ));
+                }
                 let queues = qs.iter().map(Queue::try_from).collect::<Result<Vec<_>, _>>()?;
-                use crate::virtio::VirtioDevice;
-                dev.activate(mem, queues)?;
+                dev.activate_queues(mem, queues)?;
             }
-            (Some(_), None) => return Err(bad("the device was active; guest memory is needed")),
+            (Some(_), None) => return Err(bad("queues", "the device was active; guest memory is needed")),
             (None, _) => {}
         }
         dev.config_generation = state.config_generation;
@@ -292,4 +341,101 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         dev.map_all(&wanted)?;
         Ok(dev)
     }
+}
+
+/// Checks the queued events against the restored table: an OFFER repeats its extent's record
+/// exactly, in chain order, and only for an open chain; other events name accepted extents; none
+/// appears more often than the device could have queued it.
+fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Result<(), DeviceError> {
+    let poison_ranges: usize = state.extents.iter().map(|e| e.poison.len()).sum();
+    // Host commands stop at OUTBOX_LIMIT; a replay after a reset may add one release request per
+    // group and one event per poison range; offers and abandonments are counted exactly below.
+    let other_limit = crate::state::OUTBOX_LIMIT + state.extents.len() + poison_ranges;
+    let mut others = 0usize;
+    let mut offered: HashSet<u64> = HashSet::new();
+    let mut abandoned: HashSet<u64> = HashSet::new();
+    for (i, raw) in state.outbox.iter().enumerate() {
+        let field = format!("outbox[{i}]");
+        let ev = Event::try_from(raw.as_slice()).map_err(|e| bad(&field, e.to_string()))?;
+        match ev {
+            Event::Offer {
+                chain_id,
+                more,
+                record,
+            } => {
+                let id = record.extent_id.get();
+                let chain = t.chains.get(&chain_id).ok_or_else(|| {
+                    bad(
+                        &field,
+                        format!("OFFER for chain {chain_id}, which is not pending"),
+                    )
+                })?;
+                let pos =
+                    chain.ids.iter().position(|x| *x == id).ok_or_else(|| {
+                        bad(&field, format!("OFFER of extent {id}, not in chain {chain_id}"))
+                    })?;
+                if chain.closed {
+                    return Err(bad(
+                        &field,
+                        format!("OFFER for chain {chain_id}, which is closed"),
+                    ));
+                }
+                if more != (pos + 1 < chain.ids.len()) {
+                    return Err(bad(&field, "the MORE flag disagrees with the chain"));
+                }
+                if record != record_of(id, &t.extents[&id]) {
+                    return Err(bad(
+                        &field,
+                        format!("OFFER record of extent {id} disagrees with the table"),
+                    ));
+                }
+                if !offered.insert(id) {
+                    return Err(bad(&field, format!("extent {id} is offered twice")));
+                }
+            }
+            Event::ChainAbandoned { chain_id } => {
+                if chain_id == 0 || chain_id >= state.next_chain_id || t.chains.contains_key(&chain_id) {
+                    return Err(bad(
+                        &field,
+                        format!("CHAIN_ABANDONED for chain {chain_id}, which never ended"),
+                    ));
+                }
+                if !abandoned.insert(chain_id) {
+                    return Err(bad(&field, format!("chain {chain_id} is abandoned twice")));
+                }
+            }
+            Event::ReleaseRequest { record } | Event::Metadata { record } | Event::Poison { record, .. } => {
+                let id = record.extent_id.get();
+                let e = t
+                    .extents
+                    .get(&id)
+                    .filter(|e| e.state != ExtentState::Pending)
+                    .ok_or_else(|| bad(&field, format!("names extent {id}, which is not accepted")))?;
+                let now = record_of(id, e);
+                let same_extent = record.tag == now.tag
+                    && record.addr == now.addr
+                    && record.length == now.length
+                    && record.flags == now.flags
+                    && record.seq == now.seq;
+                if !same_extent {
+                    return Err(bad(
+                        &field,
+                        format!("the record of extent {id} disagrees with the table"),
+                    ));
+                }
+                if let Event::Poison { offset, length, .. } = ev {
+                    let inside = length > 0 && offset.checked_add(length).is_some_and(|end| end <= e.length);
+                    if !inside {
+                        return Err(bad(&field, "POISON range outside its extent"));
+                    }
+                }
+                others += 1;
+                if others > other_limit {
+                    return Err(bad("outbox", "more queued events than the device can queue"));
+                }
+            }
+        }
+        t.outbox.push_back(ev);
+    }
+    Ok(())
 }

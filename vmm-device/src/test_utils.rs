@@ -1,7 +1,8 @@
 //! Test doubles for crates that embed the device: a mapper that records what is mapped, a clock
 //! that only moves when told, and a notifier that counts interrupts.
 
-use crate::mapper::{Clock, MapperError, Mapping, MemoryMapper, Notifier};
+use crate::clock::Clock;
+use crate::mapper::{MapperError, Mapping, MemoryMapper, Notifier};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -370,18 +371,40 @@ impl Harness {
         mapper: Box<dyn MemoryMapper>,
         state: Arc<Mutex<FakeMapperState>>,
     ) -> Self {
+        let clock = Arc::new(ManualClock::default());
+        Self::with_clock(cfg, features, mapper, state, clock.clone(), clock)
+    }
+
+    /// A device whose clock is a [`crate::GuestClock`] over the harness's manual clock; returns
+    /// the guest clock too, for the test to pause and resume.
+    pub fn with_guest_clock(cfg: crate::DeviceConfig, features: u64) -> (Self, Arc<crate::GuestClock>) {
+        let (mapper, state) = FakeMapper::new();
+        let host = Arc::new(ManualClock::default());
+        let guest = Arc::new(crate::GuestClock::new(host.clone()));
+        let h = Self::with_clock(cfg, features, Box::new(mapper), state, host, guest.clone());
+        (h, guest)
+    }
+
+    fn with_clock(
+        cfg: crate::DeviceConfig,
+        features: u64,
+        mapper: Box<dyn MemoryMapper>,
+        state: Arc<Mutex<FakeMapperState>>,
+        clock: Arc<ManualClock>,
+        device_clock: Arc<dyn Clock>,
+    ) -> Self {
         use crate::VirtioDevice;
         let mem = Arc::new(
             vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
                 .expect("1 MiB of test memory"),
         );
-        let clock = Arc::new(ManualClock::default());
         let notifier = Arc::new(CountingNotifier::default());
-        let mut dev = crate::TaggedMemDevice::new(cfg, mapper, notifier.clone(), clock.clone())
+        let size = cfg.queue_size.min(256);
+        let mut dev = crate::TaggedMemDevice::new(cfg, mapper, notifier.clone(), device_clock)
             .expect("valid test configuration");
         dev.set_driver_features(features);
-        let reqq = RawQueue::new(mem.clone(), 0, 256);
-        let evq = RawQueue::new(mem.clone(), 0x8000, 256);
+        let reqq = RawQueue::new(mem.clone(), 0, size);
+        let evq = RawQueue::new(mem.clone(), 0x8000, size);
         dev.activate(mem.clone(), vec![reqq.queue(), evq.queue()])
             .expect("activation");
         Harness {
@@ -393,6 +416,47 @@ impl Harness {
             reqq,
             evq,
         }
+    }
+
+    /// Resets the device and brings it up again as a Linux driver does at probe, after
+    /// freeze/restore or on rebind: status 0, then `features` and fresh queues (DRIVER_OK).
+    /// Panics if the device refuses the features or the activation.
+    pub fn reset_and_activate(&mut self, features: u64) {
+        use crate::VirtioDevice;
+        self.dev.reset();
+        self.dev.set_driver_features(features);
+        assert!(
+            self.dev.features_ok(),
+            "the device refused features {features:#x}"
+        );
+        self.reqq = RawQueue::new(self.mem.clone(), 0, self.reqq.size);
+        self.evq = RawQueue::new(self.mem.clone(), 0x8000, self.evq.size);
+        self.dev
+            .activate(self.mem.clone(), vec![self.reqq.queue(), self.evq.queue()])
+            .expect("activation after reset");
+    }
+
+    /// Sends LIST(`first`, `count`) with `room` writable bytes; returns the used length, the
+    /// response and the records that follow it.
+    pub fn list(
+        &mut self,
+        first: u64,
+        count: u32,
+        room: u32,
+    ) -> (u32, tagmem_wire::TaggedResp, Vec<tagmem_wire::ExtentRecord>) {
+        use tagmem_wire::{FromBytes, IntoBytes};
+        let req = tagmem_wire::TaggedReq::new(tagmem_wire::VIRTIO_MEM_REQ_LIST, first, [0; 16], count);
+        let (n, bytes) = self.request(req.as_bytes(), room);
+        let resp = tagmem_wire::TaggedResp::read_from_prefix(&bytes)
+            .map(|(r, _)| r)
+            .unwrap_or_default();
+        let records = bytes
+            .get(tagmem_wire::VIRTIO_MEM_TAGGED_RESP_SIZE..)
+            .unwrap_or_default()
+            .chunks_exact(tagmem_wire::VIRTIO_MEM_EXTENT_RECORD_SIZE)
+            .filter_map(|c| tagmem_wire::ExtentRecord::read_from_bytes(c).ok())
+            .collect();
+        (n, resp, records)
     }
 
     /// A device with every offered feature acknowledged.
@@ -429,7 +493,7 @@ impl Harness {
         let len = u32::try_from(req.len()).expect("small request");
         self.reqq
             .add_chain(&[(REQ_ADDR, len, false), (RESP_ADDR, resp_room, true)]);
-        self.dev.queue_notify(tagmem_wire::GUESTQ);
+        self.dev.queue_notify(tagmem_wire::VIRTIO_MEM_GUESTQ);
         let used = self.reqq.take_used();
         assert_eq!(used.len(), 1, "the device must complete exactly the one chain");
         let n = used[0].1;
@@ -443,7 +507,7 @@ impl Harness {
             let i = self.evq.next_free_index();
             self.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, true)]);
         }
-        self.dev.queue_notify(tagmem_wire::EVENTQ);
+        self.dev.queue_notify(tagmem_wire::VIRTIO_MEM_EVENTQ);
     }
 
     /// Offers `specs` as one chain and has the test driver accept all of it (event buffers
@@ -458,9 +522,10 @@ impl Harness {
         let r = self.dev.offer(specs)?;
         self.events();
         let count = u32::try_from(r.extents.len()).unwrap_or(u32::MAX);
-        let mut req = tagmem_wire::TaggedReq::new(tagmem_wire::TAGMEM_REQ_ACCEPT, r.chain_id, [0; 16], count)
-            .as_bytes()
-            .to_vec();
+        let mut req =
+            tagmem_wire::TaggedReq::new(tagmem_wire::VIRTIO_MEM_REQ_ACCEPT, r.chain_id, [0; 16], count)
+                .as_bytes()
+                .to_vec();
         for (id, _) in &r.extents {
             req.extend_from_slice(&id.to_le_bytes());
         }

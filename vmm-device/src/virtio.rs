@@ -19,13 +19,18 @@ pub trait VirtioDevice {
     fn set_driver_features(&mut self, features: u64);
     /// Feature bits currently negotiated.
     fn driver_features(&self) -> u64;
+    /// Whether the features the driver accepted (after `set_driver_features`) let the device
+    /// work. The transport must not set FEATURES_OK when this is false (VIRTIO §3.1.1: the
+    /// device refuses the feature set), as QEMU's `validate_features` hook does.
+    fn features_ok(&self) -> bool;
     /// Reads device configuration space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space (virtio-mem's is read-only: ignored).
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device with guest memory and the queues the driver set up.
     fn activate(&mut self, mem: Self::Memory, queues: Vec<Queue>) -> Result<(), Self::Error>;
-    /// Resets the device: unplugs and releases everything, forgets queues.
+    /// Resets the device (status 0): forgets queues, negotiated features and undelivered
+    /// events. Memory state stays as it is (VIRTIO §5.15.5).
     fn reset(&mut self);
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);

@@ -8,7 +8,7 @@ use tagmem_device::*;
 use tagmem_wire::*;
 use uuid::Uuid;
 
-const MB2: u64 = EXTENT_ALIGN;
+const MB2: u64 = VIRTIO_MEM_EXTENT_ALIGN;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -40,6 +40,8 @@ enum Op {
     },
     Advance(u16),
     Snapshot,
+    /// Device reset (a snapshot is restored while the device is down), then activation again.
+    Reset,
 }
 
 fn tag(i: u8) -> Uuid {
@@ -64,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..20, any::<u8>()).prop_map(|(id, off)| Op::Poison { id, off }),
         1 => (0u16..25_000).prop_map(Op::Advance),
         1 => Just(Op::Snapshot),
+        1 => Just(Op::Reset),
     ]
 }
 
@@ -91,7 +94,7 @@ fn check(h: &mut Harness, model: &mut Model) -> Result<(), TestCaseError> {
             HostEvent::ChainAnswered { rejected, .. } => rejected,
             HostEvent::ChainDropped { extents, .. } => extents,
             HostEvent::Released { extents } => extents.iter().map(|e| e.0).collect(),
-            HostEvent::ReleaseDeferred { .. } => vec![],
+            HostEvent::ReleaseDeferred { .. } | HostEvent::DeviceReset { .. } => vec![],
         };
         for id in gone {
             prop_assert!(model.ended.insert(id), "extent {} ended twice", id);
@@ -186,14 +189,14 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .filter(|(i, _)| mask & (1 << (i % 8)) != 0)
                     .map(|(_, id)| *id)
                     .collect();
-                tagged_req(&mut h, TAGMEM_REQ_ACCEPT, chain_id, Uuid::nil(), &chosen);
+                tagged_req(&mut h, VIRTIO_MEM_REQ_ACCEPT, chain_id, Uuid::nil(), &chosen);
             }
             Op::AcceptRaw { chain, ids } => {
                 let raw: Vec<u64> = ids.iter().map(|i| u64::from(*i)).collect();
-                tagged_req(&mut h, TAGMEM_REQ_ACCEPT, u64::from(chain), Uuid::nil(), &raw);
+                tagged_req(&mut h, VIRTIO_MEM_REQ_ACCEPT, u64::from(chain), Uuid::nil(), &raw);
             }
-            Op::Release { id, tag: t } => tagged_req(&mut h, TAGMEM_REQ_RELEASE, pick(id), tag(t), &[]),
-            Op::Busy { id, tag: t } => tagged_req(&mut h, TAGMEM_REQ_RELEASE_BUSY, pick(id), tag(t), &[]),
+            Op::Release { id, tag: t } => tagged_req(&mut h, VIRTIO_MEM_REQ_RELEASE, pick(id), tag(t), &[]),
+            Op::Busy { id, tag: t } => tagged_req(&mut h, VIRTIO_MEM_REQ_RELEASE_BUSY, pick(id), tag(t), &[]),
             Op::HostRelease(id) => {
                 let _ = h.dev.request_release(Target::Extent(pick(id)));
             }
@@ -215,6 +218,23 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Advance(ms) => {
                 h.clock.advance(u64::from(ms));
                 h.dev.poll_timers();
+            }
+            Op::Reset => {
+                h.dev.reset();
+                // Between reset and activation: queues gone, a replay pending, memory kept.
+                let s = h.dev.snapshot();
+                let dev: TaggedMemDevice<std::sync::Arc<vm_memory::GuestMemoryMmap>> =
+                    TaggedMemDevice::restore(
+                        &s,
+                        Box::new(test_utils::FakeMapper::new().0),
+                        std::sync::Arc::new(NoopNotifier),
+                        h.clock.clone(),
+                        None,
+                    )
+                    .map_err(|e| TestCaseError::fail(format!("restore of a reset device failed: {e}")))?;
+                prop_assert_eq!(dev.snapshot(), s);
+                let f = h.dev.device_features();
+                h.reset_and_activate(f);
             }
             Op::Snapshot => {
                 let s = h.dev.snapshot();
@@ -303,7 +323,7 @@ proptest! {
         for &head in &heads {
             h.reqq.publish(base.wrapping_add(head));
         }
-        h.dev.queue_notify(GUESTQ);
+        h.dev.queue_notify(VIRTIO_MEM_GUESTQ);
         let used = h.reqq.take_used();
         // A head index outside the queue cannot be named in the used ring: it is consumed and
         // counted as a bad chain. Every other chain is completed exactly once.

@@ -1,78 +1,14 @@
 //! The tagged life cycle end to end through real queues: offers, accept, release, metadata,
 //! poison, timeout, reset, snapshot/restore. Requirement ids refer to guest-driver-spec/SPEC.md.
 
-use tagmem_device::test_utils::{FakeMapper, Harness, REQ_ADDR, RESP_ADDR};
+use tagmem_device::test_utils::{FakeMapper, Harness, EVT_ADDR, REQ_ADDR, RESP_ADDR};
 use tagmem_device::*;
 use tagmem_wire::*;
 use uuid::Uuid;
 
-const MB2: u64 = EXTENT_ALIGN;
-const WIN: u64 = 4 << 30;
+mod common;
 
-fn spec(tag: u128, off: u64, len: u64) -> ExtentSpec {
-    ExtentSpec {
-        tag: Uuid::from_u128(tag),
-        length: len,
-        source: SourceRef {
-            id: SourceId(7),
-            offset: off,
-        },
-        gpa: None,
-        flags: ExtentFlags::default(),
-        perf: Perf {
-            read_latency_ns: 250,
-            write_latency_ns: 300,
-            read_bandwidth_mbps: 20_000,
-            write_bandwidth_mbps: 10_000,
-        },
-        node: 2,
-        seq: 0,
-        class: SourceClass::CxlDc,
-    }
-}
-
-fn sharable(tag: u128, off: u64, seq: u16) -> ExtentSpec {
-    let mut s = spec(tag, off, MB2);
-    s.flags.sharable = true;
-    s.seq = seq;
-    s
-}
-
-fn tagged_req(h: &mut Harness, ty: u16, id: u64, tag: [u8; 16], ids: &[u64]) -> (u16, u16, u32) {
-    let count = u32::try_from(ids.len()).unwrap();
-    let mut bytes = TaggedReq::new(ty, id, tag, count).as_bytes().to_vec();
-    for i in ids {
-        bytes.extend_from_slice(&i.to_le_bytes());
-    }
-    let (n, r) = h.request(&bytes, 16);
-    assert_eq!(n, 16, "a tagged response is 16 bytes");
-    let r = TaggedResp::read_from_bytes(&r).unwrap();
-    (r.resp_type.get(), r.reason.get(), r.value.get())
-}
-
-fn accept(h: &mut Harness, chain: u64, ids: &[u64]) -> (u16, u16, u32) {
-    tagged_req(h, TAGMEM_REQ_ACCEPT, chain, [0; 16], ids)
-}
-
-fn release(h: &mut Harness, id: u64, tag: u128) -> (u16, u16, u32) {
-    tagged_req(h, TAGMEM_REQ_RELEASE, id, *Uuid::from_u128(tag).as_bytes(), &[])
-}
-
-const ACK: u16 = VIRTIO_MEM_RESP_ACK;
-const ERR: u16 = VIRTIO_MEM_RESP_ERROR;
-
-fn offers(evs: &[Event]) -> Vec<(u64, bool, u64)> {
-    evs.iter()
-        .filter_map(|e| match e {
-            Event::Offer {
-                chain_id,
-                more,
-                record,
-            } => Some((*chain_id, *more, record.extent_id.get())),
-            _ => None,
-        })
-        .collect()
-}
+use common::*;
 
 #[test]
 fn full_life_cycle() {
@@ -93,7 +29,10 @@ fn full_life_cycle() {
     assert_eq!((record.addr.get(), record.length.get()), (WIN + MB2, 2 * MB2));
     assert_eq!(record.read_latency_ns.get(), 250);
     assert_eq!(record.write_bandwidth_mbps.get(), 10_000);
-    assert_eq!((record.node_id.get(), record.source), (2, SOURCE_CXL_DC));
+    assert_eq!(
+        (record.node_id.get(), record.source),
+        (2, VIRTIO_MEM_SOURCE_CXL_DC)
+    );
     // [T-SEC-1] nothing is mapped before the accept.
     assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
     assert_eq!(accept(&mut h, 1, &[1, 2]), (ACK, reason::NONE, 2));
@@ -176,7 +115,7 @@ fn accept_errors_leave_the_chain_pending() {
     assert_eq!(accept(&mut h, 1, &[1, 3]), (ERR, reason::PARTIAL_GROUP, 0));
     assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
     // Wrong declared count vs. bytes.
-    let mut bytes = TaggedReq::new(TAGMEM_REQ_ACCEPT, 1, [0; 16], 2)
+    let mut bytes = TaggedReq::new(VIRTIO_MEM_REQ_ACCEPT, 1, [0; 16], 2)
         .as_bytes()
         .to_vec();
     bytes.extend_from_slice(&3u64.to_le_bytes());
@@ -185,7 +124,7 @@ fn accept_errors_leave_the_chain_pending() {
         TaggedResp::read_from_bytes(&r).unwrap().reason.get(),
         reason::BAD_LENGTH
     );
-    let huge = TaggedReq::new(TAGMEM_REQ_ACCEPT, 1, [0; 16], u32::MAX);
+    let huge = TaggedReq::new(VIRTIO_MEM_REQ_ACCEPT, 1, [0; 16], u32::MAX);
     let (_, r) = h.request(huge.as_bytes(), 16);
     assert_eq!(
         TaggedResp::read_from_bytes(&r).unwrap().reason.get(),
@@ -247,7 +186,7 @@ fn host_release_deferred_while_busy() {
     let tag = *Uuid::from_u128(9).as_bytes();
     // RELEASE_BUSY before the host asked is a protocol error.
     assert_eq!(
-        tagged_req(&mut h, TAGMEM_REQ_RELEASE_BUSY, 1, tag, &[]),
+        tagged_req(&mut h, VIRTIO_MEM_REQ_RELEASE_BUSY, 1, tag, &[]),
         (ERR, reason::WRONG_STATE, 0)
     );
     assert_eq!(
@@ -257,7 +196,7 @@ fn host_release_deferred_while_busy() {
     let evs = h.events();
     assert!(matches!(evs[..], [Event::ReleaseRequest { record }] if record.extent_id.get() == 1));
     assert_eq!(
-        tagged_req(&mut h, TAGMEM_REQ_RELEASE_BUSY, 2, tag, &[]),
+        tagged_req(&mut h, VIRTIO_MEM_REQ_RELEASE_BUSY, 2, tag, &[]),
         (ACK, reason::NONE, 0)
     );
     assert!(h
@@ -353,7 +292,7 @@ fn readonly_extents_are_mapped_readonly() {
     let Event::Offer { record, .. } = evs[0] else {
         panic!()
     };
-    assert_eq!(record.flags.get(), EXTENT_F_READONLY);
+    assert_eq!(record.flags.get(), VIRTIO_MEM_EXTENT_F_READONLY);
     accept(&mut h, 1, &[1]);
     assert!(h.mapper.lock().unwrap().lookup(WIN).unwrap().readonly);
 }
@@ -384,39 +323,161 @@ fn mapping_failure_drops_the_whole_chain() {
 #[test]
 fn offers_need_an_active_tagged_driver() {
     let cfg = Harness::config();
-    let mut h = Harness::new(cfg, 1 << VIRTIO_F_VERSION_1);
+    let mut h = Harness::new(
+        cfg,
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
+    );
     assert_eq!(h.dev.offer(&[spec(0, 0, MB2)]), Err(ControlError::NotReady));
 }
 
+/// [T-ACCEPT-2] (item B8): every tag group is all-or-nothing, as DCD v11 adds a tag group
+/// whole; untagged extents are individual.
 #[test]
-fn reset_releases_everything_and_ids_stay_unique() {
+fn every_tag_group_is_all_or_nothing() {
     let mut h = Harness::tagged();
-    h.post_event_buffers(8, 128);
-    h.dev.offer(&[spec(1, 0, MB2)]).unwrap();
-    h.events();
-    accept(&mut h, 1, &[1]);
-    h.dev.offer(&[spec(2, MB2, MB2)]).unwrap();
-    h.dev.take_host_events();
-    h.dev.reset();
-    assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
-    assert!(h.dev.extents().is_empty());
-    let evs = h.dev.take_host_events();
-    assert!(evs
-        .iter()
-        .any(|e| matches!(e, HostEvent::ChainDropped { chain_id: 2, .. })));
-    assert!(evs
-        .iter()
-        .any(|e| matches!(e, HostEvent::Released { extents } if extents[0].0 == 1)));
-    // Re-activate and offer again: ids continue.
-    let f = h.dev.device_features();
-    h.dev.set_driver_features(f);
-    let q0 = tagmem_device::test_utils::RawQueue::new(h.mem.clone(), 0x1_0000, 16);
-    let q1 = tagmem_device::test_utils::RawQueue::new(h.mem.clone(), 0x1_8000, 16);
+    h.post_event_buffers(5, 128);
     h.dev
-        .activate(h.mem.clone(), vec![q0.queue(), q1.queue()])
+        .offer(&[
+            spec(4, 0, MB2),
+            spec(4, MB2, MB2),
+            spec(0, 2 * MB2, MB2),
+            spec(0, 3 * MB2, MB2),
+            sharable(5, 4 * MB2, 0),
+        ])
         .unwrap();
-    let r = h.dev.offer(&[spec(1, 0, MB2)]).unwrap();
-    assert_eq!((r.chain_id, r.extents[0].0), (3, 3));
+    h.events();
+    assert_eq!(
+        accept(&mut h, 1, &[1, 3]),
+        (ERR, reason::PARTIAL_GROUP, 0),
+        "part of a non-sharable tag group"
+    );
+    assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
+    assert_eq!(accept(&mut h, 1, &[2, 1, 4]), (ACK, reason::NONE, 3));
+    let table = h.dev.extents();
+    assert_eq!(
+        table.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![1, 2, 4],
+        "one untagged extent and the sharable group left out"
+    );
+}
+
+/// [T-TIMEOUT-1] (item B9): with a guest clock the offer timeout counts only while the guest
+/// runs; a paused VM does not abandon offers.
+#[test]
+fn offer_timeout_counts_guest_time_only() {
+    let cfg = Harness::config();
+    let f = cfg.features();
+    let (mut h, guest) = Harness::with_guest_clock(cfg, f);
+    let host = h.clock.clone();
+    h.post_event_buffers(1, 128);
+    h.dev.offer(&[spec(8, 0, MB2)]).unwrap();
+    host.advance(10_000);
+    guest.pause();
+    host.advance(60_000);
+    h.dev.poll_timers();
+    assert_eq!(h.dev.extents().len(), 1, "60 s paused are no guest time");
+    guest.resume();
+    host.advance(9_999);
+    h.dev.poll_timers();
+    assert_eq!(h.dev.extents().len(), 1, "19.999 s of guest time");
+    host.advance(1);
+    h.dev.poll_timers();
+    assert!(h.dev.extents().is_empty(), "abandoned after 20 s of guest time");
+}
+
+/// [T-Q-6] (item C19): an offer that would take the event queue past its bound is refused whole.
+#[test]
+fn offer_respects_the_event_queue_bound() {
+    let mut cfg = Harness::config();
+    cfg.max_pending = 4096;
+    cfg.tagged = Some(TaggedWindow {
+        addr: WIN,
+        size: 1 << 40,
+    });
+    let f = cfg.features();
+    let mut h = Harness::new(cfg, f);
+    // No event buffers: every event stays queued. Fill the queue to 10 short of the bound with
+    // metadata updates of one accepted extent.
+    let (r, _) = h.offer_and_accept(&[spec(0, 0, MB2)]).unwrap();
+    let id = r.extents[0].0;
+    for _ in 0..OUTBOX_LIMIT - 10 {
+        h.dev
+            .update_metadata(Target::Extent(id), Perf::default())
+            .unwrap();
+    }
+    let specs: Vec<ExtentSpec> = (1..=11).map(|i| spec(0, i * MB2, MB2)).collect();
+    assert_eq!(
+        h.dev.offer(&specs),
+        Err(ControlError::EventBacklog(OUTBOX_LIMIT - 10)),
+        "11 OFFER events do not fit"
+    );
+    assert_eq!(h.dev.extents().len(), 1, "nothing of the refused offer stays");
+    h.dev.offer(&specs[..10]).unwrap();
+    assert_eq!(h.dev.snapshot().outbox.len(), OUTBOX_LIMIT);
+}
+
+/// [T-Q-5] (item C21): an eventq buffer with any device-readable descriptor, even an empty one,
+/// gets used length 0 and consumes no event.
+#[test]
+fn eventq_buffer_with_a_readable_descriptor_gets_used_length_zero() {
+    let mut h = Harness::tagged();
+    h.evq
+        .add_chain(&[(EVT_ADDR, 0, false), (EVT_ADDR + 128, 128, true)]);
+    h.evq
+        .add_chain(&[(EVT_ADDR, 16, false), (EVT_ADDR + 128, 128, true)]);
+    h.dev.offer(&[spec(0, 0, MB2)]).unwrap();
+    let used = h.evq.take_used();
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![0, 0]);
+    assert_eq!(h.dev.metrics().bad_event_buffers.get(), 2);
+    h.post_event_buffers(1, 128);
+    assert_eq!(offers(&h.events()), vec![(1, false, 1)], "the event was kept");
+}
+
+/// [T-Q-3] (item C21): an indirect table longer than the queue is refused (used length 0, no
+/// action), on guestq and eventq alike.
+#[test]
+fn indirect_table_longer_than_the_queue_is_refused() {
+    let mut cfg = Harness::config();
+    cfg.queue_size = 16;
+    let f = cfg.features();
+    let mut h = Harness::new(cfg, f);
+    // A PLUG request in an indirect table of 17 entries (two used, linked).
+    const TABLE: u64 = 0x6_0000;
+    let req = VirtioMemReq::new(VIRTIO_MEM_REQ_PLUG, 1 << 30, 1);
+    h.write(REQ_ADDR, req.as_bytes());
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&flags.to_le_bytes());
+        b[14..16].copy_from_slice(&next.to_le_bytes());
+        b
+    };
+    h.write(TABLE, &[0u8; 16 * 17]);
+    h.write(TABLE, &desc(REQ_ADDR, 24, 1, 1));
+    h.write(TABLE + 16, &desc(RESP_ADDR, 10, 2, 0));
+    let head = h.reqq.next_free_index();
+    h.reqq.set_desc(head, TABLE, 16 * 17, 4, 0);
+    h.reqq.publish(head);
+    h.dev.queue_notify(VIRTIO_MEM_GUESTQ);
+    assert_eq!(h.reqq.take_used(), vec![(u32::from(head), 0)]);
+    assert_eq!(h.dev.plugged_size(), 0, "the request was not carried out");
+    // The same table at the queue's size is fine.
+    let head = (head + 1) % 16;
+    h.reqq.set_desc(head, TABLE, 16 * 16, 4, 0);
+    h.reqq.publish(head);
+    h.dev.queue_notify(VIRTIO_MEM_GUESTQ);
+    assert_eq!(h.reqq.take_used(), vec![(u32::from(head), 10)]);
+    assert_eq!(h.dev.plugged_size(), 2 << 20);
+    // On eventq: an overlong table consumes no event.
+    h.write(TABLE + 0x1000, &desc(EVT_ADDR, 128, 2, 0));
+    let head = h.evq.next_free_index();
+    h.evq.set_desc(head, TABLE + 0x1000, 16 * 17, 4, 0);
+    h.evq.publish(head);
+    h.dev.offer(&[spec(0, 0, MB2)]).unwrap();
+    assert_eq!(h.evq.take_used(), vec![(u32::from(head), 0)]);
+    h.post_event_buffers(1, 128);
+    assert_eq!(offers(&h.events()), vec![(1, false, 1)]);
 }
 
 #[test]
@@ -484,7 +545,7 @@ fn restore_rejects_inconsistent_snapshots() {
     let mut s = good.clone();
     s.extents[1].gpa = s.extents[0].gpa;
     assert!(
-        matches!(restore(&s), Err(DeviceError::InvalidSnapshot(_))),
+        matches!(restore(&s), Err(DeviceError::InvalidSnapshot { .. })),
         "overlap"
     );
     let mut s = good.clone();
@@ -541,7 +602,7 @@ fn hostile_chains_get_defined_answers() {
     h.reqq.publish(base);
     // A head index past the queue size.
     h.reqq.publish(1000);
-    h.dev.queue_notify(GUESTQ);
+    h.dev.queue_notify(VIRTIO_MEM_GUESTQ);
     let used = h.reqq.take_used();
     let lens: Vec<u32> = used.iter().map(|u| u.1).collect();
     assert_eq!(lens[..6], [0, 0, 0, 0, 10, 0]);

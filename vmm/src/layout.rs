@@ -48,6 +48,10 @@ pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 /// limit).
 pub const TAGGED_WINDOW_BASE: u64 = 4 * GIB;
 
+/// Start of the device's base virtio-mem region: one 128 MiB memory block between the MMIO window
+/// and 4 GiB, which Linux's virtio_mem needs to probe (it is never plugged unless asked for).
+pub const BASE_REGION_ADDR: u64 = MMIO_END;
+
 /// Guest-physical address of the `index`-th virtio-mmio device window.
 pub fn virtio_mmio_addr(index: u32) -> Option<u64> {
     let addr = u64::from(index)

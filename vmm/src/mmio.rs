@@ -419,8 +419,12 @@ where
         if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             let wanted = self.state.driver_features;
             self.device.set_driver_features(wanted);
-            // §2.2.2: refuse FEATURES_OK if the driver accepted bits the device did not offer.
-            if self.device.driver_features() != wanted || wanted & !self.device.device_features() != 0 {
+            // §2.2.2: refuse FEATURES_OK if the driver accepted bits the device did not offer, or
+            // (§3.1.1 step 5) a set the device cannot work with.
+            if self.device.driver_features() != wanted
+                || wanted & !self.device.device_features() != 0
+                || !self.device.features_ok()
+            {
                 status &= !VIRTIO_CONFIG_S_FEATURES_OK;
             }
         }
@@ -536,6 +540,8 @@ mod tests {
         notified: Vec<u16>,
         resets: usize,
         refuse: bool,
+        /// Features the device requires (the `features_ok` hook).
+        required: u64,
         config_writes: Vec<(u64, Vec<u8>)>,
     }
 
@@ -558,6 +564,9 @@ mod tests {
         }
         fn driver_features(&self) -> u64 {
             self.acked
+        }
+        fn features_ok(&self) -> bool {
+            self.acked & self.required == self.required
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
@@ -684,6 +693,26 @@ mod tests {
         let mut t = transport();
         let status = negotiate(&mut t, OFFERED | (1 << 5));
         assert_eq!(status & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    }
+
+    /// The device's `features_ok` hook decides FEATURES_OK (item A3): a driver that does not
+    /// accept a required feature cannot complete negotiation, nor set DRIVER_OK.
+    #[test]
+    fn features_ok_hook_refuses_features_ok() {
+        let mut t = transport();
+        t.device_mut().required = 1 << 3;
+        let status = negotiate(&mut t, 1 << 32);
+        assert_eq!(
+            status & VIRTIO_CONFIG_S_FEATURES_OK,
+            0,
+            "the required bit was left out"
+        );
+        w(&mut t, VIRTIO_MMIO_STATUS, status | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert!(!t.activated());
+        assert!(t.device().activated.is_none());
+        w(&mut t, VIRTIO_MMIO_STATUS, 0);
+        let status = negotiate(&mut t, OFFERED);
+        assert_ne!(status & VIRTIO_CONFIG_S_FEATURES_OK, 0);
     }
 
     #[test]

@@ -32,8 +32,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tagmem_device::{
-    Clock, ControlError, DeviceConfig, DeviceError, ExtentInfo, ExtentSpec, HostEvent, MonotonicClock,
-    OfferReceipt, Perf, SourceId, TaggedMemDevice, TaggedWindow, Target,
+    Clock, ControlError, DeviceConfig, DeviceError, ExtentInfo, ExtentSpec, GuestClock, HostEvent,
+    MonotonicClock, OfferReceipt, Perf, SourceId, SourceRef, TaggedMemDevice, TaggedWindow, Target,
+    MINIMAL_BASE_REGION_SIZE,
 };
 use uuid::Uuid;
 use vmm_sys_util::eventfd::EventFd;
@@ -45,6 +46,10 @@ pub type TaggedDevice = TaggedMemDevice<BootMemory>;
 pub type DeviceTransport = MmioTransport<TaggedDevice>;
 /// A subscriber the event loop runs (e.g. a control-socket listener).
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The backing id under which [`Vmm::new`] registers the base region's sparse memfd (the default
+/// configuration's `region_source`).
+pub const BASE_REGION_SOURCE: SourceId = SourceId(u64::MAX);
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,9 @@ pub enum VmmError {
     /// The memslot mapper refused a backing operation.
     #[error(transparent)]
     Memslot(#[from] MemslotError),
+    /// A host backing (the base region's memfd) could not be created.
+    #[error(transparent)]
+    Backing(#[from] crate::backing::BackingError),
     /// A guest command cannot be encoded.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -139,7 +147,8 @@ pub struct VmmConfig {
     pub vm: VmConfig,
     /// The tagged virtio-mem device.
     pub device: DeviceConfig,
-    /// The device's clock (a manual clock lets tests expire offers without waiting).
+    /// The host clock under the device's guest clock (a manual clock lets tests expire offers
+    /// without waiting); the runtime stops guest time while the vCPU is parked or stopped.
     pub clock: Arc<dyn Clock>,
     /// How often the event loop lets the device expire offers.
     pub timer_period: Duration,
@@ -161,7 +170,16 @@ impl std::fmt::Debug for VmmConfig {
 impl Default for VmmConfig {
     fn default() -> Self {
         let vm = VmConfig::default();
+        // Tagged capacity only: the base region is one never-plugged block (Linux's virtio_mem
+        // fails its probe on an empty one), backed by a sparse memfd `Vmm::new` registers.
         let device = DeviceConfig {
+            region_addr: layout::BASE_REGION_ADDR,
+            region_size: MINIMAL_BASE_REGION_SIZE,
+            region_source: Some(SourceRef {
+                id: BASE_REGION_SOURCE,
+                offset: 0,
+            }),
+            requested_size: 0,
             tagged: Some(TaggedWindow {
                 addr: layout::TAGGED_WINDOW_BASE,
                 size: vm.identity_limit.saturating_sub(layout::TAGGED_WINDOW_BASE),
@@ -183,8 +201,10 @@ impl Default for VmmConfig {
 struct RunControl {
     /// Doorbell rings so far; a change makes a halted guest run again.
     rings: u64,
-    /// Park the vCPU at its next `hlt` (for a snapshot).
-    pause: bool,
+    /// Holders that want the vCPU parked at its next `hlt` (a snapshot, [`Vmm::pause`]).
+    pause: u32,
+    /// [`Vmm::pause`] holds one of them.
+    paused_by_request: bool,
     /// The vCPU is parked at a `hlt` exit.
     parked: bool,
     /// End the vCPU thread.
@@ -204,6 +224,8 @@ pub(crate) struct BackingEntry {
 /// What the vCPU thread, the event loop and the host side share.
 pub(crate) struct Shared {
     pub(crate) transport: Arc<Mutex<DeviceTransport>>,
+    /// The device's clock: guest time, stopped while the vCPU is parked or stopped.
+    pub(crate) clock: Arc<GuestClock>,
     pub(crate) mapper: SharedMapper,
     pub(crate) backings: Mutex<BTreeMap<SourceId, BackingEntry>>,
     /// Backing of each live offered extent, so a host event's extent ids name the backings that
@@ -262,7 +284,7 @@ impl Shared {
                         }
                         &[]
                     }
-                    HostEvent::ReleaseDeferred { .. } => &[],
+                    HostEvent::ReleaseDeferred { .. } | HostEvent::DeviceReset { .. } => &[],
                 };
                 candidates.extend(ended.iter().filter_map(|id| sources.remove(id)));
             }
@@ -439,6 +461,7 @@ impl std::fmt::Debug for Vmm {
 /// Everything a [`Vmm`] is assembled from, fresh or restored.
 pub(crate) struct Parts {
     pub(crate) vm: Vm,
+    pub(crate) clock: Arc<GuestClock>,
     pub(crate) vcpu: Vcpu,
     pub(crate) transport: DeviceTransport,
     pub(crate) backings: BTreeMap<SourceId, BackingEntry>,
@@ -459,21 +482,38 @@ impl Vmm {
     pub fn new(config: VmmConfig) -> Result<Vmm, VmmError> {
         let mut vm = Vm::new(config.vm.clone())?;
         vm.load_image(image::LOAD_ADDR, image::BYTES)?;
+        let mut backings = BTreeMap::new();
+        if let Some(src) = config.device.region_source {
+            // The base region's backing: sparse, so a never-plugged region costs nothing.
+            let size = src.offset.saturating_add(config.device.region_size);
+            vm.mapper()
+                .lock()
+                .register_backing(src.id, Backing::memfd("tagmem-base-region", size)?)?;
+            backings.insert(
+                src.id,
+                BackingEntry {
+                    lifetime: BackingLifetime::Persistent,
+                    offered: false,
+                },
+            );
+        }
         let irq = Arc::new(MmioInterrupt::new(None));
+        let clock = Arc::new(GuestClock::new(config.clock.clone()));
         let device = TaggedMemDevice::new(
             config.device.clone(),
             Box::new(vm.mapper()),
             irq.clone(),
-            config.clock.clone(),
+            clock.clone(),
         )?;
         let transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
         let vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
         let control_done = Arc::new(Condvar::new());
         let parts = Parts {
             vm,
+            clock,
             vcpu,
             transport,
-            backings: BTreeMap::new(),
+            backings,
             control: TestControl::new(control_done.clone()),
             control_done,
         };
@@ -484,6 +524,7 @@ impl Vmm {
     pub(crate) fn assemble(config: VmmConfig, parts: Parts) -> Result<Vmm, VmmError> {
         let Parts {
             vm,
+            clock,
             vcpu,
             transport,
             backings,
@@ -506,6 +547,7 @@ impl Vmm {
             .collect();
         let shared = Arc::new(Shared {
             transport,
+            clock,
             mapper: vm.mapper(),
             backings: Mutex::new(backings),
             extent_sources: Mutex::new(extent_sources),
@@ -900,42 +942,80 @@ impl Vmm {
         self.shared.exited()
     }
 
-    /// Parks the vCPU at its next `hlt` (the guest is idle then) and runs `f` while it is
-    /// parked; used for snapshots.
+    /// Parks the vCPU at its next `hlt` (the guest is idle then) and stops guest time; the
+    /// caller undoes both with [`Vmm::unpark`].
+    fn park(&self) -> Result<(), VmmError> {
+        let mut rc = lock(&self.shared.run);
+        rc.pause += 1;
+        rc.rings = rc.rings.wrapping_add(1);
+        self.shared.run_changed.notify_all();
+        while !rc.parked && rc.exited.is_none() {
+            rc = self
+                .shared
+                .run_changed
+                .wait(rc)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(reason) = rc.exited.clone() {
+            rc.pause -= 1;
+            return Err(VmmError::GuestStopped {
+                reason,
+                console: self.shared.console.contents(),
+            });
+        }
+        // [T-TIMEOUT-1]: offers do not time out while the guest cannot answer them.
+        self.shared.clock.pause();
+        Ok(())
+    }
+
+    fn unpark(&self) {
+        self.shared.clock.resume();
+        let mut rc = lock(&self.shared.run);
+        rc.pause = rc.pause.saturating_sub(1);
+        self.shared.run_changed.notify_all();
+    }
+
+    /// Parks the vCPU at its next `hlt` and runs `f` while it is parked, guest time stopped;
+    /// used for snapshots.
     pub(crate) fn while_parked<R>(&self, f: impl FnOnce(&Vcpu) -> R) -> Result<R, VmmError> {
         let _serial = lock(&self.command_lock);
-        {
-            let mut rc = lock(&self.shared.run);
-            rc.pause = true;
-            rc.rings = rc.rings.wrapping_add(1);
-            self.shared.run_changed.notify_all();
-            while !rc.parked && rc.exited.is_none() {
-                rc = self
-                    .shared
-                    .run_changed
-                    .wait(rc)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            if let Some(reason) = rc.exited.clone() {
-                rc.pause = false;
-                return Err(VmmError::GuestStopped {
-                    reason,
-                    console: self.shared.console.contents(),
-                });
-            }
-        }
+        self.park()?;
         let r = f(&lock(&self.vcpu));
-        let mut rc = lock(&self.shared.run);
-        rc.pause = false;
-        self.shared.run_changed.notify_all();
+        self.unpark();
         Ok(r)
+    }
+
+    /// Pauses the guest: parks the vCPU at its next `hlt` and stops guest time, so unanswered
+    /// offers do not time out while it is paused (SPEC.md [T-TIMEOUT-1]). Guest commands wait
+    /// until [`Vmm::resume`]. Pausing a paused VM does nothing.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        if lock(&self.shared.run).paused_by_request {
+            return Ok(());
+        }
+        self.park()?;
+        lock(&self.shared.run).paused_by_request = true;
+        Ok(())
+    }
+
+    /// Lets a paused guest run again; guest time runs on from where it stopped.
+    pub fn resume(&self) {
+        let was = std::mem::take(&mut lock(&self.shared.run).paused_by_request);
+        if was {
+            self.unpark();
+        }
+    }
+
+    /// Whether [`Vmm::pause`] holds the guest.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.shared.run).paused_by_request
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
-    /// Stops the vCPU thread and the event loop. The VM stays inspectable; guest commands fail.
+    /// Stops the vCPU thread and the event loop, and with them guest time. The VM stays
+    /// inspectable; guest commands fail.
     pub fn shutdown(&self) {
         if let Some(mut l) = lock(&self.event_loop).take() {
             l.stop();
@@ -943,6 +1023,7 @@ impl Vmm {
         let Some(mut t) = lock(&self.vcpu_thread).take() else {
             return;
         };
+        self.shared.clock.pause();
         self.shared.stop_flag.store(true, Ordering::SeqCst);
         {
             let mut rc = lock(&self.shared.run);
@@ -981,7 +1062,7 @@ fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
                     if rc.stop {
                         break true;
                     }
-                    if rc.pause {
+                    if rc.pause > 0 {
                         rc.parked = true;
                         shared.run_changed.notify_all();
                     } else {
@@ -1018,6 +1099,13 @@ mod tests {
     fn default_config_puts_a_valid_window_inside_the_identity_map() {
         let c = VmmConfig::default();
         c.device.validate().unwrap();
+        let base = c.device.region_addr..c.device.region_addr + c.device.region_size;
+        assert!(
+            base.start >= layout::MMIO_END && base.end <= layout::TAGGED_WINDOW_BASE,
+            "{base:x?}"
+        );
+        assert!(base.start >= c.vm.boot_ram_size);
+        assert_eq!(c.device.requested_size, 0, "nothing plugged unless asked for");
         let w = c.device.tagged.unwrap();
         assert_eq!(w.addr, layout::TAGGED_WINDOW_BASE);
         assert_eq!(w.addr + w.size, c.vm.identity_limit);

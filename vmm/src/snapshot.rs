@@ -26,7 +26,7 @@ use crate::vm::{Vm, VmConfig};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar};
-use tagmem_device::{DeviceState, SourceId, TaggedMemDevice};
+use tagmem_device::{DeviceState, GuestClock, SourceId, TaggedMemDevice};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
 /// One registered backing: how to reach its bytes again.
@@ -161,11 +161,12 @@ impl Vmm {
             }
         }
         let irq = Arc::new(MmioInterrupt::new(None));
+        let clock = Arc::new(GuestClock::new(config.clock.clone()));
         let device = TaggedMemDevice::restore(
             &snapshot.device,
             Box::new(mapper),
             irq.clone(),
-            config.clock.clone(),
+            clock.clone(),
             Some(vm.memory()),
         )?;
         let mut transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
@@ -185,6 +186,7 @@ impl Vmm {
             config,
             Parts {
                 vm,
+                clock,
                 vcpu,
                 transport,
                 backings: entries,

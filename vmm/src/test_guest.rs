@@ -582,7 +582,7 @@ pub struct DevView {
     pub size: u64,
     /// NUMA node.
     pub node: u64,
-    /// `EXTENT_F_*` flags.
+    /// `VIRTIO_MEM_EXTENT_F_*` flags.
     pub flags: u64,
     /// Read latency, ns.
     pub read_latency_ns: u64,
@@ -724,7 +724,7 @@ pub struct ExtentDetail {
     pub gpa: u64,
     /// Length in bytes.
     pub len: u64,
-    /// `EXTENT_F_*` flags.
+    /// `VIRTIO_MEM_EXTENT_F_*` flags.
     pub flags: u32,
     /// Sequence number within its tag group.
     pub seq: u16,

@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use tagmem_device::{
-    ControlError, DeviceConfig, DeviceState, ExtentFlags, ExtentSpec, HostEvent, MapperError, Mapping,
-    MemoryMapper, MonotonicClock, Notifier, Perf, SourceClass, SourceId, SourceRef, TaggedMemDevice,
-    TaggedWindow, Target, VirtioDevice,
+    ControlError, DeviceConfig, DeviceState, ExtentFlags, ExtentSpec, GuestClock, HostEvent, MapperError,
+    Mapping, MemoryMapper, MonotonicClock, Notifier, Perf, SourceClass, SourceId, SourceRef, TaggedMemDevice,
+    TaggedWindow, Target, VirtioDevice, MINIMAL_BASE_REGION_SIZE,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::AtomicBitmap;
@@ -18,7 +18,10 @@ type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 /// What the adapter hosts (`TaggedMemCore` in the series).
 type TaggedMemCore = TaggedMemDevice<GuestMemoryAtomic<GuestMemoryMmap>>;
 
-const WINDOW: u64 = 64 << 30;
+/// Start of the range the device manager allocates: the base region, then the window.
+const RANGE: u64 = 64 << 30;
+/// The tagged window, behind the one-block base region.
+const WINDOW: u64 = RANGE + MINIMAL_BASE_REGION_SIZE;
 const MIB2: u64 = 2 << 20;
 
 #[derive(Default)]
@@ -49,14 +52,27 @@ impl Notifier for Signals {
     }
 }
 
+/// The configuration `make_virtio_tagged_mem_device` builds.
 fn config() -> DeviceConfig {
     DeviceConfig {
+        region_addr: RANGE,
+        region_size: MINIMAL_BASE_REGION_SIZE,
+        region_source: Some(SourceRef {
+            id: SourceId(99),
+            offset: 0,
+        }),
+        requested_size: 0,
         tagged: Some(TaggedWindow {
             addr: WINDOW,
-            size: WINDOW,
+            size: RANGE,
         }),
         ..Default::default()
     }
+}
+
+/// The clock `TaggedMem::new` gives the core.
+fn guest_clock() -> Arc<GuestClock> {
+    Arc::new(GuestClock::new(Arc::new(MonotonicClock::default())))
 }
 
 fn memory() -> GuestMemoryAtomic<GuestMemoryMmap> {
@@ -98,21 +114,20 @@ fn extent(tag: uuid::Uuid, seq: u16) -> ExtentSpec {
     }
 }
 
-fn new_core(mapped: Arc<Mutex<Vec<Mapping>>>, signals: Arc<Signals>) -> TaggedMemCore {
-    TaggedMemCore::new(
-        config(),
-        Box::new(Recorder(mapped)),
-        signals,
-        Arc::new(MonotonicClock::default()),
-    )
-    .expect("valid configuration")
+fn new_core(
+    mapped: Arc<Mutex<Vec<Mapping>>>,
+    signals: Arc<Signals>,
+    clock: Arc<GuestClock>,
+) -> TaggedMemCore {
+    TaggedMemCore::new(config(), Box::new(Recorder(mapped)), signals, clock).expect("valid configuration")
 }
 
 #[test]
 fn adapter_calls_work_over_ch_guest_memory() {
     let mapped = Arc::new(Mutex::new(Vec::new()));
     let signals = Arc::new(Signals::default());
-    let mut core = new_core(mapped.clone(), signals.clone());
+    let clock = guest_clock();
+    let mut core = new_core(mapped.clone(), signals.clone(), clock.clone());
 
     // Construction-time queries the adapter copies into VirtioCommon.
     let features = core.device_features();
@@ -124,7 +139,14 @@ fn adapter_calls_work_over_ch_guest_memory() {
     // Offers need an active device with the feature negotiated.
     let tag = uuid::Uuid::from_u128(0x0b6c_7d8e_1f2a_4b3c_8d4e_5f6a_7b8c_9d0e);
     assert_eq!(core.offer(&[extent(tag, 0)]), Err(ControlError::NotReady));
+    // CH's transport sets FEATURES_OK without asking; the core refuses activation instead.
+    core.set_driver_features(features & !(1 << tagmem_device::wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE));
+    assert!(!core.features_ok());
+    assert!(core
+        .activate(memory(), vec![queue(0x1_0000), queue(0x4_0000)])
+        .is_err());
     core.set_driver_features(features);
+    assert!(core.features_ok());
     assert!(core.tagged_negotiated());
     core.activate(memory(), vec![queue(0x1_0000), queue(0x4_0000)])
         .expect("activation");
@@ -139,10 +161,12 @@ fn adapter_calls_work_over_ch_guest_memory() {
     // Nothing is mapped before the driver accepts.
     assert!(mapped.lock().unwrap().is_empty());
 
-    // What the worker does on queue and timer events.
+    // What the worker does on queue and timer events; Pausable stops the offer timeout.
     core.queue_notify(0);
     core.queue_notify(1);
+    clock.pause();
     core.poll_timers();
+    clock.resume();
     let _: Vec<HostEvent> = core.take_host_events();
 
     // Release of capacity that is still pending is refused with a typed error.
@@ -157,7 +181,7 @@ fn adapter_calls_work_over_ch_guest_memory() {
         &state,
         Box::new(Recorder(mapped.clone())),
         signals.clone(),
-        Arc::new(MonotonicClock::default()),
+        guest_clock(),
         None,
     )
     .expect("restore");
@@ -167,16 +191,19 @@ fn adapter_calls_work_over_ch_guest_memory() {
         .activate(memory(), vec![queue(0x1_0000), queue(0x4_0000)])
         .expect("activation after restore");
 
-    // Guest reset drops everything and reports it.
+    // A guest reset keeps the extents (pending chains are offered again) and is reported.
+    let before = core.extents();
     core.reset();
-    assert!(core.extents().is_empty());
-    assert!(!core.take_host_events().is_empty());
+    assert_eq!(core.extents(), before);
+    assert!(core.take_host_events().iter().any(
+        |e| matches!(e, HostEvent::DeviceReset { pending_chains } if pending_chains == &[receipt.chain_id])
+    ));
 }
 
 #[test]
 fn without_the_feature_it_is_plain_virtio_mem() {
-    let mut core = new_core(Arc::default(), Arc::default());
-    core.set_driver_features(1 << 32);
+    let mut core = new_core(Arc::default(), Arc::default(), guest_clock());
+    core.set_driver_features(1 << 32 | 1 << tagmem_device::wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE);
     core.activate(memory(), vec![queue(0x1_0000)])
         .expect("one queue is enough");
     assert!(!core.tagged_negotiated());

@@ -36,7 +36,7 @@ pub struct DaxDevice {
     pub size: u64,
     /// The extents, ordered by sequence number then extent id.
     pub extents: Vec<Extent>,
-    /// Union of the extents' `EXTENT_F_*` flags (read-only if any extent is).
+    /// Union of the extents' `VIRTIO_MEM_EXTENT_F_*` flags (read-only if any extent is).
     pub flags: u32,
     /// Performance of the first extent.
     pub perf: Perf,
@@ -446,13 +446,13 @@ impl DaxRegistry {
 mod tests {
     use super::*;
     use alloc::vec;
-    use tagmem_wire::{ExtentRecord, Le64, EXTENT_ALIGN};
+    use tagmem_wire::{ExtentRecord, Le64, VIRTIO_MEM_EXTENT_ALIGN};
 
     fn ext(id: u64, tag: u8, seq: u16) -> Extent {
         let mut r = ExtentRecord {
             extent_id: Le64::new(id),
-            addr: Le64::new(id * EXTENT_ALIGN),
-            length: Le64::new(EXTENT_ALIGN),
+            addr: Le64::new(id * VIRTIO_MEM_EXTENT_ALIGN),
+            length: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
             ..Default::default()
         };
         r.tag = [tag; 16];
@@ -471,7 +471,7 @@ mod tests {
         );
         let d = &reg.devices()[i];
         assert_eq!(d.extents.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4, 9, 5]);
-        assert_eq!(d.size, 4 * EXTENT_ALIGN);
+        assert_eq!(d.size, 4 * VIRTIO_MEM_EXTENT_ALIGN);
         assert_eq!(d.perf.read_latency_ns, 100);
         assert_eq!(d.lead_extent_id(), Some(3));
         assert_eq!(reg.lookup(&[7; 16]).unwrap().name, "dax0.0");
@@ -519,7 +519,7 @@ mod tests {
         let mut reg = DaxRegistry::new();
         reg.create([1; 16], vec![e], false);
         let d = &reg.devices()[0];
-        assert_eq!(d.poison().collect::<Vec<_>>(), [(2 * EXTENT_ALIGN + 4096, 4096)]);
+        assert_eq!(d.poison().collect::<Vec<_>>(), [(2 * VIRTIO_MEM_EXTENT_ALIGN + 4096, 4096)]);
     }
 
     #[test]
@@ -542,9 +542,9 @@ mod tests {
             .all(|g| !g.is_claimed() && g.name.is_empty()));
         assert_eq!(reg.unclaimed()[0].label(), "region0:3");
         // The accepted capacity counts for offers whether claimed or not.
-        assert!(reg.holds_extent(4) && reg.holds_tag(&[7; 16]) && reg.overlaps(EXTENT_ALIGN, 1));
+        assert!(reg.holds_extent(4) && reg.holds_tag(&[7; 16]) && reg.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1));
         assert_eq!(reg.lookup(&[7; 16]), None, "a lookup finds devices only");
-        assert_eq!(reg.lookup_unclaimed(&[7; 16]).unwrap().size, 2 * EXTENT_ALIGN);
+        assert_eq!(reg.lookup_unclaimed(&[7; 16]).unwrap().size, 2 * VIRTIO_MEM_EXTENT_ALIGN);
 
         // Claiming the tag takes the whole group, in seq order, into the seed.
         let i = reg.claim(&[7; 16], true).unwrap();
@@ -578,7 +578,7 @@ mod tests {
         assert!(reg.unclaimed().is_empty());
         assert_eq!(reg.extents().count(), 4);
         assert!(
-            reg.overlaps(4 * EXTENT_ALIGN, 1),
+            reg.overlaps(4 * VIRTIO_MEM_EXTENT_ALIGN, 1),
             "ranges stay indexed after a claim"
         );
     }
@@ -604,7 +604,7 @@ mod tests {
         assert_eq!(reg.claim(&[5; 16], false), Err(ClaimError::NoMatch));
         let g = reg.remove_group(slot).unwrap();
         assert_eq!(g.extents.len(), 2);
-        assert!(!reg.holds_extent(1) && !reg.holds_tag(&[5; 16]) && !reg.overlaps(EXTENT_ALIGN, 1));
+        assert!(!reg.holds_extent(1) && !reg.holds_tag(&[5; 16]) && !reg.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1));
         assert_eq!(reg.group_of(3), Some(Slot::Unclaimed(0)));
         assert_eq!(reg.remove_group(Slot::Device(0)), None);
         assert_eq!(reg.clear().len(), 1);

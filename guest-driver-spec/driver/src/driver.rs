@@ -30,8 +30,14 @@ pub const DEFAULT_SPIN_LIMIT: u64 = 50_000_000;
 pub const MAX_EVENTS_PER_POLL: usize = 1024;
 /// Most entries kept in the driver event log; older ones are dropped first.
 pub const LOG_CAPACITY: usize = 4096;
-/// Size of the driver's response buffer (the largest response, a tagged one).
+/// Size of the driver's response buffer (the largest fixed response, a tagged one).
 const RESP_BUF_LEN: u32 = 16;
+/// Records the driver asks for per LIST request.
+pub const LIST_PAGE: u32 = VIRTIO_MEM_LIST_MAX;
+/// Size of the LIST response buffer: the response and a full page of records.
+const LIST_BUF_LEN: u32 = TAGGED_RESP_LEN + RECORD_LEN * LIST_PAGE;
+const RECORD_LEN: u32 = 80;
+const _: () = assert!(RECORD_LEN as usize == VIRTIO_MEM_EXTENT_RECORD_SIZE);
 /// Wire sizes as descriptor lengths.
 const BASE_REQ_LEN: u32 = 24;
 const BASE_RESP_LEN: u32 = 10;
@@ -40,9 +46,10 @@ const TAGGED_RESP_LEN: u32 = 16;
 const EVENT_LEN: u32 = 128;
 const _: () = assert!(BASE_REQ_LEN as usize == VIRTIO_MEM_REQ_SIZE);
 const _: () = assert!(BASE_RESP_LEN as usize == VIRTIO_MEM_RESP_SIZE);
-const _: () = assert!(TAGGED_REQ_LEN as usize == TAGGED_REQ_SIZE);
-const _: () = assert!(TAGGED_RESP_LEN == RESP_BUF_LEN && TAGGED_RESP_LEN as usize == TAGGED_RESP_SIZE);
-const _: () = assert!(EVENT_LEN as usize == EVENT_SIZE);
+const _: () = assert!(TAGGED_REQ_LEN as usize == VIRTIO_MEM_TAGGED_REQ_SIZE);
+const _: () =
+    assert!(TAGGED_RESP_LEN == RESP_BUF_LEN && TAGGED_RESP_LEN as usize == VIRTIO_MEM_TAGGED_RESP_SIZE);
+const _: () = assert!(EVENT_LEN as usize == VIRTIO_MEM_EVENT_SIZE);
 /// Times a configuration read is retried while the generation counter moves.
 const CONFIG_RETRIES: usize = 16;
 
@@ -63,6 +70,8 @@ pub enum DriverError {
     FeaturesRejected,
     /// The device did not read back status 0 after a reset.
     ResetTimeout,
+    /// The device did not keep DRIVER_OK set, or asked to be reset right away.
+    ActivationFailed,
     /// The configuration generation kept changing while it was read.
     ConfigUnstable,
     /// The device reports queue size 0 for this queue.
@@ -129,6 +138,18 @@ pub enum DriverError {
         /// Count the device reported.
         got: u32,
     },
+    /// A LIST page is out of order, repeats an id, or goes on past what the device said it holds.
+    BadList {
+        /// The first id the page was asked from.
+        from: u64,
+    },
+    /// A record the device listed as accepted fails the driver's checks; it is not exposed.
+    BadListedRecord {
+        /// The extent.
+        extent_id: u64,
+        /// The check it failed.
+        reason: RejectReason,
+    },
 }
 
 impl From<QueueError> for DriverError {
@@ -146,6 +167,7 @@ impl core::fmt::Display for DriverError {
             MissingVersion1 => write!(f, "device does not offer VIRTIO_F_VERSION_1"),
             FeaturesRejected => write!(f, "device rejected the feature set"),
             ResetTimeout => write!(f, "device did not complete reset"),
+            ActivationFailed => write!(f, "device refused DRIVER_OK"),
             ConfigUnstable => write!(f, "configuration kept changing while read"),
             QueueUnavailable(q) => write!(f, "queue {q} unavailable"),
             OutOfDmaMemory => write!(f, "DMA region too small"),
@@ -176,6 +198,10 @@ impl core::fmt::Display for DriverError {
             OfferAfterClose(c) => write!(f, "offer for closed chain {c}"),
             ChainOverflow { chain_id, dropped } => write!(f, "chain {chain_id} overflowed by {dropped}"),
             CountMismatch { expected, got } => write!(f, "count {got}, expected {expected}"),
+            BadList { from } => write!(f, "bad LIST page from extent id {from}"),
+            BadListedRecord { extent_id, reason } => {
+                write!(f, "listed extent {extent_id} refused: {reason}")
+            }
         }
     }
 }
@@ -292,7 +318,14 @@ pub enum DriverEvent {
         /// Its uuid.
         uuid: [u8; 16],
     },
-    /// A dax device vanished without a release (device reset).
+    /// After (re)initialisation the driver listed what the device holds accepted for it
+    /// ([T-LIST-2]); its devices were created again from those extents.
+    Relearned {
+        /// Extent ids listed and exposed again.
+        extents: Vec<u64>,
+    },
+    /// A dax device was forgotten without a release: the driver reset the device (the host keeps
+    /// the capacity; the next `init` lists it again).
     DeviceRemoved {
         /// Its name.
         name: String,
@@ -371,6 +404,7 @@ impl core::fmt::Display for DriverEvent {
             AcceptFailed { chain_id, error } => write!(f, "chain {chain_id}: accept failed: {error}"),
             DeviceCreated { name, uuid } => write!(f, "{name}: created, uuid {}", format_uuid(uuid)),
             DeviceRemoved { name, uuid } => write!(f, "{name}: removed, uuid {}", format_uuid(uuid)),
+            Relearned { extents } => write!(f, "listed {} accepted extents: {extents:?}", extents.len()),
             ChainAbandoned { chain_id, dropped } => {
                 write!(f, "chain {chain_id}: abandoned ({dropped} extents dropped)")
             }
@@ -434,6 +468,8 @@ pub struct TagMemDriver<T: Transport, D: DmaMemory> {
     event_bufs: Vec<Option<u64>>,
     req_buf: u64,
     resp_buf: u64,
+    /// Response buffer of LIST requests.
+    list_buf: u64,
     /// Head of a guestq request that timed out and the device still holds.
     stale: Option<u16>,
     chains: BTreeMap<u64, Chain>,
@@ -467,6 +503,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             event_bufs: Vec::new(),
             req_buf: 0,
             resp_buf: 0,
+            list_buf: 0,
             stale: None,
             chains: BTreeMap::new(),
             registry: DaxRegistry::new(),
@@ -504,7 +541,9 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     /// Resets and initializes the device (VIRTIO 1.2 §3.1.1), then reads its configuration.
     ///
     /// Accepts VERSION_1, TAGGED_EXTENTS, ACPI_PXM and UNPLUGGED_INACCESSIBLE when offered (the
-    /// driver never touches unplugged memory). Any earlier state is forgotten.
+    /// driver never touches unplugged memory). Any earlier driver state is forgotten; with tagged
+    /// extents the driver then lists what the device holds accepted (a reset keeps it) and
+    /// exposes it again before it handles any event ([T-LIST-2]).
     pub fn init(&mut self) -> Result<(), DriverError> {
         self.forget_state();
         self.alloc.reset();
@@ -544,10 +583,111 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         }
         st |= status::DRIVER_OK;
         self.transport.set_status(st);
-        self.initialized = true;
-        if self.eventq.is_some() {
-            self.transport.notify(EVENTQ);
+        let now = self.transport.status();
+        if now & status::DRIVER_OK == 0 || now & status::DEVICE_NEEDS_RESET != 0 {
+            return Err(self.fail(DriverError::ActivationFailed));
         }
+        self.initialized = true;
+        if self.tagged() {
+            // [T-LIST-2]: learn what the device holds accepted for this driver (a reset keeps
+            // it) before any event is processed.
+            if let Err(e) = self.relearn() {
+                return Err(self.fail(e));
+            }
+        }
+        if self.eventq.is_some() {
+            self.transport.notify(VIRTIO_MEM_EVENTQ);
+        }
+        Ok(())
+    }
+
+    /// Walks LIST from the first extent id to the end and exposes what it lists, grouped into
+    /// devices as an accepted chain would be; records that fail the driver's checks are logged
+    /// and not exposed.
+    fn relearn(&mut self) -> Result<(), DriverError> {
+        let expected = self.tagged_config.map_or(0, |c| c.accepted_extents.get());
+        // A device that keeps listing past what it reported is cut off after one spare page.
+        let max_pages = expected / LIST_PAGE + 2;
+        let mut records: Vec<ExtentRecord> = Vec::new();
+        let mut from = 0u64;
+        for _ in 0..max_pages {
+            let page = self.list_page(from)?;
+            let n = page.len();
+            let ordered = page
+                .iter()
+                .map(|r| r.extent_id.get())
+                .try_fold(from, |prev, id| (id >= prev).then_some(id.saturating_add(1)));
+            let Some(next) = ordered else {
+                return Err(DriverError::BadList { from });
+            };
+            records.extend(page);
+            if n < LIST_PAGE as usize {
+                return self.expose_listed(&records);
+            }
+            from = next;
+        }
+        Err(DriverError::BadList { from })
+    }
+
+    /// One LIST page from extent id `from` on.
+    fn list_page(&mut self, from: u64) -> Result<Vec<ExtentRecord>, DriverError> {
+        let hdr = TaggedReq::new(VIRTIO_MEM_REQ_LIST, from, [0; 16], LIST_PAGE);
+        self.dma.write(self.req_buf, hdr.as_bytes());
+        let req = Buf {
+            addr: self.req_buf,
+            len: TAGGED_REQ_LEN,
+        };
+        let resp = Buf {
+            addr: self.list_buf,
+            len: LIST_BUF_LEN,
+        };
+        let len = self.submit(&[req], resp, TAGGED_RESP_LEN)?;
+        let mut b = [0u8; VIRTIO_MEM_TAGGED_RESP_SIZE];
+        self.dma.read(self.list_buf, &mut b);
+        let r = TaggedResp::read_from_bytes(&b[..]).unwrap_or_default();
+        let answer = TaggedResponse {
+            resp: MemResponse::from_wire(r.resp_type.get())?,
+            reason: r.reason.get(),
+            value: r.value.get(),
+        };
+        if answer.resp != MemResponse::Ack {
+            return Err(DriverError::Refused(answer));
+        }
+        let n = answer.value;
+        if n > LIST_PAGE || len != TAGGED_RESP_LEN + RECORD_LEN * n {
+            return Err(DriverError::ResponseLength {
+                need: TAGGED_RESP_LEN + RECORD_LEN * n.min(LIST_PAGE),
+                got: len,
+            });
+        }
+        let mut page = Vec::with_capacity(n as usize);
+        for i in 0..u64::from(n) {
+            let mut rb = [0u8; VIRTIO_MEM_EXTENT_RECORD_SIZE];
+            self.dma.read(
+                self.list_buf + u64::from(TAGGED_RESP_LEN) + u64::from(RECORD_LEN) * i,
+                &mut rb,
+            );
+            page.push(ExtentRecord::read_from_bytes(&rb[..]).unwrap_or_default());
+        }
+        Ok(page)
+    }
+
+    /// Checks listed records as offered ones are checked ([T-SEC-7]) and creates their devices.
+    fn expose_listed(&mut self, records: &[ExtentRecord]) -> Result<(), DriverError> {
+        let window = self.tagged_config.map_or(Window::default(), |c| Window {
+            addr: c.tagged_addr.get(),
+            size: c.tagged_size.get(),
+        });
+        let s = screen(records, window, &self.registry);
+        for (extent_id, reason) in s.rejected {
+            self.push_log(DriverEvent::Protocol(DriverError::BadListedRecord {
+                extent_id,
+                reason,
+            }));
+        }
+        let extents: Vec<u64> = s.candidates.iter().map(|e| e.id).collect();
+        self.create_devices(s.candidates);
+        self.push_log(DriverEvent::Relearned { extents });
         Ok(())
     }
 
@@ -576,11 +716,17 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             .alloc
             .alloc(u64::from(RESP_BUF_LEN), 16)
             .ok_or(DriverError::OutOfDmaMemory)?;
-        self.guestq = Some(self.setup_queue(GUESTQ, GUESTQ_SIZE)?);
+        if self.tagged() {
+            self.list_buf = self
+                .alloc
+                .alloc(u64::from(LIST_BUF_LEN), 16)
+                .ok_or(DriverError::OutOfDmaMemory)?;
+        }
+        self.guestq = Some(self.setup_queue(VIRTIO_MEM_GUESTQ, GUESTQ_SIZE)?);
         if self.tagged() {
             // Room for a whole chain of `max_pending` offers plus a few other events.
             let want = u16::try_from((pending + 8).next_power_of_two()).unwrap_or(EVENTQ_SIZE);
-            let mut q = self.setup_queue(EVENTQ, want.min(EVENTQ_SIZE))?;
+            let mut q = self.setup_queue(VIRTIO_MEM_EVENTQ, want.min(EVENTQ_SIZE))?;
             self.event_bufs = vec![None; usize::from(q.size())];
             for _ in 0..q.size() {
                 let buf = self
@@ -615,11 +761,11 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     /// Re-reads the configuration space (e.g. after `requested_size` changed).
     pub fn refresh_config(&mut self) -> Result<(), DriverError> {
         let len = if self.tagged() {
-            TAGGED_CONFIG_SIZE
+            VIRTIO_MEM_TAGGED_CONFIG_SIZE
         } else {
             VIRTIO_MEM_CONFIG_SIZE
         };
-        let mut buf = [0u8; TAGGED_CONFIG_SIZE];
+        let mut buf = [0u8; VIRTIO_MEM_TAGGED_CONFIG_SIZE];
         for _ in 0..CONFIG_RETRIES {
             let before = self.transport.config_generation();
             self.transport.read_config(0, &mut buf[..len]);
@@ -652,7 +798,9 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         }
     }
 
-    /// Resets the device (status 0): the host unmaps everything; every device is forgotten.
+    /// Resets the device (status 0). The device keeps plugged blocks and accepted extents
+    /// ([T-RESET-1]); the driver forgets its devices (logging [`DriverEvent::DeviceRemoved`]) and
+    /// lists them again at the next [`TagMemDriver::init`].
     pub fn reset(&mut self) {
         self.transport.set_status(0);
         self.forget_state();
@@ -680,9 +828,9 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
 
     // ---- guestq requests ----------------------------------------------------------------------
 
-    /// Publishes one request (readable `readable`, writable response buffer) and spins for the
-    /// answer; returns the used length, checked to lie in `need..=RESP_BUF_LEN`.
-    fn submit(&mut self, readable: &[Buf], need: u32) -> Result<u32, DriverError> {
+    /// Publishes one request (readable `readable`, writable `resp`) and spins for the answer;
+    /// returns the used length, checked to lie in `need..=resp.len`.
+    fn submit(&mut self, readable: &[Buf], resp: Buf, need: u32) -> Result<u32, DriverError> {
         let q = self.guestq.as_mut().ok_or(DriverError::NotInitialized)?;
         if let Some(stale) = self.stale {
             match q.pop_used(&self.dma)? {
@@ -692,13 +840,9 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
                 None => return Err(DriverError::Stuck),
             }
         }
-        self.dma.zero(self.resp_buf, RESP_BUF_LEN as usize);
-        let resp = Buf {
-            addr: self.resp_buf,
-            len: RESP_BUF_LEN,
-        };
+        self.dma.zero(resp.addr, resp.len as usize);
         let head = q.add(&self.dma, readable, &[resp])?;
-        self.transport.notify(GUESTQ);
+        self.transport.notify(VIRTIO_MEM_GUESTQ);
         let mut spins = 0u64;
         let len = loop {
             match q.pop_used(&self.dma) {
@@ -720,10 +864,18 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             }
             self.transport.wait();
         };
-        if len < need || len > RESP_BUF_LEN {
+        if len < need || len > resp.len {
             return Err(DriverError::ResponseLength { need, got: len });
         }
         Ok(len)
+    }
+
+    /// The response buffer of base and tagged requests other than LIST.
+    fn resp(&self) -> Buf {
+        Buf {
+            addr: self.resp_buf,
+            len: RESP_BUF_LEN,
+        }
     }
 
     fn base_request(&mut self, req: VirtioMemReq) -> Result<VirtioMemResp, DriverError> {
@@ -735,7 +887,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             addr: self.req_buf,
             len: BASE_REQ_LEN,
         };
-        self.submit(&[req], BASE_RESP_LEN)?;
+        self.submit(&[req], self.resp(), BASE_RESP_LEN)?;
         let mut b = [0u8; VIRTIO_MEM_RESP_SIZE];
         self.dma.read(self.resp_buf, &mut b);
         Ok(VirtioMemResp::read_from_bytes(&b[..]).unwrap_or_default())
@@ -766,8 +918,8 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             let len = u32::try_from(8 * ids.len()).map_err(|_| DriverError::TooManyIds(ids.len()))?;
             bufs.push(Buf { addr: ids_addr, len });
         }
-        self.submit(&bufs, TAGGED_RESP_LEN)?;
-        let mut b = [0u8; TAGGED_RESP_SIZE];
+        self.submit(&bufs, self.resp(), TAGGED_RESP_LEN)?;
+        let mut b = [0u8; VIRTIO_MEM_TAGGED_RESP_SIZE];
         self.dma.read(self.resp_buf, &mut b);
         let r = TaggedResp::read_from_bytes(&b[..]).unwrap_or_default();
         Ok(TaggedResponse {
@@ -838,12 +990,12 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             else {
                 continue;
             };
-            let mut bytes = [0u8; EVENT_SIZE];
+            let mut bytes = [0u8; VIRTIO_MEM_EVENT_SIZE];
             self.dma.read(buf, &mut bytes);
             let head = q.add(&self.dma, &[], &[event_buf(buf)])?;
             self.event_bufs[usize::from(head)] = Some(buf);
-            self.transport.notify(EVENTQ);
-            if usize::try_from(used.len).ok() != Some(EVENT_SIZE) {
+            self.transport.notify(VIRTIO_MEM_EVENTQ);
+            if usize::try_from(used.len).ok() != Some(VIRTIO_MEM_EVENT_SIZE) {
                 self.push_log(DriverEvent::Protocol(DriverError::EventLength(used.len)));
                 continue;
             }
@@ -943,7 +1095,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         let accept = chain.decision.clone().unwrap_or_default();
         let ids: Vec<u64> = accept.iter().map(|e| e.id).collect();
         let count = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-        let hdr = TaggedReq::new(TAGMEM_REQ_ACCEPT, chain_id, [0; 16], count);
+        let hdr = TaggedReq::new(VIRTIO_MEM_REQ_ACCEPT, chain_id, [0; 16], count);
         match self.tagged_request(hdr, &ids) {
             Ok(r) if r.resp == MemResponse::Ack => {
                 if r.value != count {
@@ -1031,7 +1183,10 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             let _ = self.release_slot(slot);
             return;
         }
-        match self.tagged_request(TaggedReq::new(TAGMEM_REQ_RELEASE_BUSY, extent_id, uuid, 0), &[]) {
+        match self.tagged_request(
+            TaggedReq::new(VIRTIO_MEM_REQ_RELEASE_BUSY, extent_id, uuid, 0),
+            &[],
+        ) {
             Ok(resp) if resp.resp == MemResponse::Ack => {
                 if let Some(dev) = self.registry.get_mut(i) {
                     dev.deferred = true;
@@ -1157,7 +1312,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         let (name, uuid) = (dev.label(), dev.uuid);
         let lead = dev.lead_extent_id().unwrap_or(0);
         let n = u32::try_from(dev.extents.len()).unwrap_or(u32::MAX);
-        match self.tagged_request(TaggedReq::new(TAGMEM_REQ_RELEASE, lead, uuid, 0), &[]) {
+        match self.tagged_request(TaggedReq::new(VIRTIO_MEM_REQ_RELEASE, lead, uuid, 0), &[]) {
             Ok(r) if r.resp == MemResponse::Ack => {
                 if r.value != n {
                     self.push_log(DriverEvent::Protocol(DriverError::CountMismatch {
@@ -1365,7 +1520,7 @@ mod tests {
                     let n = u32::try_from(ids.len()).unwrap();
                     TaggedResp::new(VIRTIO_MEM_RESP_ACK, 0, n).as_bytes().to_vec()
                 }
-                Request::Release { .. } | Request::ReleaseBusy { .. } => {
+                Request::Release { .. } | Request::ReleaseBusy { .. } | Request::List { .. } => {
                     TaggedResp::new(VIRTIO_MEM_RESP_ACK, 0, 0).as_bytes().to_vec()
                 }
             })
@@ -1376,7 +1531,7 @@ mod tests {
         fn new(mem: Rc<VecMemory>, features: u64) -> Self {
             let cfg = TaggedConfig {
                 base: VirtioMemConfig {
-                    block_size: Le64::new(EXTENT_ALIGN),
+                    block_size: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
                     node_id: Le16::new(1),
                     addr: Le64::new(0x8000_0000),
                     region_size: Le64::new(0x4000_0000),
@@ -1385,9 +1540,9 @@ mod tests {
                     ..Default::default()
                 },
                 tagged_addr: Le64::new(WIN),
-                tagged_size: Le64::new(64 * EXTENT_ALIGN),
-                max_pending: Le32::new(DEFAULT_MAX_PENDING),
-                offer_timeout_ms: Le32::new(DEFAULT_OFFER_TIMEOUT_MS),
+                tagged_size: Le64::new(64 * VIRTIO_MEM_EXTENT_ALIGN),
+                max_pending: Le32::new(VIRTIO_MEM_DEFAULT_MAX_PENDING),
+                offer_timeout_ms: Le32::new(VIRTIO_MEM_DEFAULT_OFFER_TIMEOUT_MS),
                 ..Default::default()
             };
             let mut config = cfg.as_bytes().to_vec();
@@ -1494,7 +1649,7 @@ mod tests {
         }
         fn set_queue_ready(&mut self, _queue: u16) {}
         fn notify(&mut self, queue: u16) {
-            if queue == GUESTQ {
+            if queue == VIRTIO_MEM_GUESTQ {
                 while let Some((head, descs)) = self.queues[0].as_mut().unwrap().pop_avail(&*self.mem) {
                     let mut bytes = Vec::new();
                     for d in descs.iter().filter(|d| !d.writable) {
@@ -1540,9 +1695,12 @@ mod tests {
         d
     }
 
+    /// An initialised driver; the LIST walk of `init` and its log entry are cleared.
     fn ready() -> Drv {
         let mut d = driver_with(ALL_FEATURES);
         d.init().unwrap();
+        d.transport_mut().requests.clear();
+        d.drain_log();
         d
     }
 
@@ -1550,14 +1708,14 @@ mod tests {
         let mut r = ExtentRecord {
             tag: [tag; 16],
             extent_id: Le64::new(id),
-            addr: Le64::new(WIN + slot * EXTENT_ALIGN),
-            length: Le64::new(EXTENT_ALIGN),
+            addr: Le64::new(WIN + slot * VIRTIO_MEM_EXTENT_ALIGN),
+            length: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
             ..Default::default()
         };
         r.flags.set(flags);
         r.seq.set(seq);
         r.read_latency_ns.set(200);
-        r.source = SOURCE_CXL_DC;
+        r.source = VIRTIO_MEM_SOURCE_CXL_DC;
         r
     }
 
@@ -1611,7 +1769,7 @@ mod tests {
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK
         );
         assert!(d.tagged());
-        assert_eq!(d.config().block_size.get(), EXTENT_ALIGN);
+        assert_eq!(d.config().block_size.get(), VIRTIO_MEM_EXTENT_ALIGN);
         assert_eq!(d.tagged_config().unwrap().tagged_addr.get(), WIN);
         // max_pending + 8 rounded up to a power of two (within the device's queue size) 128-byte
         // device-writable buffers are posted on eventq.
@@ -1664,7 +1822,7 @@ mod tests {
 
         let mut d = driver_with(ALL_FEATURES);
         d.transport_mut().max_sizes = [16, 0];
-        assert_eq!(d.init(), Err(DriverError::QueueUnavailable(EVENTQ)));
+        assert_eq!(d.init(), Err(DriverError::QueueUnavailable(VIRTIO_MEM_EVENTQ)));
 
         let mem = Rc::new(VecMemory::new(MEM_BASE, MEM_LEN));
         let mut d = TagMemDriver::new(FakeDevice::new(mem.clone(), ALL_FEATURES), mem, MEM_BASE, 4096);
@@ -1808,10 +1966,10 @@ mod tests {
         let mut d = ready();
         let recs = [
             rec(1, 0, 0, 0, 0),
-            rec(2, 1, 7, EXTENT_F_SHARABLE, 2),
-            rec(3, 2, 7, EXTENT_F_SHARABLE, 0),
+            rec(2, 1, 7, VIRTIO_MEM_EXTENT_F_SHARABLE, 2),
+            rec(3, 2, 7, VIRTIO_MEM_EXTENT_F_SHARABLE, 0),
             rec(4, 3, 0, 0, 0),
-            rec(5, 4, 7, EXTENT_F_SHARABLE, 1),
+            rec(5, 4, 7, VIRTIO_MEM_EXTENT_F_SHARABLE, 1),
         ];
         offer(&mut d, 1, &recs);
         d.poll().unwrap();
@@ -1821,11 +1979,18 @@ mod tests {
         assert_eq!(t.extents.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 5, 2]);
         assert_eq!(
             t.extents.iter().map(|e| e.gpa).collect::<Vec<_>>(),
-            [WIN + 2 * EXTENT_ALIGN, WIN + 4 * EXTENT_ALIGN, WIN + EXTENT_ALIGN]
+            [
+                WIN + 2 * VIRTIO_MEM_EXTENT_ALIGN,
+                WIN + 4 * VIRTIO_MEM_EXTENT_ALIGN,
+                WIN + VIRTIO_MEM_EXTENT_ALIGN
+            ]
         );
-        assert_eq!(t.size, 3 * EXTENT_ALIGN);
-        assert_eq!(t.flags, EXTENT_F_SHARABLE);
-        assert_eq!((t.perf.read_latency_ns, t.source), (200, SOURCE_CXL_DC));
+        assert_eq!(t.size, 3 * VIRTIO_MEM_EXTENT_ALIGN);
+        assert_eq!(t.flags, VIRTIO_MEM_EXTENT_F_SHARABLE);
+        assert_eq!(
+            (t.perf.read_latency_ns, t.source),
+            (200, VIRTIO_MEM_SOURCE_CXL_DC)
+        );
         assert!(d.lookup(&[0; 16]).is_none(), "the nil tag matches nothing");
         assert!(d.lookup(&[8; 16]).is_none());
         let untagged: Vec<_> = d.devices().iter().filter(|x| x.uuid == [0; 16]).collect();
@@ -1852,22 +2017,22 @@ mod tests {
     }
 
     #[test]
-    fn policy_and_sharable_all_or_nothing() {
+    fn policy_takes_every_tag_group_all_or_nothing() {
         let mut d = ready();
         d.set_policy(|_c: u64, o: &[Extent]| o.iter().map(|e| e.id).filter(|i| i % 2 == 1).collect());
         let recs = [
-            rec(1, 0, 1, EXTENT_F_SHARABLE, 0),
-            rec(2, 1, 1, EXTENT_F_SHARABLE, 1),
+            rec(1, 0, 1, VIRTIO_MEM_EXTENT_F_SHARABLE, 0),
+            rec(2, 1, 1, VIRTIO_MEM_EXTENT_F_SHARABLE, 1),
             rec(3, 2, 2, 0, 0),
             rec(4, 3, 2, 0, 1),
             rec(5, 4, 0, 0, 0),
         ];
         offer(&mut d, 3, &recs);
         d.poll().unwrap();
-        // Sharable group 1 chosen in part -> dropped; non-sharable group 2 may be taken in part.
-        assert_eq!(accepts(&d), [(3, vec![3, 5])]);
+        // [T-ACCEPT-2] (item B8): groups 1 (sharable) and 2 (not) chosen in part -> both dropped.
+        assert_eq!(accepts(&d), [(3, vec![5])]);
         assert!(d.lookup(&[1; 16]).is_none());
-        assert_eq!(d.lookup(&[2; 16]).unwrap().extents.len(), 1);
+        assert!(d.lookup(&[2; 16]).is_none());
         let rejected: Vec<_> = d
             .drain_log()
             .into_iter()
@@ -1883,6 +2048,7 @@ mod tests {
             [
                 (1, RejectReason::PartialGroup),
                 (2, RejectReason::Policy),
+                (3, RejectReason::PartialGroup),
                 (4, RejectReason::Policy)
             ]
         );
@@ -2180,7 +2346,7 @@ mod tests {
         );
         assert_eq!(
             dev.poison().collect::<Vec<_>>(),
-            [(WIN + EXTENT_ALIGN + 0x1000, 0x1000)]
+            [(WIN + VIRTIO_MEM_EXTENT_ALIGN + 0x1000, 0x1000)]
         );
         assert_eq!(d.drain_log().len(), 2);
     }
@@ -2206,7 +2372,7 @@ mod tests {
         });
         t.push_event(&Event::Poison {
             record: rec(1, 0, 4, 0, 0),
-            offset: EXTENT_ALIGN - 4096,
+            offset: VIRTIO_MEM_EXTENT_ALIGN - 4096,
             length: 8192,
         });
         t.push_event(&Event::Poison {
@@ -2230,7 +2396,7 @@ mod tests {
                 ExtentMoved(1),
                 PoisonOutOfRange {
                     extent_id: 1,
-                    offset: EXTENT_ALIGN - 4096,
+                    offset: VIRTIO_MEM_EXTENT_ALIGN - 4096,
                     length: 8192
                 },
                 PoisonOutOfRange {
@@ -2339,6 +2505,147 @@ mod tests {
         offer(&mut d, 2, &[rec(2, 0, 4, 0, 0)]);
         d.poll().unwrap();
         assert_eq!(d.lookup(&[4; 16]).unwrap().name, "dax0.1");
+    }
+
+    /// Answers LIST from `records` (ascending ids), the rest as [`ack_all`] does.
+    fn lister(records: Vec<ExtentRecord>) -> Responder {
+        let mut base = ack_all();
+        Box::new(move |req, ids| match *req {
+            Request::List { first_id, count } => {
+                let page: Vec<&ExtentRecord> = records
+                    .iter()
+                    .filter(|r| r.extent_id.get() >= first_id)
+                    .take(count as usize)
+                    .collect();
+                let n = u32::try_from(page.len()).unwrap();
+                let mut out = TaggedResp::new(VIRTIO_MEM_RESP_ACK, 0, n).as_bytes().to_vec();
+                for r in page {
+                    out.extend_from_slice(r.as_bytes());
+                }
+                Some(out)
+            }
+            _ => base(req, ids),
+        })
+    }
+
+    /// A driver whose device holds `records` accepted (window of 128 slots).
+    fn holding(records: Vec<ExtentRecord>) -> Drv {
+        let mut d = driver_with(ALL_FEATURES);
+        let dev = d.transport_mut();
+        dev.config[64..72].copy_from_slice(&(128 * VIRTIO_MEM_EXTENT_ALIGN).to_le_bytes());
+        let n = u32::try_from(records.len()).unwrap();
+        dev.config[80..84].copy_from_slice(&n.to_le_bytes());
+        dev.responder = lister(records);
+        d
+    }
+
+    fn lists(d: &Drv) -> Vec<u64> {
+        d.transport()
+            .tagged_requests()
+            .into_iter()
+            .filter_map(|(r, _)| match r {
+                Request::List { first_id, count } => {
+                    assert_eq!(count, LIST_PAGE);
+                    Some(first_id)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// [T-LIST-2] (item A2): init walks LIST page by page before it handles any event and
+    /// exposes every listed extent as the accepted chain would have; after a reset it does so
+    /// again.
+    #[test]
+    fn init_relearns_accepted_extents_through_list() {
+        let mut records: Vec<ExtentRecord> = (1..=68).map(|i| rec(i, i, 0, 0, 0)).collect();
+        records.push(rec(69, 80, 7, VIRTIO_MEM_EXTENT_F_SHARABLE, 1));
+        records.push(rec(70, 81, 7, VIRTIO_MEM_EXTENT_F_SHARABLE, 0));
+        records.push(rec(75, 90, 8, 0, 0));
+        let mut d = holding(records);
+        d.init().unwrap();
+        assert_eq!(lists(&d), [0, 65], "pages from id 0, then from the last id + 1");
+        assert_eq!(d.devices().len(), 68 + 2);
+        let g = d.lookup(&[7; 16]).unwrap();
+        assert_eq!(
+            g.extents.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [70, 69],
+            "seq order"
+        );
+        assert_eq!(d.lookup(&[8; 16]).unwrap().size, VIRTIO_MEM_EXTENT_ALIGN);
+        let log = d.drain_log();
+        assert!(matches!(log.last(), Some(DriverEvent::Relearned { extents }) if extents.len() == 71));
+        // The device keeps the capacity across a reset; the driver forgets and lists it again.
+        d.reset();
+        assert!(d.devices().is_empty());
+        d.init().unwrap();
+        assert_eq!(d.devices().len(), 70);
+        assert_eq!(lists(&d), [0, 65, 0, 65]);
+        // And the capacity is usable as before: a release names the listed group.
+        assert_eq!(d.release([7; 16]), Ok(0));
+        assert!(d.lookup(&[7; 16]).is_none());
+    }
+
+    /// [T-SEC-7]: a listed record that fails the driver's checks is not exposed (and takes its
+    /// tag group with it); a LIST out of order, or one that never ends, fails init.
+    #[test]
+    fn hostile_lists_are_refused() {
+        let mut outside = rec(2, 0, 3, 0, 0);
+        outside.addr.set(0);
+        let mut d = holding(vec![rec(1, 1, 3, 0, 0), outside, rec(3, 2, 0, 0, 0)]);
+        d.init().unwrap();
+        assert_eq!(d.devices().len(), 1, "only the untagged extent 3");
+        assert!(
+            protocol_errors(&d.drain_log()).contains(&DriverError::BadListedRecord {
+                extent_id: 2,
+                reason: RejectReason::OutsideWindow
+            })
+        );
+
+        let mut d = holding(Vec::new());
+        d.transport_mut().responder = Box::new(|req, _| match *req {
+            Request::List { .. } => {
+                let mut out = TaggedResp::new(VIRTIO_MEM_RESP_ACK, 0, 2).as_bytes().to_vec();
+                out.extend_from_slice(rec(5, 1, 0, 0, 0).as_bytes());
+                out.extend_from_slice(rec(4, 2, 0, 0, 0).as_bytes());
+                Some(out)
+            }
+            _ => None,
+        });
+        assert_eq!(d.init(), Err(DriverError::BadList { from: 0 }));
+        assert_ne!(d.transport_mut().status() & status::FAILED, 0);
+
+        // A device that lists full pages forever is cut off.
+        let mut d = holding(Vec::new());
+        let mut next = 1u64;
+        d.transport_mut().responder = Box::new(move |req, _| match *req {
+            Request::List { count, .. } => {
+                let mut out = TaggedResp::new(VIRTIO_MEM_RESP_ACK, 0, count).as_bytes().to_vec();
+                for _ in 0..count {
+                    out.extend_from_slice(rec(next, 1, 0, 0, 0).as_bytes());
+                    next += 1;
+                }
+                Some(out)
+            }
+            _ => None,
+        });
+        assert!(matches!(d.init(), Err(DriverError::BadList { .. })));
+        assert!(
+            lists(&d).len() <= 2,
+            "accepted_extents 0: at most two pages asked"
+        );
+
+        // A LIST refused by the device fails init.
+        let mut d = holding(Vec::new());
+        d.transport_mut().responder = Box::new(|req, _| match *req {
+            Request::List { .. } => Some(
+                TaggedResp::new(VIRTIO_MEM_RESP_ERROR, VIRTIO_MEM_REASON_BAD_LENGTH, 0)
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            _ => None,
+        });
+        assert!(matches!(d.init(), Err(DriverError::Refused(_))));
     }
 
     #[test]

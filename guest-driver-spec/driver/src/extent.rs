@@ -3,7 +3,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use tagmem_wire::{is_null_tag, ExtentRecord, EXTENT_F_READONLY, EXTENT_F_SHARABLE};
+use tagmem_wire::{is_null_tag, ExtentRecord, VIRTIO_MEM_EXTENT_F_READONLY, VIRTIO_MEM_EXTENT_F_SHARABLE};
 
 /// HMAT-style performance of an extent (0 in a field: not reported).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Extent {
     pub gpa: u64,
     /// Length in bytes.
     pub len: u64,
-    /// `EXTENT_F_*` flags.
+    /// `VIRTIO_MEM_EXTENT_F_*` flags.
     pub flags: u32,
     /// Sequence number within its tag group.
     pub seq: u16,
@@ -88,12 +88,12 @@ impl Extent {
 
     /// True if the capacity may be shared with other hosts or guests.
     pub fn is_sharable(&self) -> bool {
-        self.flags & EXTENT_F_SHARABLE != 0
+        self.flags & VIRTIO_MEM_EXTENT_F_SHARABLE != 0
     }
 
     /// True if the guest may only read the capacity.
     pub fn is_readonly(&self) -> bool {
-        self.flags & EXTENT_F_READONLY != 0
+        self.flags & VIRTIO_MEM_EXTENT_F_READONLY != 0
     }
 
     /// True if `[gpa, gpa + len)` intersects the extent.
@@ -111,7 +111,7 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tagmem_wire::{Le64, EXTENT_ALIGN};
+    use tagmem_wire::{Le64, VIRTIO_MEM_EXTENT_ALIGN};
 
     #[test]
     fn uuid_format() {
@@ -126,16 +126,16 @@ mod tests {
     fn overlap_and_flags() {
         let r = ExtentRecord {
             extent_id: Le64::new(1),
-            addr: Le64::new(EXTENT_ALIGN),
-            length: Le64::new(EXTENT_ALIGN),
-            flags: tagmem_wire::Le32::new(EXTENT_F_READONLY),
+            addr: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
+            length: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
+            flags: tagmem_wire::Le32::new(VIRTIO_MEM_EXTENT_F_READONLY),
             ..Default::default()
         };
         let e = Extent::from_record(&r);
-        assert!(e.overlaps(EXTENT_ALIGN, 1));
-        assert!(e.overlaps(0, EXTENT_ALIGN + 1));
-        assert!(!e.overlaps(0, EXTENT_ALIGN));
-        assert!(!e.overlaps(2 * EXTENT_ALIGN, u64::MAX));
+        assert!(e.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1));
+        assert!(e.overlaps(0, VIRTIO_MEM_EXTENT_ALIGN + 1));
+        assert!(!e.overlaps(0, VIRTIO_MEM_EXTENT_ALIGN));
+        assert!(!e.overlaps(2 * VIRTIO_MEM_EXTENT_ALIGN, u64::MAX));
         assert!(e.is_readonly() && !e.is_sharable() && !e.is_tagged());
     }
 }

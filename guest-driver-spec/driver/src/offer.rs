@@ -5,13 +5,13 @@
 //!    (alignment, window, flags, ids, overlaps, tag uniqueness, sharable group shape). Records that
 //!    fail are rejected by leaving them out of the ACCEPT.
 //! 2. An [`OfferPolicy`] picks, from the records that passed, the extent ids to accept.
-//! 3. [`enforce`]: sharable tag groups are all-or-nothing; a partially chosen sharable group is
-//!    dropped whole.
+//! 3. [`enforce`]: tag groups are all-or-nothing (SPEC.md [T-ACCEPT-2], as CXL DCD adds a tag
+//!    group whole); a partially chosen group is dropped whole.
 
 use crate::dax::{DaxRegistry, Extent};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use tagmem_wire::{is_null_tag, ExtentRecord, EXTENT_ALIGN, EXTENT_F_ALL};
+use tagmem_wire::{is_null_tag, ExtentRecord, VIRTIO_MEM_EXTENT_ALIGN, VIRTIO_MEM_EXTENT_F_ALL};
 
 /// Why the driver left an offered extent out of its ACCEPT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,13 +36,13 @@ pub enum RejectReason {
     MixedGroup,
     /// The sharable group's sequence numbers are not exactly 0..n-1.
     BadSequence,
-    /// Another extent of this sharable group was rejected, so the whole group is.
+    /// Another extent of this tag group was rejected, so the whole group is.
     IncompleteGroup,
     /// The chain carried more extents than the driver can hold pending.
     ChainOverflow,
     /// The policy did not choose the extent.
     Policy,
-    /// The policy chose only part of this sharable group.
+    /// The policy chose only part of this tag group.
     PartialGroup,
 }
 
@@ -59,10 +59,10 @@ impl core::fmt::Display for RejectReason {
             RejectReason::DuplicateTag => "tag already present",
             RejectReason::MixedGroup => "tag group mixes sharable and non-sharable",
             RejectReason::BadSequence => "sharable group sequence is not 0..n-1",
-            RejectReason::IncompleteGroup => "part of a rejected sharable group",
+            RejectReason::IncompleteGroup => "part of a rejected tag group",
             RejectReason::ChainOverflow => "chain too long",
             RejectReason::Policy => "not chosen by policy",
-            RejectReason::PartialGroup => "sharable group chosen only in part",
+            RejectReason::PartialGroup => "tag group chosen only in part",
         };
         f.write_str(s)
     }
@@ -151,12 +151,13 @@ pub fn screen(records: &[ExtentRecord], window: Window, accepted: &DaxRegistry) 
     }
     for members in groups.values() {
         let sharable = members.iter().filter(|i| exts[**i].is_sharable()).count();
+        // Every tag group is all-or-nothing: one bad member takes the group with it.
         let group_fault = if sharable != 0 && sharable != members.len() {
             Some(RejectReason::MixedGroup)
-        } else if sharable == 0 {
-            None
         } else if members.iter().any(|i| why[*i].is_some()) {
             Some(RejectReason::IncompleteGroup)
+        } else if sharable == 0 {
+            None
         } else {
             let mut seqs: Vec<usize> = members.iter().map(|i| usize::from(exts[*i].seq)).collect();
             seqs.sort_unstable();
@@ -183,13 +184,13 @@ fn check_one(e: &Extent, window: Window, accepted: &DaxRegistry) -> Option<Rejec
     if e.id == 0 {
         return Some(RejectReason::InvalidId);
     }
-    if e.len == 0 || e.len % EXTENT_ALIGN != 0 || e.gpa % EXTENT_ALIGN != 0 {
+    if e.len == 0 || e.len % VIRTIO_MEM_EXTENT_ALIGN != 0 || e.gpa % VIRTIO_MEM_EXTENT_ALIGN != 0 {
         return Some(RejectReason::Misaligned);
     }
     if !window.contains(e.gpa, e.len) {
         return Some(RejectReason::OutsideWindow);
     }
-    if e.flags & !EXTENT_F_ALL != 0 {
+    if e.flags & !VIRTIO_MEM_EXTENT_F_ALL != 0 {
         return Some(RejectReason::UnknownFlags);
     }
     if e.is_sharable() && is_null_tag(&e.tag) {
@@ -240,11 +241,11 @@ impl OfferPolicy for RejectAll {
 }
 
 /// Applies a policy's choice: returns the extents to accept (chain order, no duplicates) and the
-/// candidates left out with their reason. A sharable tag group chosen in part is dropped whole.
+/// candidates left out with their reason. A tag group chosen in part is dropped whole.
 pub fn enforce(candidates: &[Extent], chosen: &[u64]) -> (Vec<Extent>, Vec<(u64, RejectReason)>) {
     let picked = |e: &Extent| chosen.contains(&e.id);
     let mut partial: Vec<[u8; 16]> = Vec::new();
-    for e in candidates.iter().filter(|e| e.is_sharable() && e.is_tagged()) {
+    for e in candidates.iter().filter(|e| e.is_tagged()) {
         let group = candidates.iter().filter(|o| o.tag == e.tag);
         let (n, k) = group.fold((0, 0), |(n, k), o| (n + 1, k + usize::from(picked(o))));
         if k != 0 && k != n && !partial.contains(&e.tag) {
@@ -256,7 +257,7 @@ pub fn enforce(candidates: &[Extent], chosen: &[u64]) -> (Vec<Extent>, Vec<(u64,
     for e in candidates {
         if !picked(e) {
             rejected.push((e.id, RejectReason::Policy));
-        } else if e.is_sharable() && partial.contains(&e.tag) {
+        } else if e.is_tagged() && partial.contains(&e.tag) {
             rejected.push((e.id, RejectReason::PartialGroup));
         } else {
             accept.push(e.clone());
@@ -269,19 +270,19 @@ pub fn enforce(candidates: &[Extent], chosen: &[u64]) -> (Vec<Extent>, Vec<(u64,
 mod tests {
     use super::*;
     use alloc::vec;
-    use tagmem_wire::{Le64, EXTENT_F_SHARABLE};
+    use tagmem_wire::{Le64, VIRTIO_MEM_EXTENT_F_SHARABLE};
 
     const W: Window = Window {
         addr: 0x1_0000_0000,
-        size: 64 * EXTENT_ALIGN,
+        size: 64 * VIRTIO_MEM_EXTENT_ALIGN,
     };
 
     fn rec(id: u64, slot: u64, tag: u8, flags: u32, seq: u16) -> ExtentRecord {
         let mut r = ExtentRecord {
             tag: [tag; 16],
             extent_id: Le64::new(id),
-            addr: Le64::new(W.addr + slot * EXTENT_ALIGN),
-            length: Le64::new(EXTENT_ALIGN),
+            addr: Le64::new(W.addr + slot * VIRTIO_MEM_EXTENT_ALIGN),
+            length: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
             ..Default::default()
         };
         r.flags.set(flags);
@@ -297,8 +298,8 @@ mod tests {
     fn well_formed_chain_passes() {
         let recs = [
             rec(1, 0, 0, 0, 0),
-            rec(2, 1, 5, EXTENT_F_SHARABLE, 1),
-            rec(3, 2, 5, EXTENT_F_SHARABLE, 0),
+            rec(2, 1, 5, VIRTIO_MEM_EXTENT_F_SHARABLE, 1),
+            rec(3, 2, 5, VIRTIO_MEM_EXTENT_F_SHARABLE, 0),
             rec(4, 3, 6, 0, 0),
         ];
         let s = screen(&recs, W, &DaxRegistry::new());
@@ -316,7 +317,7 @@ mod tests {
         zero.length.set(0);
         let outside = rec(5, 64, 0, 0, 0);
         let mut wrap = rec(6, 0, 0, 0, 0);
-        wrap.addr.set(u64::MAX - EXTENT_ALIGN + 1);
+        wrap.addr.set(u64::MAX - VIRTIO_MEM_EXTENT_ALIGN + 1);
         let recs = [
             rec(0, 5, 0, 0, 0),
             misaligned,
@@ -325,7 +326,7 @@ mod tests {
             outside,
             wrap,
             rec(7, 6, 0, 1 << 7, 0),
-            rec(8, 7, 0, EXTENT_F_SHARABLE, 0),
+            rec(8, 7, 0, VIRTIO_MEM_EXTENT_F_SHARABLE, 0),
             rec(9, 8, 0, 0, 0),
         ];
         let s = screen(&recs, W, &DaxRegistry::new());
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn duplicates_and_overlaps_within_chain() {
         let mut big = rec(3, 4, 0, 0, 0);
-        big.length.set(3 * EXTENT_ALIGN); // slots 4..7, overlaps id 4 at slot 6
+        big.length.set(3 * VIRTIO_MEM_EXTENT_ALIGN); // slots 4..7, overlaps id 4 at slot 6
         let recs = [
             rec(1, 0, 0, 0, 0),
             rec(1, 1, 0, 0, 0),
@@ -371,7 +372,7 @@ mod tests {
         // A long extent covering two later ones, listed out of address order, next to an
         // extent that only touches the long one's end.
         let mut long = rec(1, 0, 0, 0, 0);
-        long.length.set(4 * EXTENT_ALIGN); // slots 0..4
+        long.length.set(4 * VIRTIO_MEM_EXTENT_ALIGN); // slots 0..4
         let recs = [
             rec(3, 3, 0, 0, 0),
             rec(4, 4, 0, 0, 0),
@@ -392,16 +393,16 @@ mod tests {
         reg.create([5; 16], vec![Extent::from_record(&rec(10, 0, 5, 0, 0))], false);
         let i = reg.create([0; 16], vec![Extent::from_record(&rec(11, 1, 0, 0, 0))], false);
         reg.create([6; 16], vec![Extent::from_record(&rec(12, 2, 6, 0, 0))], false);
-        assert!(reg.overlaps(W.addr + EXTENT_ALIGN, 1));
+        assert!(reg.overlaps(W.addr + VIRTIO_MEM_EXTENT_ALIGN, 1));
         reg.remove(i);
-        assert!(!reg.overlaps(W.addr + EXTENT_ALIGN, EXTENT_ALIGN));
+        assert!(!reg.overlaps(W.addr + VIRTIO_MEM_EXTENT_ALIGN, VIRTIO_MEM_EXTENT_ALIGN));
         assert_eq!(reg.device_of(11), None);
         assert_eq!(reg.device_of(12), Some(1));
         assert_eq!(reg.position_of_tag(&[6; 16]), Some(1));
         assert_eq!(reg.lookup(&[5; 16]).map(|d| d.name.as_str()), Some("dax0.0"));
         reg.clear();
         assert_eq!((reg.device_of(10), reg.lookup(&[5; 16])), (None, None));
-        assert!(!reg.overlaps(W.addr, 64 * EXTENT_ALIGN));
+        assert!(!reg.overlaps(W.addr, 64 * VIRTIO_MEM_EXTENT_ALIGN));
     }
 
     #[test]
@@ -421,10 +422,10 @@ mod tests {
     }
 
     #[test]
-    fn sharable_group_shape() {
-        let sh = EXTENT_F_SHARABLE;
+    fn tag_group_shape() {
+        let sh = VIRTIO_MEM_EXTENT_F_SHARABLE;
         // Group 1: seqs 0,2 -> bad. Group 2: mixed. Group 3: one member misaligned -> whole group.
-        // Group 4: non-sharable, one bad member -> the rest stays.
+        // Group 4: non-sharable, one bad member -> whole group too ([T-ACCEPT-2], item B8).
         let mut bad = rec(31, 6, 3, sh, 1);
         bad.addr.set(W.addr + 1);
         let mut bad4 = rec(41, 8, 4, 0, 0);
@@ -440,7 +441,7 @@ mod tests {
             rec(42, 9, 4, 0, 1),
         ];
         let s = screen(&recs, W, &DaxRegistry::new());
-        assert_eq!(ids(&s), [42]);
+        assert!(ids(&s).is_empty());
         use RejectReason::*;
         assert_eq!(
             s.rejected,
@@ -451,14 +452,15 @@ mod tests {
                 (22, MixedGroup),
                 (30, IncompleteGroup),
                 (31, Misaligned),
-                (41, Misaligned)
+                (41, Misaligned),
+                (42, IncompleteGroup)
             ]
         );
     }
 
     #[test]
-    fn enforce_drops_partial_sharable_groups_only() {
-        let sh = EXTENT_F_SHARABLE;
+    fn enforce_drops_every_partially_chosen_tag_group() {
+        let sh = VIRTIO_MEM_EXTENT_F_SHARABLE;
         let recs = [
             rec(1, 0, 1, sh, 0),
             rec(2, 1, 1, sh, 1),
@@ -468,9 +470,13 @@ mod tests {
         ];
         let s = screen(&recs, W, &DaxRegistry::new());
         let (acc, rej) = enforce(&s.candidates, &[1, 3, 5, 5, 99]);
-        assert_eq!(acc.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 5]);
+        assert_eq!(acc.iter().map(|e| e.id).collect::<Vec<_>>(), [5]);
         use RejectReason::*;
-        assert_eq!(rej, [(1, PartialGroup), (2, Policy), (4, Policy)]);
+        assert_eq!(
+            rej,
+            [(1, PartialGroup), (2, Policy), (3, PartialGroup), (4, Policy)],
+            "sharable or not, a tag group is taken whole or not at all"
+        );
         let (acc, rej) = enforce(&s.candidates, &[2, 1]);
         assert_eq!(acc.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(rej.len(), 3);

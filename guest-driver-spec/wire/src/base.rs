@@ -16,7 +16,7 @@ pub const VIRTIO_MEM_F_PERSISTENT_SUSPEND: u32 = 2;
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
 /// Index of the guest-request virtqueue (§5.15.2).
-pub const GUESTQ: u16 = 0;
+pub const VIRTIO_MEM_GUESTQ: u16 = 0;
 
 /// Request: plug memory blocks.
 pub const VIRTIO_MEM_REQ_PLUG: u16 = 0;

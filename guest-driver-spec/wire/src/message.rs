@@ -53,26 +53,33 @@ pub enum Request {
         /// Block count.
         nb_blocks: u16,
     },
-    /// TAGMEM_REQ_ACCEPT: `count` extent ids follow the header.
+    /// VIRTIO_MEM_REQ_ACCEPT: `count` extent ids follow the header.
     Accept {
         /// The chain being answered.
         chain_id: u64,
         /// Number of `le64` ids after the header.
         count: u32,
     },
-    /// TAGMEM_REQ_RELEASE.
+    /// VIRTIO_MEM_REQ_RELEASE.
     Release {
         /// An extent of the group.
         extent_id: u64,
         /// The group's tag.
         tag: [u8; 16],
     },
-    /// TAGMEM_REQ_RELEASE_BUSY.
+    /// VIRTIO_MEM_REQ_RELEASE_BUSY.
     ReleaseBusy {
         /// An extent of the group.
         extent_id: u64,
         /// The group's tag.
         tag: [u8; 16],
+    },
+    /// VIRTIO_MEM_REQ_LIST: accepted extents with an id of at least `first_id`, ascending.
+    List {
+        /// First extent id to list (0: from the start).
+        first_id: u64,
+        /// Most records wanted.
+        count: u32,
     },
 }
 
@@ -108,24 +115,28 @@ impl Request {
             }
             t if is_tagged_request(t) => {
                 let (r, _) = TaggedReq::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
-                    need: TAGGED_REQ_SIZE,
+                    need: VIRTIO_MEM_TAGGED_REQ_SIZE,
                     got: bytes.len(),
                 })?;
                 let req = match ty {
-                    TAGMEM_REQ_ACCEPT => Request::Accept {
+                    VIRTIO_MEM_REQ_ACCEPT => Request::Accept {
                         chain_id: r.id.get(),
                         count: r.count.get(),
                     },
-                    TAGMEM_REQ_RELEASE => Request::Release {
+                    VIRTIO_MEM_REQ_RELEASE => Request::Release {
                         extent_id: r.id.get(),
                         tag: r.tag,
+                    },
+                    VIRTIO_MEM_REQ_LIST => Request::List {
+                        first_id: r.id.get(),
+                        count: r.count.get(),
                     },
                     _ => Request::ReleaseBusy {
                         extent_id: r.id.get(),
                         tag: r.tag,
                     },
                 };
-                Ok((req, TAGGED_REQ_SIZE))
+                Ok((req, VIRTIO_MEM_TAGGED_REQ_SIZE))
             }
             other => Err(WireError::UnknownType(other)),
         }
@@ -135,14 +146,18 @@ impl Request {
     pub fn is_tagged(&self) -> bool {
         matches!(
             self,
-            Request::Accept { .. } | Request::Release { .. } | Request::ReleaseBusy { .. }
+            Request::Accept { .. }
+                | Request::Release { .. }
+                | Request::ReleaseBusy { .. }
+                | Request::List { .. }
         )
     }
 
-    /// Size of the response the device writes for this request.
+    /// Size of the fixed response the device writes for this request (a LIST response carries
+    /// its extent records after it).
     pub fn response_size(&self) -> usize {
         if self.is_tagged() {
-            TAGGED_RESP_SIZE
+            VIRTIO_MEM_TAGGED_RESP_SIZE
         } else {
             VIRTIO_MEM_RESP_SIZE
         }
@@ -241,19 +256,19 @@ impl TryFrom<&EventMsg> for Event {
     fn try_from(m: &EventMsg) -> Result<Self, WireError> {
         let record = m.record;
         Ok(match m.event_type.get() {
-            TAGMEM_EVT_OFFER => Event::Offer {
+            VIRTIO_MEM_EVT_OFFER => Event::Offer {
                 chain_id: m.chain_id.get(),
-                more: m.flags.get() & TAGMEM_EVT_F_MORE != 0,
+                more: m.flags.get() & VIRTIO_MEM_EVT_F_MORE != 0,
                 record,
             },
-            TAGMEM_EVT_RELEASE_REQUEST => Event::ReleaseRequest { record },
-            TAGMEM_EVT_METADATA => Event::Metadata { record },
-            TAGMEM_EVT_POISON => Event::Poison {
+            VIRTIO_MEM_EVT_RELEASE_REQUEST => Event::ReleaseRequest { record },
+            VIRTIO_MEM_EVT_METADATA => Event::Metadata { record },
+            VIRTIO_MEM_EVT_POISON => Event::Poison {
                 record,
                 offset: m.arg0.get(),
                 length: m.arg1.get(),
             },
-            TAGMEM_EVT_CHAIN_ABANDONED => Event::ChainAbandoned {
+            VIRTIO_MEM_EVT_CHAIN_ABANDONED => Event::ChainAbandoned {
                 chain_id: m.chain_id.get(),
             },
             other => return Err(WireError::UnknownType(other)),
@@ -266,7 +281,7 @@ impl TryFrom<&[u8]> for Event {
 
     fn try_from(bytes: &[u8]) -> Result<Self, WireError> {
         let (m, _) = EventMsg::read_from_prefix(bytes).map_err(|_| WireError::TooShort {
-            need: EVENT_SIZE,
+            need: VIRTIO_MEM_EVENT_SIZE,
             got: bytes.len(),
         })?;
         Event::try_from(&m)
@@ -284,15 +299,15 @@ impl From<&Event> for EventMsg {
             } => {
                 m.chain_id = Le64::new(chain_id);
                 m.record = record;
-                (TAGMEM_EVT_OFFER, if more { TAGMEM_EVT_F_MORE } else { 0 })
+                (VIRTIO_MEM_EVT_OFFER, if more { VIRTIO_MEM_EVT_F_MORE } else { 0 })
             }
             Event::ReleaseRequest { record } => {
                 m.record = record;
-                (TAGMEM_EVT_RELEASE_REQUEST, 0)
+                (VIRTIO_MEM_EVT_RELEASE_REQUEST, 0)
             }
             Event::Metadata { record } => {
                 m.record = record;
-                (TAGMEM_EVT_METADATA, 0)
+                (VIRTIO_MEM_EVT_METADATA, 0)
             }
             Event::Poison {
                 record,
@@ -302,11 +317,11 @@ impl From<&Event> for EventMsg {
                 m.record = record;
                 m.arg0 = Le64::new(offset);
                 m.arg1 = Le64::new(length);
-                (TAGMEM_EVT_POISON, 0)
+                (VIRTIO_MEM_EVT_POISON, 0)
             }
             Event::ChainAbandoned { chain_id } => {
                 m.chain_id = Le64::new(chain_id);
-                (TAGMEM_EVT_CHAIN_ABANDONED, 0)
+                (VIRTIO_MEM_EVT_CHAIN_ABANDONED, 0)
             }
         };
         m.event_type = Le16::new(ty);
@@ -344,15 +359,20 @@ mod tests {
             Err(WireError::TooShort { need: 24, got: 3 })
         );
         assert_eq!(
-            Request::parse(&[0, 1, 0, 0]),
+            Request::parse(&[4, 0, 0, 0]),
             Err(WireError::TooShort { need: 40, got: 4 })
         );
         assert_eq!(Request::parse(&[9, 0, 0, 0]), Err(WireError::UnknownType(9)));
+        assert_eq!(
+            Request::parse(&[0, 1, 0, 0]),
+            Err(WireError::UnknownType(0x100)),
+            "the old proposal's 0x100 is no request type"
+        );
     }
 
     #[test]
     fn tagged_requests_parse() {
-        let r = TaggedReq::new(TAGMEM_REQ_ACCEPT, 5, [0; 16], 3);
+        let r = TaggedReq::new(VIRTIO_MEM_REQ_ACCEPT, 5, [0; 16], 3);
         assert_eq!(
             Request::parse(r.as_bytes()),
             Ok((
@@ -363,7 +383,7 @@ mod tests {
                 40
             ))
         );
-        let r = TaggedReq::new(TAGMEM_REQ_RELEASE, 9, [7; 16], 0);
+        let r = TaggedReq::new(VIRTIO_MEM_REQ_RELEASE, 9, [7; 16], 0);
         let (req, _) = Request::parse(r.as_bytes()).unwrap();
         assert_eq!(
             req,
@@ -372,14 +392,40 @@ mod tests {
                 tag: [7; 16]
             }
         );
-        assert_eq!(req.response_size(), TAGGED_RESP_SIZE);
+        assert_eq!(req.response_size(), VIRTIO_MEM_TAGGED_RESP_SIZE);
+        let r = TaggedReq::new(VIRTIO_MEM_REQ_LIST, 17, [0; 16], 64);
+        assert_eq!(
+            Request::parse(r.as_bytes()),
+            Ok((
+                Request::List {
+                    first_id: 17,
+                    count: 64
+                },
+                40
+            ))
+        );
+    }
+
+    /// [T-REQ-1]: the tagged request types continue the base numbering, 4 to 7.
+    #[test]
+    fn tagged_request_types_continue_the_base_numbering() {
+        let types = [
+            VIRTIO_MEM_REQ_ACCEPT,
+            VIRTIO_MEM_REQ_RELEASE,
+            VIRTIO_MEM_REQ_RELEASE_BUSY,
+            VIRTIO_MEM_REQ_LIST,
+        ];
+        assert_eq!(types, [4, 5, 6, 7]);
+        assert!(types.iter().all(|t| is_tagged_request(*t)));
+        assert!((0..4).chain(8..=u16::MAX).all(|t| !is_tagged_request(t)));
+        assert_eq!(VIRTIO_MEM_REQ_STATE + 1, VIRTIO_MEM_REQ_ACCEPT);
     }
 
     #[test]
     fn events_round_trip() {
         let record = ExtentRecord {
             extent_id: Le64::new(4),
-            length: Le64::new(EXTENT_ALIGN),
+            length: Le64::new(VIRTIO_MEM_EXTENT_ALIGN),
             ..Default::default()
         };
         for e in [

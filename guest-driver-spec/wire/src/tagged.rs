@@ -8,88 +8,108 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const VIRTIO_MEM_F_TAGGED_EXTENTS: u32 = 3;
 
 /// Index of the event virtqueue, present only when the tagged feature is negotiated (T.3).
-pub const EVENTQ: u16 = 1;
+pub const VIRTIO_MEM_EVENTQ: u16 = 1;
 
 /// Alignment of every extent's guest-physical address and length: 2 MiB (T.4).
-pub const EXTENT_ALIGN: u64 = 2 << 20;
+pub const VIRTIO_MEM_EXTENT_ALIGN: u64 = 2 << 20;
 /// Default limit on extents offered but not yet accepted or rejected (T.5).
-pub const DEFAULT_MAX_PENDING: u32 = 100;
+pub const VIRTIO_MEM_DEFAULT_MAX_PENDING: u32 = 100;
 /// Default time after which an unclosed or unanswered chain is abandoned (T.5).
-pub const DEFAULT_OFFER_TIMEOUT_MS: u32 = 20_000;
+pub const VIRTIO_MEM_DEFAULT_OFFER_TIMEOUT_MS: u32 = 20_000;
 
-/// Request: accept a subset of a closed offer chain.
-pub const TAGMEM_REQ_ACCEPT: u16 = 0x100;
+/// Request: accept the tag groups and untagged extents of a closed offer chain that the driver
+/// takes (the tagged request types continue the base numbering, T.6.3).
+pub const VIRTIO_MEM_REQ_ACCEPT: u16 = 4;
 /// Request: release an accepted tag group (or one untagged extent).
-pub const TAGMEM_REQ_RELEASE: u16 = 0x101;
+pub const VIRTIO_MEM_REQ_RELEASE: u16 = 5;
 /// Request: the driver cannot honour a release request yet (the capacity is busy).
-pub const TAGMEM_REQ_RELEASE_BUSY: u16 = 0x102;
+pub const VIRTIO_MEM_REQ_RELEASE_BUSY: u16 = 6;
+/// Request: list accepted extents from an id on, one page at a time (T.6.3).
+pub const VIRTIO_MEM_REQ_LIST: u16 = 7;
+
+/// Most extent records one LIST request may ask for.
+pub const VIRTIO_MEM_LIST_MAX: u32 = 64;
 
 /// True for the request types the tagged extension adds (their response is a [`TaggedResp`]).
 pub fn is_tagged_request(req_type: u16) -> bool {
     matches!(
         req_type,
-        TAGMEM_REQ_ACCEPT | TAGMEM_REQ_RELEASE | TAGMEM_REQ_RELEASE_BUSY
+        VIRTIO_MEM_REQ_ACCEPT | VIRTIO_MEM_REQ_RELEASE | VIRTIO_MEM_REQ_RELEASE_BUSY | VIRTIO_MEM_REQ_LIST
     )
 }
 
 /// Event: one extent of an offer chain.
-pub const TAGMEM_EVT_OFFER: u16 = 1;
+pub const VIRTIO_MEM_EVT_OFFER: u16 = 1;
 /// Event: the device asks the driver to release a tag group.
-pub const TAGMEM_EVT_RELEASE_REQUEST: u16 = 2;
+pub const VIRTIO_MEM_EVT_RELEASE_REQUEST: u16 = 2;
 /// Event: an accepted extent's metadata changed.
-pub const TAGMEM_EVT_METADATA: u16 = 3;
+pub const VIRTIO_MEM_EVT_METADATA: u16 = 3;
 /// Event: a range of an accepted extent is poisoned.
-pub const TAGMEM_EVT_POISON: u16 = 4;
+pub const VIRTIO_MEM_EVT_POISON: u16 = 4;
 /// Event: an offer chain was abandoned (timeout); its extents are gone.
-pub const TAGMEM_EVT_CHAIN_ABANDONED: u16 = 5;
+pub const VIRTIO_MEM_EVT_CHAIN_ABANDONED: u16 = 5;
 
 /// Event flag: more events of the same offer chain follow.
-pub const TAGMEM_EVT_F_MORE: u16 = 1 << 0;
+pub const VIRTIO_MEM_EVT_F_MORE: u16 = 1 << 0;
 
 /// Extent flag: the capacity may be shared with other hosts or guests.
-pub const EXTENT_F_SHARABLE: u32 = 1 << 0;
+pub const VIRTIO_MEM_EXTENT_F_SHARABLE: u32 = 1 << 0;
 /// Extent flag: the guest may read but not write the capacity.
-pub const EXTENT_F_READONLY: u32 = 1 << 1;
+pub const VIRTIO_MEM_EXTENT_F_READONLY: u32 = 1 << 1;
 /// Every extent flag this revision defines.
-pub const EXTENT_F_ALL: u32 = EXTENT_F_SHARABLE | EXTENT_F_READONLY;
+pub const VIRTIO_MEM_EXTENT_F_ALL: u32 = VIRTIO_MEM_EXTENT_F_SHARABLE | VIRTIO_MEM_EXTENT_F_READONLY;
 
 /// Source class: not reported.
-pub const SOURCE_UNSPECIFIED: u8 = 0;
+pub const VIRTIO_MEM_SOURCE_UNSPECIFIED: u8 = 0;
 /// Source class: CXL Dynamic Capacity.
-pub const SOURCE_CXL_DC: u8 = 1;
+pub const VIRTIO_MEM_SOURCE_CXL_DC: u8 = 1;
 /// Source class: soft-reserved memory such as HBM (EFI_MEMORY_SP, `dax_hmem`).
-pub const SOURCE_SOFT_RESERVED: u8 = 2;
+pub const VIRTIO_MEM_SOURCE_SOFT_RESERVED: u8 = 2;
 /// Source class: persistent memory.
-pub const SOURCE_PMEM: u8 = 3;
+pub const VIRTIO_MEM_SOURCE_PMEM: u8 = 3;
 /// Source class: a host file (regular, hugetlbfs or memfd).
-pub const SOURCE_FILE: u8 = 4;
+pub const VIRTIO_MEM_SOURCE_FILE: u8 = 4;
 /// Largest defined source class.
-pub const SOURCE_MAX: u8 = SOURCE_FILE;
+pub const VIRTIO_MEM_SOURCE_MAX: u8 = VIRTIO_MEM_SOURCE_FILE;
 
-/// Tagged response reasons carried in [`TaggedResp::reason`] (T.6).
+/// Reason: none (ACK).
+pub const VIRTIO_MEM_REASON_NONE: u16 = 0;
+/// Reason: the request names a chain that is unknown, already answered or abandoned.
+pub const VIRTIO_MEM_REASON_UNKNOWN_CHAIN: u16 = 1;
+/// Reason: the request names an extent id that is not part of the chain or group.
+pub const VIRTIO_MEM_REASON_UNKNOWN_EXTENT: u16 = 2;
+/// Reason: the same extent id appears twice in one ACCEPT.
+pub const VIRTIO_MEM_REASON_DUPLICATE_ID: u16 = 3;
+/// Reason: an ACCEPT takes part of a tag group (tag groups are all-or-nothing).
+pub const VIRTIO_MEM_REASON_PARTIAL_GROUP: u16 = 4;
+/// Reason: the request, its id list or its response room has the wrong length, or a count is
+/// out of range.
+pub const VIRTIO_MEM_REASON_BAD_LENGTH: u16 = 5;
+/// Reason: the request needs the tagged feature, which was not negotiated.
+pub const VIRTIO_MEM_REASON_NOT_NEGOTIATED: u16 = 6;
+/// Reason: the chain has not closed yet (the More flag was still set on its last event).
+pub const VIRTIO_MEM_REASON_CHAIN_OPEN: u16 = 7;
+/// Reason: the host could not map (ACCEPT: the whole chain is dropped) or unmap (RELEASE) the
+/// capacity.
+pub const VIRTIO_MEM_REASON_MAP_FAILED: u16 = 8;
+/// Reason: the tag in a RELEASE does not match the extent's tag.
+pub const VIRTIO_MEM_REASON_TAG_MISMATCH: u16 = 9;
+/// Reason: the group is not in a state where the request applies.
+pub const VIRTIO_MEM_REASON_WRONG_STATE: u16 = 10;
+
+/// The `VIRTIO_MEM_REASON_*` codes under short names, for `reason::BAD_LENGTH`-style use.
 pub mod reason {
-    /// No error.
-    pub const NONE: u16 = 0;
-    /// The request names a chain that is unknown, already answered or abandoned.
-    pub const UNKNOWN_CHAIN: u16 = 1;
-    /// The request names an extent id that is not part of the chain or group.
-    pub const UNKNOWN_EXTENT: u16 = 2;
-    /// The same extent id appears twice in one ACCEPT.
-    pub const DUPLICATE_ID: u16 = 3;
-    /// An ACCEPT takes part of a sharable tag group (they are all-or-nothing).
-    pub const PARTIAL_GROUP: u16 = 4;
-    /// The request or its id list has the wrong length.
-    pub const BAD_LENGTH: u16 = 5;
-    /// The request needs the tagged feature, which was not negotiated.
-    pub const NOT_NEGOTIATED: u16 = 6;
-    /// The chain has not closed yet (the More flag was still set on its last event).
-    pub const CHAIN_OPEN: u16 = 7;
-    /// The host could not map the capacity; the whole chain is dropped.
-    pub const MAP_FAILED: u16 = 8;
-    /// The tag in a RELEASE does not match the extent's tag.
-    pub const TAG_MISMATCH: u16 = 9;
-    /// The group is not in a state where the request applies.
-    pub const WRONG_STATE: u16 = 10;
+    pub use super::VIRTIO_MEM_REASON_BAD_LENGTH as BAD_LENGTH;
+    pub use super::VIRTIO_MEM_REASON_CHAIN_OPEN as CHAIN_OPEN;
+    pub use super::VIRTIO_MEM_REASON_DUPLICATE_ID as DUPLICATE_ID;
+    pub use super::VIRTIO_MEM_REASON_MAP_FAILED as MAP_FAILED;
+    pub use super::VIRTIO_MEM_REASON_NONE as NONE;
+    pub use super::VIRTIO_MEM_REASON_NOT_NEGOTIATED as NOT_NEGOTIATED;
+    pub use super::VIRTIO_MEM_REASON_PARTIAL_GROUP as PARTIAL_GROUP;
+    pub use super::VIRTIO_MEM_REASON_TAG_MISMATCH as TAG_MISMATCH;
+    pub use super::VIRTIO_MEM_REASON_UNKNOWN_CHAIN as UNKNOWN_CHAIN;
+    pub use super::VIRTIO_MEM_REASON_UNKNOWN_EXTENT as UNKNOWN_EXTENT;
+    pub use super::VIRTIO_MEM_REASON_WRONG_STATE as WRONG_STATE;
 }
 
 /// Configuration fields appended after the 56 base bytes when the tagged feature is offered.
@@ -124,7 +144,7 @@ pub struct ExtentRecord {
     pub addr: Le64,
     /// Length in bytes, a non-zero multiple of 2 MiB.
     pub length: Le64,
-    /// `EXTENT_F_*` flags.
+    /// `VIRTIO_MEM_EXTENT_F_*` flags.
     pub flags: Le32,
     /// Proximity domain / NUMA node the capacity belongs to.
     pub node_id: Le16,
@@ -150,21 +170,24 @@ pub struct ExtentRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TaggedReq {
-    /// One of the `TAGMEM_REQ_*` values.
+    /// One of the `VIRTIO_MEM_REQ_*` values.
     pub req_type: Le16,
     /// Reserved.
     pub padding: [Le16; 3],
-    /// ACCEPT: the chain id; RELEASE / RELEASE_BUSY: an extent id of the group.
+    /// ACCEPT: the chain id; RELEASE / RELEASE_BUSY: an extent id of the group; LIST: the first
+    /// extent id to list (0: from the start).
     pub id: Le64,
     /// RELEASE / RELEASE_BUSY: the group's tag (all zero for an untagged extent).
     pub tag: [u8; 16],
-    /// ACCEPT: number of extent ids that follow; otherwise zero.
+    /// ACCEPT: number of extent ids that follow; LIST: most records wanted
+    /// (1..=[`VIRTIO_MEM_LIST_MAX`]); otherwise zero.
     pub count: Le32,
     /// Reserved.
     pub reserved: Le32,
 }
 
-/// Device response to a tagged request (16 bytes).
+/// Device response to a tagged request (16 bytes); a LIST response is followed by `value`
+/// extent records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct TaggedResp {
@@ -176,7 +199,8 @@ pub struct TaggedResp {
     pub reason: Le16,
     /// Reserved.
     pub padding_1: Le16,
-    /// ACCEPT: number of extents accepted; RELEASE: number of extents released.
+    /// ACCEPT: number of extents accepted; RELEASE: number of extents released; LIST: number of
+    /// [`ExtentRecord`]s that follow the response.
     pub value: Le32,
 }
 
@@ -184,9 +208,9 @@ pub struct TaggedResp {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct EventMsg {
-    /// One of the `TAGMEM_EVT_*` values.
+    /// One of the `VIRTIO_MEM_EVT_*` values.
     pub event_type: Le16,
-    /// `TAGMEM_EVT_F_*` flags.
+    /// `VIRTIO_MEM_EVT_F_*` flags.
     pub flags: Le16,
     /// Reserved.
     pub reserved: Le32,
@@ -203,21 +227,21 @@ pub struct EventMsg {
 }
 
 /// Size of [`TaggedConfig`] on the wire.
-pub const TAGGED_CONFIG_SIZE: usize = core::mem::size_of::<TaggedConfig>();
+pub const VIRTIO_MEM_TAGGED_CONFIG_SIZE: usize = core::mem::size_of::<TaggedConfig>();
 /// Size of [`ExtentRecord`] on the wire.
-pub const EXTENT_RECORD_SIZE: usize = core::mem::size_of::<ExtentRecord>();
+pub const VIRTIO_MEM_EXTENT_RECORD_SIZE: usize = core::mem::size_of::<ExtentRecord>();
 /// Size of [`TaggedReq`] on the wire.
-pub const TAGGED_REQ_SIZE: usize = core::mem::size_of::<TaggedReq>();
+pub const VIRTIO_MEM_TAGGED_REQ_SIZE: usize = core::mem::size_of::<TaggedReq>();
 /// Size of [`TaggedResp`] on the wire.
-pub const TAGGED_RESP_SIZE: usize = core::mem::size_of::<TaggedResp>();
+pub const VIRTIO_MEM_TAGGED_RESP_SIZE: usize = core::mem::size_of::<TaggedResp>();
 /// Size of [`EventMsg`] on the wire; eventq buffers must be at least this long.
-pub const EVENT_SIZE: usize = core::mem::size_of::<EventMsg>();
+pub const VIRTIO_MEM_EVENT_SIZE: usize = core::mem::size_of::<EventMsg>();
 
-const _: () = assert!(TAGGED_CONFIG_SIZE == 88);
-const _: () = assert!(EXTENT_RECORD_SIZE == 80);
-const _: () = assert!(TAGGED_REQ_SIZE == 40);
-const _: () = assert!(TAGGED_RESP_SIZE == 16);
-const _: () = assert!(EVENT_SIZE == 128);
+const _: () = assert!(VIRTIO_MEM_TAGGED_CONFIG_SIZE == 88);
+const _: () = assert!(VIRTIO_MEM_EXTENT_RECORD_SIZE == 80);
+const _: () = assert!(VIRTIO_MEM_TAGGED_REQ_SIZE == 40);
+const _: () = assert!(VIRTIO_MEM_TAGGED_RESP_SIZE == 16);
+const _: () = assert!(VIRTIO_MEM_EVENT_SIZE == 128);
 
 /// True if `tag` is the all-zero (untagged) tag.
 pub fn is_null_tag(tag: &[u8; 16]) -> bool {

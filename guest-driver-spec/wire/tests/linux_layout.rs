@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use tagmem_wire::{
     VirtioMemConfig, VirtioMemReq, VirtioMemResp, VIRTIO_F_VERSION_1, VIRTIO_ID_MEM, VIRTIO_MEM_F_ACPI_PXM,
     VIRTIO_MEM_F_PERSISTENT_SUSPEND, VIRTIO_MEM_F_TAGGED_EXTENTS, VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
-    VIRTIO_MEM_REQ_PLUG, VIRTIO_MEM_REQ_STATE, VIRTIO_MEM_REQ_UNPLUG, VIRTIO_MEM_REQ_UNPLUG_ALL,
+    VIRTIO_MEM_REQ_ACCEPT, VIRTIO_MEM_REQ_LIST, VIRTIO_MEM_REQ_PLUG, VIRTIO_MEM_REQ_RELEASE,
+    VIRTIO_MEM_REQ_RELEASE_BUSY, VIRTIO_MEM_REQ_STATE, VIRTIO_MEM_REQ_UNPLUG, VIRTIO_MEM_REQ_UNPLUG_ALL,
     VIRTIO_MEM_RESP_ACK, VIRTIO_MEM_RESP_BUSY, VIRTIO_MEM_RESP_ERROR, VIRTIO_MEM_RESP_NACK,
     VIRTIO_MEM_STATE_MIXED, VIRTIO_MEM_STATE_PLUGGED, VIRTIO_MEM_STATE_UNPLUGGED,
 };
@@ -254,9 +255,8 @@ fn base_layout_matches_linux_uapi_header() {
     assert!(checked >= 70, "only {checked} values compared");
 }
 
-/// [T-FEAT-1]: bit 3 is a proposal; fail loudly if the installed header allocates it.
-#[test]
-fn proposed_feature_bit_is_not_allocated_by_linux() {
+/// Every `#define NAME VALUE` of `<linux/virtio_mem.h>`, as the preprocessor expands the header.
+fn header_macros() -> Vec<(String, String)> {
     let cc = compiler();
     let mut child = Command::new(&cc)
         .args(["-dM", "-E", "-x", "c", "-"])
@@ -277,7 +277,21 @@ fn proposed_feature_bit_is_not_allocated_by_linux() {
         "`{cc}` failed to preprocess <linux/virtio_mem.h>:\n{}\n{INSTALL_HINT}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("#define"), Some(name), Some(value)) => Some((name.to_string(), value.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
 
+/// [T-FEAT-1]: bit 3 is a proposal; fail loudly if the installed header allocates it.
+#[test]
+fn proposed_feature_bit_is_not_allocated_by_linux() {
     let known: [(&str, u32); 3] = [
         ("VIRTIO_MEM_F_ACPI_PXM", VIRTIO_MEM_F_ACPI_PXM),
         (
@@ -287,11 +301,7 @@ fn proposed_feature_bit_is_not_allocated_by_linux() {
         ("VIRTIO_MEM_F_PERSISTENT_SUSPEND", VIRTIO_MEM_F_PERSISTENT_SUSPEND),
     ];
     let mut seen = 0usize;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut words = line.split_whitespace();
-        let (Some("#define"), Some(name), Some(value)) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
+    for (name, value) in header_macros() {
         if !name.starts_with("VIRTIO_MEM_F_") {
             continue;
         }
@@ -313,4 +323,32 @@ fn proposed_feature_bit_is_not_allocated_by_linux() {
         seen >= 2,
         "found only {seen} VIRTIO_MEM_F_* macros in <linux/virtio_mem.h>"
     );
+}
+
+/// [T-REQ-1]: the proposed request types 4..=7 continue the base numbering; fail loudly if the
+/// installed header allocates any of them.
+#[test]
+fn proposed_request_types_are_not_allocated_by_linux() {
+    let proposed = [
+        VIRTIO_MEM_REQ_ACCEPT,
+        VIRTIO_MEM_REQ_RELEASE,
+        VIRTIO_MEM_REQ_RELEASE_BUSY,
+        VIRTIO_MEM_REQ_LIST,
+    ];
+    let mut seen = 0usize;
+    for (name, value) in header_macros() {
+        if !name.starts_with("VIRTIO_MEM_REQ_") {
+            continue;
+        }
+        seen += 1;
+        let ty: u16 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} = {value:?} is not a plain request type: {e}"));
+        assert!(
+            !proposed.contains(&ty),
+            "<linux/virtio_mem.h> now allocates request type {ty} as {name}; the proposed tagged \
+             request types collide with it and must move"
+        );
+    }
+    assert_eq!(seen, 4, "expected the four base VIRTIO_MEM_REQ_* macros");
 }
