@@ -9,6 +9,14 @@
 //! and only then are the old host mappings released. A vCPU that touches a moved range in that
 //! instant exits to the VMM, which serves the access from the host mapping under the mapper's lock
 //! (see [`KvmMemslotMapper::host_access`]), so the guest never sees the gap.
+//!
+//! Unmapping what one `map` mapped (an extent) must never fail for lack of slots, or capacity
+//! the device wants gone would stay reachable. Each run remembers the *units* it was merged from
+//! (the ranges of the `map` calls, as later unmaps trimmed them); removing whole units from a run
+//! of `u` units leaves at most `ceil(u / 2)` runs. The mapper counts every run at that worst case
+//! and refuses a `map` that would take the count past the slot limit, so an unmap of whole units
+//! always finds its slots. Only an unmap that cuts a unit in two (a base-region UNPLUG of part of
+//! a PLUG) can still be refused, and the device answers it BUSY.
 
 use crate::backing::{Backing, PAGE_SIZE};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
@@ -95,7 +103,8 @@ pub enum MemslotError {
     /// The operation would need more memslots than KVM (or the configured cap) allows.
     #[error("memslot limit reached: needs {needed} slots, at most {limit} available to the mapper")]
     SlotLimit {
-        /// Slots the mapper would use afterwards.
+        /// Slots the mapper would reserve afterwards: what its runs need if later unmaps split
+        /// them as far as whole units allow.
         needed: usize,
         /// Slots it may use.
         limit: usize,
@@ -243,7 +252,45 @@ impl RunSpec {
 struct Run {
     slot: u32,
     spec: RunSpec,
+    /// Lengths of the units (ranges of `map` calls) the run was merged from, in guest order;
+    /// they sum to `spec.len`.
+    units: Vec<u64>,
     host: HostMapping,
+}
+
+/// Slots a run of `units` units may come to need when whole units are unmapped from it.
+fn worst_case_slots(units: usize) -> usize {
+    units.div_ceil(2)
+}
+
+impl Run {
+    /// Its units before guest address `at`, the last one cut at `at`.
+    fn units_before(&self, at: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut pos = self.spec.gpa;
+        for &u in &self.units {
+            if pos >= at {
+                break;
+            }
+            out.push(u.min(at - pos));
+            pos += u;
+        }
+        out
+    }
+
+    /// Its units after guest address `at`, the first one cut at `at`.
+    fn units_after(&self, at: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut pos = self.spec.gpa;
+        for &u in &self.units {
+            let end = pos + u;
+            if end > at {
+                out.push(end - pos.max(at));
+            }
+            pos = end;
+        }
+        out
+    }
 }
 
 /// Public view of one memslot the mapper holds.
@@ -279,6 +326,8 @@ pub struct KvmMemslotMapper {
     registrar: Box<dyn SlotRegistrar>,
     backings: BTreeMap<SourceId, Backing>,
     runs: BTreeMap<u64, Run>,
+    /// Sum of [`worst_case_slots`] over the runs: what the mapper keeps available.
+    reserved_slots: usize,
     free_slots: Vec<u32>,
     next_slot: u32,
     slot_ids: Range<u32>,
@@ -303,6 +352,7 @@ impl KvmMemslotMapper {
             registrar,
             backings: BTreeMap::new(),
             runs: BTreeMap::new(),
+            reserved_slots: 0,
             free_slots: Vec::new(),
             next_slot: slot_ids.start,
             slot_ids,
@@ -340,6 +390,12 @@ impl KvmMemslotMapper {
     /// Most memslots the mapper may use at once.
     pub fn slot_limit(&self) -> usize {
         self.slot_ids.len()
+    }
+
+    /// Memslots the mapper keeps available for its runs: their count if every later unmap of
+    /// whole units split them as far as it can (at least [`KvmMemslotMapper::slot_count`]).
+    pub fn reserved_slots(&self) -> usize {
+        self.reserved_slots
     }
 
     /// The memslots in guest-address order.
@@ -398,8 +454,13 @@ impl KvmMemslotMapper {
             .and_then(|k| self.runs.get(&k))
             .map_or(end, |r| r.spec.end());
         merged.len = merged_end - merged.gpa;
+        let mut units: Vec<u64> = left.map(|k| self.runs[&k].units.clone()).unwrap_or_default();
+        units.push(m.len);
+        if let Some(k) = right {
+            units.extend_from_slice(&self.runs[&k].units);
+        }
         let old: Vec<u64> = left.into_iter().chain(right).collect();
-        self.replace(&old, &[merged])
+        self.replace(&old, &[(merged, units)])
     }
 
     /// Unmaps `m` (see [`MemoryMapper::unmap`]), splitting runs it covers partly.
@@ -433,22 +494,30 @@ impl KvmMemslotMapper {
             return Err(not_mapped);
         }
         let mut keep = Vec::new();
-        let head = &self.runs[&old[0]].spec;
+        let head_run = &self.runs[&old[0]];
+        let head = &head_run.spec;
         if head.gpa < m.gpa {
-            keep.push(RunSpec {
-                len: m.gpa - head.gpa,
-                ..*head
-            });
+            keep.push((
+                RunSpec {
+                    len: m.gpa - head.gpa,
+                    ..*head
+                },
+                head_run.units_before(m.gpa),
+            ));
         }
-        let tail = &self.runs[&old[old.len() - 1]].spec;
+        let tail_run = &self.runs[&old[old.len() - 1]];
+        let tail = &tail_run.spec;
         if tail.end() > end {
             let cut = end - tail.gpa;
-            keep.push(RunSpec {
-                gpa: end,
-                len: tail.len - cut,
-                offset: tail.offset + cut,
-                ..*tail
-            });
+            keep.push((
+                RunSpec {
+                    gpa: end,
+                    len: tail.len - cut,
+                    offset: tail.offset + cut,
+                    ..*tail
+                },
+                tail_run.units_after(end),
+            ));
         }
         self.replace(&old, &keep)
     }
@@ -533,13 +602,19 @@ impl KvmMemslotMapper {
         Ok(end)
     }
 
-    /// Replaces the runs keyed `old` by runs `new` (which cover no other run's range).
+    /// Replaces the runs keyed `old` by runs `new` with their units (which cover no other run's
+    /// range).
     ///
-    /// Order: host mappings for `new` first (nothing changes if that fails), then delete the old
-    /// slots and create the new ones back to back, then release the old host mappings. A KVM
-    /// failure rolls back to the old slots.
-    fn replace(&mut self, old: &[u64], new: &[RunSpec]) -> Result<(), MemslotError> {
-        let needed = self.runs.len() - old.len() + new.len();
+    /// Order: the slot reservation is checked, host mappings for `new` are made (nothing changes
+    /// if either fails), then the old slots are deleted and the new ones created back to back,
+    /// then the old host mappings are released. A KVM failure rolls back to the old slots.
+    fn replace(&mut self, old: &[u64], new: &[(RunSpec, Vec<u64>)]) -> Result<(), MemslotError> {
+        let freed: usize = old
+            .iter()
+            .map(|k| worst_case_slots(self.runs[k].units.len()))
+            .sum();
+        let taken: usize = new.iter().map(|(_, u)| worst_case_slots(u.len())).sum();
+        let needed = self.reserved_slots - freed + taken;
         if needed > self.slot_limit() {
             return Err(MemslotError::SlotLimit {
                 needed,
@@ -547,7 +622,7 @@ impl KvmMemslotMapper {
             });
         }
         let mut hosts = Vec::with_capacity(new.len());
-        for spec in new {
+        for (spec, _) in new {
             let backing = self
                 .backings
                 .get(&spec.source)
@@ -598,7 +673,7 @@ impl KvmMemslotMapper {
                 });
             }
         }
-        for (i, ((spec, host), &slot)) in new.iter().zip(&hosts).zip(&new_ids).enumerate() {
+        for (i, (((spec, _), host), &slot)) in new.iter().zip(&hosts).zip(&new_ids).enumerate() {
             let reg = region(spec, slot, host);
             // SAFETY: `host` maps exactly `spec.len` bytes (HostMapping::new) and is kept in the
             // new Run until that slot is deleted; its guest range overlaps no live slot because
@@ -630,16 +705,18 @@ impl KvmMemslotMapper {
         self.free_slots.retain(|s| !used_free.contains(s));
         self.next_slot += taken_fresh;
         self.free_slots.extend(ids);
-        for ((spec, host), slot) in new.iter().zip(hosts).zip(new_ids) {
+        for (((spec, units), host), slot) in new.iter().zip(hosts).zip(new_ids) {
             self.runs.insert(
                 spec.gpa,
                 Run {
                     slot,
                     spec: *spec,
+                    units: units.clone(),
                     host,
                 },
             );
         }
+        self.reserved_slots = needed;
         Ok(())
     }
 
@@ -652,7 +729,9 @@ impl KvmMemslotMapper {
             // `self.runs` (the replacement did not commit), so the memory stays mapped.
             if let Err(e) = unsafe { self.registrar.set_region(*r) } {
                 failures.push_str(&format!("; restoring slot {} failed ({e}): range lost", r.slot));
-                self.runs.remove(&r.guest_phys_addr);
+                if let Some(lost) = self.runs.remove(&r.guest_phys_addr) {
+                    self.reserved_slots -= worst_case_slots(lost.units.len());
+                }
                 self.free_slots.push(r.slot);
             }
         }
@@ -933,6 +1012,79 @@ mod tests {
         let ids: Vec<u32> = m.slots().iter().map(|s| s.slot).collect();
         assert!(ids.iter().all(|&s| (1..4).contains(&s)), "{ids:?}");
         check_consistent(&m, &kvm);
+    }
+
+    /// Item C14: an extent in the middle of a coalesced run is unmapped even at the slot limit.
+    /// The mapper reserves the slots such a split needs, so it refuses the `map` that would have
+    /// used them instead.
+    #[test]
+    fn unmap_of_a_coalesced_middle_extent_at_the_slot_limit_succeeds() {
+        let (mut m, kvm) = mapper(3);
+        let base = 1 << 32;
+        // Three extents merge into one slot; a fourth sits apart.
+        for i in 0..3 {
+            m.map_range(&mp(base + i * 2 * MIB, 2 * MIB, i * 2 * MIB))
+                .unwrap();
+        }
+        m.map_range(&mp(base + 16 * MIB, 2 * MIB, 16 * MIB)).unwrap();
+        assert_eq!((m.slot_count(), m.reserved_slots()), (2, 3));
+        // Map separate extents until the mapper refuses.
+        let mut mapped = 0;
+        while m
+            .map_range(&mp(
+                base + (20 + 4 * mapped) * MIB,
+                2 * MIB,
+                (20 + 4 * mapped) * MIB,
+            ))
+            .is_ok()
+        {
+            mapped += 1;
+            assert!(mapped < 8, "the mapper never refused");
+        }
+        // Now release the middle extent of the coalesced run: the split needs one more slot.
+        m.unmap_range(&mp(base + 2 * MIB, 2 * MIB, 2 * MIB)).unwrap();
+        let middle = base + 2 * MIB;
+        assert!(
+            !m.slots()
+                .iter()
+                .any(|x| x.gpa <= middle && middle < x.gpa + x.len),
+            "the guest can no longer reach the released extent"
+        );
+        assert!(m.slot_count() <= m.slot_limit());
+        check_consistent(&m, &kvm);
+        // And the rest of the extents come out one by one, whatever the order.
+        m.unmap_range(&mp(base, 2 * MIB, 0)).unwrap();
+        m.unmap_range(&mp(base + 4 * MIB, 2 * MIB, 4 * MIB)).unwrap();
+        m.unmap_range(&mp(base + 16 * MIB, 2 * MIB, 16 * MIB)).unwrap();
+        assert_eq!(m.reserved_slots(), m.slot_count());
+        check_consistent(&m, &kvm);
+    }
+
+    /// The reservation follows merges and splits: whole-unit unmaps never need more than it.
+    #[test]
+    fn reservation_covers_every_whole_unit_unmap_order() {
+        let (mut m, kvm) = mapper(4);
+        let base = 1 << 32;
+        for i in 0..7 {
+            m.map_range(&mp(base + i * MIB, MIB, i * MIB)).unwrap();
+        }
+        assert_eq!((m.slot_count(), m.reserved_slots()), (1, 4));
+        assert!(matches!(
+            m.map_range(&mp(base + 32 * MIB, MIB, 32 * MIB)),
+            Err(MemslotError::SlotLimit { needed: 5, limit: 4 })
+        ));
+        // Alternate units out: the worst case, four runs of one unit.
+        for i in [1, 3, 5] {
+            m.unmap_range(&mp(base + i * MIB, MIB, i * MIB)).unwrap();
+        }
+        assert_eq!((m.slot_count(), m.reserved_slots()), (4, 4));
+        check_consistent(&m, &kvm);
+        // A unit cut in two needs a slot the reservation does not hold: refused, nothing changed.
+        assert!(matches!(
+            m.unmap_range(&mp(base + 4096, 4096, 4096)),
+            Err(MemslotError::SlotLimit { .. })
+        ));
+        assert_eq!(m.slot_count(), 4);
     }
 
     #[test]
