@@ -913,6 +913,16 @@ impl Vmm {
         })
     }
 
+    /// Has the guest reset the device and initialise its driver again (as a rebind or kexec
+    /// does); returns the devices and extents the driver holds afterwards, which it learned from
+    /// the device's list of accepted extents.
+    pub fn guest_reinit(&self) -> Result<(u64, u64), VmmError> {
+        self.expect(Command::Reinit, |r| match r {
+            Report::Reinit { devices, extents } => Some((*devices, *extents)),
+            _ => None,
+        })
+    }
+
     /// Waits until the guest's driver has activated the device (it does so right after boot).
     pub fn wait_ready(&self) -> Result<(), VmmError> {
         // The guest initialises its driver before it takes its first command.

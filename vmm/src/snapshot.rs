@@ -201,7 +201,7 @@ impl Vmm {
 mod tests {
     use super::*;
     use crate::vm::BootMemory;
-    use tagmem_device::{DeviceConfig, MapperError, Mapping, MemoryMapper, MonotonicClock, NoopNotifier};
+    use tagmem_device::{MapperError, Mapping, MemoryMapper, MonotonicClock, NoopNotifier};
 
     struct NoMapper;
     impl MemoryMapper for NoMapper {
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn restore_rejects_boot_ram_of_the_wrong_size_before_touching_kvm() {
         let device = TaggedMemDevice::<BootMemory>::new(
-            DeviceConfig::default(),
+            VmmConfig::default().device,
             Box::new(NoMapper),
             Arc::new(NoopNotifier),
             Arc::new(MonotonicClock::default()),

@@ -105,6 +105,8 @@ pub enum Command {
     /// Make every accepted group a device at once (`true`) or leave it unclaimed until a
     /// [`Command::Claim`] (`false`, the driver's default, as CXL DCD).
     ClaimMode(bool),
+    /// Reset the device and initialise the driver again (it lists what it still holds).
+    Reinit,
     /// Read `len` bytes at `gpa` (8-byte aligned) `reps` times with 8-byte loads.
     ReadLoop {
         /// Guest-physical address.
@@ -193,6 +195,7 @@ impl Command {
             Command::Extents => (CMD_EXTENTS, Vec::new()),
             Command::Claim(tag) => (CMD_CLAIM, tag_halves(tag).to_vec()),
             Command::ClaimMode(auto) => (CMD_CLAIM_MODE, vec![u64::from(*auto)]),
+            Command::Reinit => (CMD_REINIT, Vec::new()),
             Command::ReadLoop { gpa, len, reps } => (CMD_READ_LOOP, vec![*gpa, *len, *reps]),
             Command::WriteLoop { gpa, len, reps, byte } => {
                 (CMD_WRITE_LOOP, vec![*gpa, *len, *reps, u64::from(*byte)])
@@ -461,6 +464,15 @@ pub enum Report {
         /// Response type (255: driver error).
         resp: u64,
     },
+    /// `REINIT ok=1 devices=.. extents=..`: the driver was reset and initialised again.
+    Reinit {
+        /// Dax devices the driver exposes afterwards.
+        devices: u64,
+        /// Accepted extents it listed.
+        extents: u64,
+    },
+    /// `REINIT ok=0 error=..`: initialising the driver again failed.
+    ReinitFailed(String),
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -543,6 +555,11 @@ impl Report {
                 first: hex_bytes(field(line, "first")?)?,
             }),
             "UNPLUGGED" => Some(Report::Unplugged { resp: n("resp")? }),
+            "REINIT" if flag("ok")? => Some(Report::Reinit {
+                devices: n("devices")?,
+                extents: n("extents")?,
+            }),
+            "REINIT" => Some(Report::ReinitFailed(line.to_string())),
             _ => None,
         }
     }
@@ -1223,5 +1240,17 @@ mod tests {
             Report::parse("UNPLUGGED resp=0"),
             Some(Report::Unplugged { resp: 0 })
         );
+        assert_eq!(Command::Reinit.encode(), (CMD_REINIT, Vec::new()));
+        assert_eq!(
+            Report::parse("REINIT ok=1 devices=2 extents=3"),
+            Some(Report::Reinit {
+                devices: 2,
+                extents: 3
+            })
+        );
+        assert!(matches!(
+            Report::parse("REINIT ok=0 error=device refused DRIVER_OK"),
+            Some(Report::ReinitFailed(_))
+        ));
     }
 }

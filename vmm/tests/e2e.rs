@@ -417,7 +417,7 @@ fn snapshot_mid_life_cycle_restores_into_a_fresh_vm_and_the_guest_continues() {
 
     let snap = vmm.snapshot().unwrap();
     assert_eq!(snap.device.chains.len(), 1);
-    assert_eq!(snap.backings.len(), 2);
+    assert_eq!(snap.backings.len(), 3, "the two extents' and the base region's");
     let lines_before = vmm.console_lines().len();
     vmm.shutdown();
     drop(vmm);

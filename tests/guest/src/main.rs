@@ -419,6 +419,26 @@ impl Guest {
         println!("EXTENTS count={}", count);
     }
 
+    /// Resets the device and initialises the driver again; the driver re-learns what it holds.
+    fn reinit(&mut self) {
+        let Some(drv) = self.drv.as_mut() else {
+            println!("FAULT no driver");
+            return;
+        };
+        drv.reset();
+        let r = drv.init();
+        self.flush_log();
+        let Some(drv) = self.drv.as_ref() else { return };
+        match r {
+            Ok(()) => println!(
+                "REINIT ok=1 devices={} extents={}",
+                drv.devices().len(),
+                drv.accepted().count()
+            ),
+            Err(e) => println!("REINIT ok=0 error={}", e),
+        }
+    }
+
     /// Plugs `requests` consecutive ranges of `blocks` base blocks from `addr` on, as Linux's
     /// driver does after a config change; then reads the first byte.
     fn base_plug(&mut self, addr: u64, requests: u64, blocks: u64) {
@@ -516,6 +536,7 @@ impl Guest {
                 }
                 None => println!("FAULT no driver"),
             },
+            CMD_REINIT => self.reinit(),
             CMD_READ_LOOP | CMD_WRITE_LOOP if arg(0) % 8 != 0 => {
                 println!("FAULT unaligned gpa={:#x}", arg(0));
             }

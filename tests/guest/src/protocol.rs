@@ -82,6 +82,10 @@ pub const CMD_CLAIM: u64 = 13;
 /// Command: make every accepted group a device at once (`arg0` = 1) or leave accepted capacity
 /// unclaimed until claimed (0, the default); prints `CLAIMMODE auto=..`.
 pub const CMD_CLAIM_MODE: u64 = 14;
+/// Command: reset the device and initialise the driver again, as a rebinding or kexec'd guest
+/// does: the driver forgets its devices and lists what the device still holds accepted (SPEC.md
+/// T-LIST-2); prints `REINIT ok=1 devices=.. extents=..`, or `REINIT ok=0 error=..`.
+pub const CMD_REINIT: u64 = 15;
 /// Command (benchmarks): read `arg1` bytes at GPA `arg0` (8-byte aligned) `arg2` times with aligned
 /// 8-byte volatile loads; prints `READLOOP gpa=.. len=.. reps=.. acc=..` (`acc` the wrapping sum
 /// of the words loaded).

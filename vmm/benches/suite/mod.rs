@@ -238,7 +238,14 @@ impl Bench {
         config.command_timeout = Duration::from_secs(600);
         let vmm = Vmm::new(config)?;
         vmm.wait_ready()?;
-        // The base region's backing (BASE_SOURCE, a sparse memfd) is registered by Vmm::new.
+        // Vmm::new registers the base region's backing (BASE_SOURCE, a sparse memfd); mark its
+        // first byte so the guest can tell it reads the backing.
+        vmm.mapper()
+            .lock()
+            .backing(BASE_SOURCE)
+            .ok_or("the base region has no backing")?
+            .file_handle()
+            .write_all_at(&[MARKER], 0)?;
         // Driver log lines are test-guest instrumentation, not protocol: keep them off the console.
         vmm.guest_command(Command::Verbose(false))?;
         Ok(Bench {
