@@ -2,12 +2,20 @@
 //! event outbox. Pure: no I/O, no mapping. Operations that need a side effect are split into a
 //! `plan_*` step that validates and a `commit_*` step the device calls only after the side effect
 //! (mapping, unmapping) succeeded.
+//!
+//! Checking an untrusted table (restore) is in `invariants`; what a reset forgets and what the
+//! next activation replays, and the LIST query, in `replay`.
 
 use crate::control::*;
 use crate::mapper::{Mapping, SourceId, SourceRef};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use tagmem_wire::{self as wire, reason, Event, ExtentRecord, Le16, Le32, Le64};
 use uuid::Uuid;
+
+mod invariants;
+mod replay;
+
+pub(crate) use invariants::Invalid;
 
 /// Most events the outbox holds before host commands that add events are refused.
 pub const OUTBOX_LIMIT: usize = 4096;
@@ -678,97 +686,6 @@ impl ExtentTable {
         removed
     }
 
-    /// At a device reset: forgets the undelivered events; pending chains count as open again
-    /// until [`ExtentTable::replay`] delivers their offers anew.
-    pub fn forget_events(&mut self) {
-        self.outbox.clear();
-        for c in self.chains.values_mut() {
-            c.closed = false;
-        }
-    }
-
-    /// After a reset, when the driver activates the device with tagged extents ([T-RESET-1]):
-    /// queues the OFFER events of every pending chain again (same ids, deadline restarted), then
-    /// one RELEASE_REQUEST per group whose release is requested or deferred (requested again),
-    /// then one POISON event per recorded poison range. What the driver holds accepted it learns
-    /// with LIST.
-    pub fn replay(&mut self, now_ms: u64) {
-        self.outbox.clear();
-        let deadline = now_ms.saturating_add(self.timeout_ms);
-        for (&chain_id, chain) in self.chains.iter_mut() {
-            chain.closed = false;
-            chain.deadline_ms = deadline;
-            for (i, id) in chain.ids.iter().enumerate() {
-                if let Some(e) = self.extents.get(id) {
-                    self.outbox.push_back(Event::Offer {
-                        chain_id,
-                        more: i + 1 < chain.ids.len(),
-                        record: record_of(*id, e),
-                    });
-                }
-            }
-        }
-        let mut asked: Vec<u64> = self
-            .extents
-            .iter()
-            .filter(|(_, e)| {
-                matches!(
-                    e.state,
-                    ExtentState::ReleaseRequested | ExtentState::ReleaseDeferred
-                )
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        asked.sort_unstable();
-        let mut announced: BTreeSet<u64> = BTreeSet::new();
-        for id in asked {
-            let group = self.group_of(id);
-            let Some(&lead) = group.first() else { continue };
-            if !announced.insert(lead) {
-                continue;
-            }
-            for g in &group {
-                if let Some(e) = self.extents.get_mut(g) {
-                    e.state = ExtentState::ReleaseRequested;
-                }
-            }
-            self.outbox.push_back(Event::ReleaseRequest {
-                record: record_of(lead, &self.extents[&lead]),
-            });
-        }
-        let mut poisoned: Vec<u64> = self.poison.keys().copied().collect();
-        poisoned.sort_unstable();
-        for id in poisoned {
-            let Some(e) = self.extents.get(&id) else { continue };
-            let record = record_of(id, e);
-            for &(offset, length) in &self.poison[&id] {
-                self.outbox.push_back(Event::Poison {
-                    record,
-                    offset,
-                    length,
-                });
-            }
-        }
-    }
-
-    /// Records of accepted extents (any state after the ACCEPT) with an id of at least `first`,
-    /// ascending, at most `count` ([T-LIST-1]).
-    pub fn list(&self, first: u64, count: usize) -> Vec<ExtentRecord> {
-        let mut ids: Vec<u64> = self
-            .extents
-            .iter()
-            .filter(|(id, e)| **id >= first && e.state != ExtentState::Pending)
-            .map(|(id, _)| *id)
-            .collect();
-        if ids.len() > count {
-            // The `count` smallest ids, without sorting them all: O(extents) per page.
-            ids.select_nth_unstable(count);
-            ids.truncate(count);
-        }
-        ids.sort_unstable();
-        ids.iter().map(|id| record_of(*id, &self.extents[id])).collect()
-    }
-
     /// Resolves a host target to accepted groups (each lowest id first).
     pub fn resolve(&self, target: Target) -> Result<Vec<u64>, ControlError> {
         let ids: Vec<u64> = match target {
@@ -883,223 +800,6 @@ impl ExtentTable {
             length,
         });
         Ok(())
-    }
-
-    /// Checks the table's invariants; used by restore (whose input is untrusted: every sum is
-    /// checked before it is used) and by tests. The error names the field at fault.
-    pub fn check_invariants(&self) -> Result<(), Invalid> {
-        let window_end = self.window_addr.saturating_add(self.window_size);
-        // Which chain lists each pending extent; a chain naming an extent twice is refused.
-        let mut in_chain: HashMap<u64, u64> = HashMap::new();
-        for (&cid, c) in &self.chains {
-            let field = |f: &str| format!("chains[id {cid}].{f}");
-            if cid == 0 || cid >= self.next_chain_id {
-                return Err(Invalid::new(
-                    field("id"),
-                    format!("not in 1..next_chain_id ({})", self.next_chain_id),
-                ));
-            }
-            if c.ids.is_empty() {
-                return Err(Invalid::new(field("ids"), "a chain has at least one extent"));
-            }
-            for id in &c.ids {
-                if let Some(other) = in_chain.insert(*id, cid) {
-                    return Err(Invalid::new(
-                        field("ids"),
-                        format!("extent {id} is listed twice (also by chain {other})"),
-                    ));
-                }
-                match self.extents.get(id) {
-                    None => return Err(Invalid::new(field("ids"), format!("names unknown extent {id}"))),
-                    Some(e) if e.chain_id != cid => {
-                        return Err(Invalid::new(
-                            field("ids"),
-                            format!("names extent {id} of chain {}", e.chain_id),
-                        ))
-                    }
-                    Some(e) if e.state != ExtentState::Pending => {
-                        return Err(Invalid::new(
-                            field("ids"),
-                            format!("names extent {id}, which is {:?}", e.state),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        if in_chain.len() > self.max_pending {
-            return Err(Invalid::new(
-                "chains",
-                format!("{} extents pending, at most {}", in_chain.len(), self.max_pending),
-            ));
-        }
-        let all = self.infos();
-        for e in &all {
-            let field = |f: &str| format!("extents[id {}].{f}", e.id);
-            if e.id == 0 || e.id >= self.next_extent_id {
-                return Err(Invalid::new(
-                    field("id"),
-                    format!("not in 1..next_extent_id ({})", self.next_extent_id),
-                ));
-            }
-            if e.chain_id == 0 || e.chain_id >= self.next_chain_id {
-                return Err(Invalid::new(
-                    field("chain_id"),
-                    format!(
-                        "{} is not in 1..next_chain_id ({})",
-                        e.chain_id, self.next_chain_id
-                    ),
-                ));
-            }
-            if e.length == 0 || !is_aligned(e.length) {
-                return Err(Invalid::new(field("length"), "not a non-zero multiple of 2 MiB"));
-            }
-            if !is_aligned(e.gpa) {
-                return Err(Invalid::new(field("gpa"), "not 2 MiB aligned"));
-            }
-            let inside =
-                e.gpa >= self.window_addr && e.gpa.checked_add(e.length).is_some_and(|end| end <= window_end);
-            if !inside {
-                return Err(Invalid::new(field("gpa"), "the extent leaves the tagged window"));
-            }
-            if !is_aligned(e.source.offset) {
-                return Err(Invalid::new(field("source.offset"), "not 2 MiB aligned"));
-            }
-            if e.source.offset.checked_add(e.length).is_none() {
-                return Err(Invalid::new(
-                    field("source.offset"),
-                    "the backing range overflows",
-                ));
-            }
-            if e.poison
-                .iter()
-                .any(|&(o, l)| l == 0 || o.checked_add(l).is_none_or(|end| end > e.length))
-            {
-                return Err(Invalid::new(
-                    field("poison"),
-                    "a range is empty or outside the extent",
-                ));
-            }
-            if e.flags.sharable && e.tag.is_nil() {
-                return Err(Invalid::new(field("flags"), "sharable capacity needs a tag"));
-            }
-            if !e.flags.sharable && e.seq != 0 {
-                return Err(Invalid::new(field("seq"), "non-zero outside a sharable group"));
-            }
-            let pending = e.state == ExtentState::Pending;
-            if pending != in_chain.contains_key(&e.id) {
-                return Err(Invalid::new(
-                    field("state"),
-                    format!(
-                        "{:?}, but {} a pending chain",
-                        e.state,
-                        if pending { "not in" } else { "in" }
-                    ),
-                ));
-            }
-        }
-        // Ranges: every end was checked above, so these sums cannot overflow.
-        let mut by_gpa: Vec<(u64, u64, u64)> = all.iter().map(|e| (e.gpa, e.length, e.id)).collect();
-        by_gpa.sort_unstable();
-        for w in by_gpa.windows(2) {
-            if w[0].0 + w[0].1 > w[1].0 {
-                return Err(Invalid::new(
-                    format!("extents[id {}].gpa", w[1].2),
-                    format!("overlaps extent {} in the guest", w[0].2),
-                ));
-            }
-        }
-        let mut by_src: Vec<(SourceId, u64, u64, u64)> = all
-            .iter()
-            .map(|e| (e.source.id, e.source.offset, e.length, e.id))
-            .collect();
-        by_src.sort_unstable();
-        for w in by_src.windows(2) {
-            if w[0].0 == w[1].0 && w[0].1 + w[0].2 > w[1].1 {
-                return Err(Invalid::new(
-                    format!("extents[id {}].source", w[1].3),
-                    format!("shares backing with extent {}", w[0].3),
-                ));
-            }
-        }
-        // Tag groups: one chain, one sharing mode, and sharable sequence numbers exactly 0..n-1.
-        let mut groups: BTreeMap<Uuid, Vec<&ExtentInfo>> = BTreeMap::new();
-        for e in all.iter().filter(|e| !e.tag.is_nil()) {
-            groups.entry(e.tag).or_default().push(e);
-        }
-        for (tag, members) in groups {
-            let first = members[0];
-            if let Some(e) = members.iter().find(|e| e.chain_id != first.chain_id) {
-                return Err(Invalid::new(
-                    format!("extents[id {}].chain_id", e.id),
-                    format!("tag {tag} spans chains {} and {}", first.chain_id, e.chain_id),
-                ));
-            }
-            if let Some(e) = members.iter().find(|e| e.flags.sharable != first.flags.sharable) {
-                return Err(Invalid::new(
-                    format!("extents[id {}].flags", e.id),
-                    format!("tag {tag} mixes sharable and non-sharable extents"),
-                ));
-            }
-            if first.flags.sharable {
-                let mut seqs: Vec<u16> = members.iter().map(|e| e.seq).collect();
-                seqs.sort_unstable();
-                if !seqs.iter().enumerate().all(|(k, &q)| usize::from(q) == k) {
-                    return Err(Invalid::new(
-                        format!("extents[id {}].seq", first.id),
-                        format!(
-                            "sharable tag {tag} has {} extents, sequence numbers {seqs:?} are not exactly 0..{}",
-                            members.len(),
-                            members.len()
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Some(id) = self.poison.keys().find(|id| !self.extents.contains_key(id)) {
-            return Err(Invalid::new(
-                format!("extents[id {id}].poison"),
-                "poison recorded for an unknown extent",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the tag and backing indexes and the window's free list from `extents`, after
-    /// checking every invariant.
-    pub fn reindex(&mut self) -> Result<(), Invalid> {
-        self.check_invariants()?;
-        self.tags.clear();
-        self.backing.clear();
-        self.window = Window::new(self.window_addr, self.window_size);
-        for e in self.infos() {
-            if !self.window.take(e.gpa, e.length) {
-                return Err(Invalid::new(
-                    format!("extents[id {}].gpa", e.id),
-                    "overlaps another extent or leaves the window",
-                ));
-            }
-            self.index(e.id, &Extent::from_info(&e));
-        }
-        Ok(())
-    }
-}
-
-/// A broken invariant of an untrusted table: the field at fault and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Invalid {
-    /// The field, as a path into the snapshot (`extents[id 3].gpa`).
-    pub field: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl Invalid {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
     }
 }
 
