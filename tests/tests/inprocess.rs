@@ -480,10 +480,17 @@ fn driver_relearns_accepted_extents_after_reset() {
         .offer(&[sharable(7, 6 * MB2, 1), sharable(7, 5 * MB2, 0)])
         .unwrap();
     p.drv.poll().unwrap();
+    // User space claims both tag groups (`daxctl create-device --uuid`); the untagged extent
+    // stays unclaimed in the region.
+    let (ab, seven) = (*Uuid::from_u128(0xab).as_bytes(), *Uuid::from_u128(7).as_bytes());
+    p.drv.claim(&ab).unwrap();
+    p.drv.claim(&seven).unwrap();
+    // Every accepted group, claimed or not.
     let seen = |p: &Pair| -> Vec<Seen> {
         p.drv
             .devices()
             .iter()
+            .chain(p.drv.unclaimed())
             .map(|d| {
                 let ext = d.extents.iter().map(|e| (e.id, e.gpa, e.len)).collect();
                 let mut data = Vec::new();
@@ -509,7 +516,10 @@ fn driver_relearns_accepted_extents_after_reset() {
     p.drv.set_policy(tagmem_driver::RejectAll);
     p.dev.borrow_mut().offer(&[spec(0xcd, 8 * MB2, MB2)]).unwrap();
     p.drv.reset();
-    assert!(p.drv.devices().is_empty(), "the driver forgot its devices");
+    assert!(
+        p.drv.devices().is_empty() && p.drv.unclaimed().is_empty(),
+        "the driver forgot its devices"
+    );
     assert_eq!(mapped(&p), mapped_before, "the device unmapped nothing");
     assert_eq!(p.dev.borrow().plugged_size(), 2 * MB2);
 
@@ -521,18 +531,23 @@ fn driver_relearns_accepted_extents_after_reset() {
             .any(|e| matches!(e, DriverEvent::Relearned { extents } if extents.len() == 5)),
         "{log:?}"
     );
+    // Re-learned capacity is unclaimed again, as a CXL DCD host finds it after a kexec; claimed
+    // again, it is the same devices over the same bytes.
+    assert!(p.drv.devices().is_empty() && p.drv.unclaimed().len() == 3);
+    p.drv.claim(&ab).unwrap();
+    p.drv.claim(&seven).unwrap();
     let mut after = seen(&p);
     after.sort();
-    assert_eq!(after, sorted_before, "same devices, extents and bytes");
-    let d = p.drv.lookup(Uuid::from_u128(7).as_bytes()).unwrap();
+    assert_eq!(after, sorted_before, "same groups, extents and bytes");
+    let d = p.drv.lookup(&seven).unwrap();
     assert_eq!(d.extents.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(p.drv.state(BASE, 2).unwrap().state, Some(BlockState::Plugged));
 
     // The pending chain is offered again and now accepted.
     p.drv.poll().unwrap();
-    assert!(p.drv.lookup(Uuid::from_u128(0xcd).as_bytes()).is_some());
+    assert!(p.drv.lookup_unclaimed(Uuid::from_u128(0xcd).as_bytes()).is_some());
     // Re-learned capacity is released as any other.
-    assert_eq!(p.drv.release(*Uuid::from_u128(0xab).as_bytes()).unwrap(), 2);
+    assert_eq!(p.drv.release(ab).unwrap(), 2);
     assert!(guest_reads(&p, &backing, before[0].2[0].1, 1).is_none());
 }
 

@@ -47,6 +47,10 @@ fn guest_relearns_accepted_extents_after_reset_and_reads_the_same_bytes() {
     let untagged = vmm.offer(&chain[2..]).unwrap();
     vmm.guest_poll().unwrap();
     assert!(vmm.extents().iter().all(|e| e.state == ExtentState::Accepted));
+    // The guest's user space claims the tag group and the untagged extent (as `daxctl
+    // create-device -r region0 --uuid` does).
+    vmm.guest_claim(group).unwrap();
+    vmm.guest_claim(Uuid::nil()).unwrap();
     // The guest writes into the untagged extent; the host sees it.
     let gpa2 = base + 8 * MIB;
     vmm.guest_write(gpa2 + 4096, 512, 0x5c).unwrap();
@@ -74,7 +78,11 @@ fn guest_relearns_accepted_extents_after_reset_and_reads_the_same_bytes() {
     vmm.take_host_events();
 
     let (devices, extents) = vmm.guest_reinit().unwrap();
-    assert_eq!((devices, extents), (2, 3), "every accepted extent re-learned");
+    assert_eq!(
+        (devices, extents),
+        (0, 3),
+        "every accepted extent re-learned, unclaimed as on a DCD host after a kexec"
+    );
     let events = vmm.take_host_events();
     assert!(
         events
@@ -88,7 +96,13 @@ fn guest_relearns_accepted_extents_after_reset_and_reads_the_same_bytes() {
     );
     assert_eq!(vmm.slots(), slots_before, "no memslot changed");
     assert_eq!(records(&vmm), extents_before, "same extents, same records");
+    let unclaimed = vmm.guest_view().unwrap();
+    assert!(unclaimed.unclaimed_by_tag(&group).is_some(), "{unclaimed:?}");
+    // Claimed again, they are the same devices over the same bytes.
+    vmm.guest_claim(group).unwrap();
+    vmm.guest_claim(Uuid::nil()).unwrap();
     let view_after = vmm.guest_view().unwrap();
+    assert_eq!(view_after.devices.len(), 2);
     let shared = view_after
         .by_tag(&group)
         .expect("the tag group is a device again");
@@ -116,7 +130,7 @@ fn guest_relearns_accepted_extents_after_reset_and_reads_the_same_bytes() {
     assert!(vmm
         .guest_view()
         .unwrap()
-        .by_tag(&Uuid::from_u128(0xcafe))
+        .unclaimed_by_tag(&Uuid::from_u128(0xcafe))
         .is_some());
     // Re-learned capacity is released as any other, and is gone from the guest afterwards.
     assert_eq!(vmm.guest_release(Target::Tag(group)).unwrap(), 2);

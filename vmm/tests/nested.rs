@@ -658,7 +658,14 @@ fn l1_must_claim_a_group_before_it_can_pass_it_and_unclaimed_reads_alike_at_ever
              (daxctl create-device -r region0 --uuid {tag_a}); nothing offered to L2"
         )
     );
-    assert!(lv.l2.extents().is_empty() && lv.l2.take_host_events().is_empty());
+    assert!(lv.l2.extents().is_empty());
+    assert!(
+        lv.l2
+            .take_host_events()
+            .iter()
+            .all(|e| matches!(e, HostEvent::DeviceReset { .. })),
+        "at most the reset of L2's driver probe"
+    );
     assert!(lv
         .l1
         .guest_extents()

@@ -519,7 +519,10 @@ mod tests {
         let mut reg = DaxRegistry::new();
         reg.create([1; 16], vec![e], false);
         let d = &reg.devices()[0];
-        assert_eq!(d.poison().collect::<Vec<_>>(), [(2 * VIRTIO_MEM_EXTENT_ALIGN + 4096, 4096)]);
+        assert_eq!(
+            d.poison().collect::<Vec<_>>(),
+            [(2 * VIRTIO_MEM_EXTENT_ALIGN + 4096, 4096)]
+        );
     }
 
     #[test]
@@ -544,7 +547,10 @@ mod tests {
         // The accepted capacity counts for offers whether claimed or not.
         assert!(reg.holds_extent(4) && reg.holds_tag(&[7; 16]) && reg.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1));
         assert_eq!(reg.lookup(&[7; 16]), None, "a lookup finds devices only");
-        assert_eq!(reg.lookup_unclaimed(&[7; 16]).unwrap().size, 2 * VIRTIO_MEM_EXTENT_ALIGN);
+        assert_eq!(
+            reg.lookup_unclaimed(&[7; 16]).unwrap().size,
+            2 * VIRTIO_MEM_EXTENT_ALIGN
+        );
 
         // Claiming the tag takes the whole group, in seq order, into the seed.
         let i = reg.claim(&[7; 16], true).unwrap();
@@ -604,7 +610,9 @@ mod tests {
         assert_eq!(reg.claim(&[5; 16], false), Err(ClaimError::NoMatch));
         let g = reg.remove_group(slot).unwrap();
         assert_eq!(g.extents.len(), 2);
-        assert!(!reg.holds_extent(1) && !reg.holds_tag(&[5; 16]) && !reg.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1));
+        assert!(
+            !reg.holds_extent(1) && !reg.holds_tag(&[5; 16]) && !reg.overlaps(VIRTIO_MEM_EXTENT_ALIGN, 1)
+        );
         assert_eq!(reg.group_of(3), Some(Slot::Unclaimed(0)));
         assert_eq!(reg.remove_group(Slot::Device(0)), None);
         assert_eq!(reg.clear().len(), 1);
