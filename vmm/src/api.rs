@@ -7,6 +7,8 @@
 //! | `PUT /api/v1/vm.add-tagged-memory` | [`AddTaggedMemory`] | `200` [`AddReply`] |
 //! | `PUT /api/v1/vm.release-tagged-memory` | [`ReleaseTaggedMemory`] | `204` |
 //! | `GET /api/v1/vm.tagged-memory` | — | `200` `[`[`ExtentRow`]`, ...]` |
+//! | `PUT /api/v1/vm.resize` | [`VmResize`] | `204` |
+//! | `GET /api/v1/vm.memory` | — | `200` [`BaseMemory`] |
 //!
 //! Requests are parsed with `httparse` within fixed bounds ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`],
 //! [`MAX_BODY_BYTES`]); every error answers with a status and `{"error": "<message>"}` naming
@@ -21,7 +23,8 @@ use crate::config::{
     error_chain, group_chains, ConfigError, ExtentPlan, OptionError, Resolver, TaggedMemoryConfig,
     GENERATED_ID_PREFIX,
 };
-use crate::runtime::{BackingLifetime, Vmm};
+use crate::hotplug::BaseMemory;
+use crate::runtime::{BackingLifetime, Vmm, VmmError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -50,6 +53,10 @@ pub const ADD_TAGGED_MEMORY: &str = "/api/v1/vm.add-tagged-memory";
 pub const RELEASE_TAGGED_MEMORY: &str = "/api/v1/vm.release-tagged-memory";
 /// `GET`: the extent table.
 pub const TAGGED_MEMORY: &str = "/api/v1/vm.tagged-memory";
+/// `PUT`: resize the guest's RAM through the base virtio-mem region.
+pub const RESIZE: &str = "/api/v1/vm.resize";
+/// `GET`: the base virtio-mem region's sizes.
+pub const MEMORY: &str = "/api/v1/vm.memory";
 /// Largest request head (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 8 << 10;
 /// Most headers in one request.
@@ -227,6 +234,23 @@ pub trait ApiBackend: Send + Sync {
     fn release_tagged_memory(&self, target: Target) -> Result<(), ApiError>;
     /// `GET vm.tagged-memory`.
     fn tagged_memory(&self) -> Vec<ExtentRow>;
+    /// `PUT vm.resize`: asks the guest to resize its RAM to `desired_ram` bytes.
+    fn resize(&self, desired_ram: u64) -> Result<(), ApiError> {
+        let _ = desired_ram;
+        Err(ApiError::NotFound(RESIZE.to_string()))
+    }
+    /// `GET vm.memory`.
+    fn memory(&self) -> Result<BaseMemory, ApiError> {
+        Err(ApiError::NotFound(MEMORY.to_string()))
+    }
+}
+
+/// Body of `vm.resize`, as Cloud Hypervisor's: the guest's RAM in bytes, boot RAM included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmResize {
+    /// Boot RAM plus what the base region should have plugged.
+    pub desired_ram: u64,
 }
 
 /// A parsed request.
@@ -395,6 +419,10 @@ pub enum ApiRequest {
     Release(Target),
     /// `GET vm.tagged-memory`.
     List,
+    /// `PUT vm.resize`.
+    Resize(VmResize),
+    /// `GET vm.memory`.
+    Memory,
 }
 
 /// Decodes a JSON object into `T`, naming the field at fault: each member is first decoded on
@@ -459,6 +487,8 @@ pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
         TAGGED_MEMORY => ("GET", TAGGED_MEMORY),
         ADD_TAGGED_MEMORY => ("PUT", ADD_TAGGED_MEMORY),
         RELEASE_TAGGED_MEMORY => ("PUT", RELEASE_TAGGED_MEMORY),
+        RESIZE => ("PUT", RESIZE),
+        MEMORY => ("GET", MEMORY),
         other => return Err(ApiError::NotFound(other.to_string())),
     };
     if req.method != allow {
@@ -472,6 +502,11 @@ pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
         PING => Ok(ApiRequest::Ping),
         TAGGED_MEMORY => Ok(ApiRequest::List),
         ADD_TAGGED_MEMORY => Ok(ApiRequest::Add(decode_add(&req.body)?)),
+        MEMORY => Ok(ApiRequest::Memory),
+        RESIZE => {
+            let body = parse_body(&req.body, "vm.resize")?;
+            Ok(ApiRequest::Resize(decode_object(body, "vm.resize", "")?))
+        }
         _ => {
             let body = parse_body(&req.body, "vm.release-tagged-memory")?;
             let rel: ReleaseTaggedMemory = decode_object(body, "vm.release-tagged-memory", "")?;
@@ -493,6 +528,12 @@ pub fn handle(backend: &dyn ApiBackend, req: &HttpRequest) -> HttpResponse {
             body: String::new(),
             allow: None,
         }),
+        ApiRequest::Resize(r) => backend.resize(r.desired_ram).map(|()| HttpResponse {
+            status: 204,
+            body: String::new(),
+            allow: None,
+        }),
+        ApiRequest::Memory => backend.memory().map(|m| HttpResponse::json(200, &m)),
     });
     answer.unwrap_or_else(|e| HttpResponse::error(&e))
 }
@@ -795,6 +836,17 @@ impl ApiBackend for TaggedMemoryControl {
                 ApiError::BadRequest(m) => ApiError::BadRequest(format!("{field}: {m}")),
                 other => other,
             })
+    }
+
+    fn resize(&self, desired_ram: u64) -> Result<(), ApiError> {
+        self.vmm.resize_ram(desired_ram).map_err(|e| match e {
+            VmmError::Resize(m) => ApiError::BadRequest(format!("desired_ram: {m}")),
+            other => ApiError::Internal(other.to_string()),
+        })
+    }
+
+    fn memory(&self) -> Result<BaseMemory, ApiError> {
+        Ok(self.vmm.base_memory())
     }
 
     fn tagged_memory(&self) -> Vec<ExtentRow> {

@@ -1,4 +1,5 @@
-//! The MMIO bus: guest-physical windows dispatched to devices, and the console port.
+//! Buses of address windows dispatched to devices (one for MMIO, one for port I/O), the console
+//! buffer guest output is collected in, and the transmit-only console flat images write to.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,7 +43,8 @@ struct Window {
     device: SharedBusDevice,
 }
 
-/// Guest-physical windows mapped to devices.
+/// Address windows mapped to devices: guest-physical addresses on the MMIO bus, ports on the
+/// port-I/O bus.
 #[derive(Default)]
 pub struct MmioBus {
     windows: RwLock<BTreeMap<u64, Window>>,
@@ -164,6 +166,38 @@ impl Console {
     }
 }
 
+/// Line-status register offset of a 16550 UART.
+const UART_LSR: u64 = 5;
+/// Line status: transmit holding register and transmitter empty.
+const LSR_TX_EMPTY: u8 = 0x60;
+
+/// A transmit-only UART for flat images: bytes written to its data register go to a
+/// [`Console`], its line status always reads "transmitter empty", other registers read as
+/// all-ones. (Linux guests get a full 16550, [`crate::legacy::Serial`].)
+#[derive(Debug)]
+pub struct DebugConsole {
+    console: Arc<Console>,
+}
+
+impl DebugConsole {
+    /// A console writing into `console`.
+    pub fn new(console: Arc<Console>) -> Self {
+        DebugConsole { console }
+    }
+}
+
+impl BusDevice for DebugConsole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(if offset == UART_LSR { LSR_TX_EMPTY } else { 0xff });
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 {
+            self.console.push(data);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +236,18 @@ mod tests {
         assert!(!bus.read(0x1200, &mut b));
         assert!(bus.write(0x1104, &[1]));
         assert_eq!(dev.lock().unwrap().0, vec![(4, vec![1])]);
+    }
+
+    #[test]
+    fn debug_console_collects_data_register_writes() {
+        let c = Arc::new(Console::default());
+        let mut d = DebugConsole::new(c.clone());
+        d.write(0, b"hi\n");
+        d.write(1, b"x");
+        let mut lsr = [0u8];
+        d.read(UART_LSR, &mut lsr);
+        assert_eq!(lsr, [LSR_TX_EMPTY]);
+        assert_eq!(c.lines(), vec!["hi"]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Guest-physical memory layout of the reference VMM and the identity page tables it builds.
 //!
+//! A flat image (the bundled test guest):
+//!
 //! ```text
 //! 0x0000_0500  GDT (null, 64-bit code 0x08, data 0x10, TSS 0x18)
 //! 0x0000_8000  bottom of the boot stack, which grows down from BOOT_STACK_TOP
@@ -8,6 +10,21 @@
 //! ...          rest of boot RAM (memslot 0)
 //! 0xd000_0000  MMIO window: test control at its base, virtio-mmio devices above it
 //! 4 GiB ...    free for the device's tagged extents, up to the identity-map limit
+//! ```
+//!
+//! A Linux kernel (x86 64-bit boot protocol, as Firecracker and vmm-reference lay it out):
+//!
+//! ```text
+//! 0x0000_0500  GDT, as above
+//! 0x0000_7000  zero page (struct boot_params)
+//! 0x0000_8ff0  initial stack pointer
+//! 0x0000_9000  page tables: PML4, PDPT, four PDs identity-mapping 4 GiB (2 MiB pages)
+//! 0x0002_0000  kernel command line
+//! 0x0009_fc00  MP table, in the EBDA (e820 RAM stops here and resumes at 1 MiB)
+//! 0x0100_0000  kernel (vmlinux at its physical load address; a bzImage at code32_start)
+//! ...          initramfs at the top of boot RAM
+//! 0xd000_0000  MMIO window: virtio-mmio devices, announced on the command line
+//! 4 GiB ...    the base virtio-mem region (hotplug_size), then the tagged window
 //! ```
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -43,6 +60,42 @@ pub const MMIO_END: u64 = 0xe000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// First virtio-mmio device window (the test-control device sits at [`MMIO_BASE`]).
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
+
+/// First port of COM1 (the serial console; the test guest writes its console there too).
+pub const COM1_PORT: u16 = 0x3f8;
+/// Ports a 16550 UART decodes.
+pub const UART_PORTS: u16 = 8;
+/// Interrupt line of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// First port of the i8042 keyboard controller (0x60; its command port is 0x64).
+pub const I8042_PORT: u16 = 0x60;
+/// Ports from [`I8042_PORT`] the controller decodes (0x60..=0x64).
+pub const I8042_PORTS: u16 = 5;
+/// Interrupt line of the first virtio-mmio device; device `i` uses `VIRTIO_IRQ_BASE + i`.
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Highest IO-APIC input (the IO-APIC has 24 pins).
+pub const MAX_IRQ: u32 = 23;
+
+/// Linux boot: the zero page (`struct boot_params`).
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Linux boot: initial stack pointer.
+pub const LINUX_STACK_TOP: u64 = 0x8ff0;
+/// Linux boot: page tables (PML4, PDPT, PDs).
+pub const LINUX_PAGE_TABLES_ADDR: u64 = 0x9000;
+/// Linux boot: how much the boot page tables identity-map.
+pub const LINUX_IDENTITY_LIMIT: u64 = 4 * GIB;
+/// Linux boot: the kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Linux boot: most command-line bytes, with the terminating NUL (x86 `COMMAND_LINE_SIZE`).
+pub const CMDLINE_MAX: usize = 2048;
+/// Start of the EBDA, where the MP table goes; e820 RAM below 1 MiB ends here.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of high memory (1 MiB).
+pub const HIMEM_START: u64 = MIB;
+/// Where the base virtio-mem region starts (128 MiB aligned, above the MMIO window).
+pub const HOTPLUG_BASE: u64 = 4 * GIB;
+/// Alignment and granularity of the base virtio-mem region: one Linux memory block.
+pub const HOTPLUG_ALIGN: u64 = 128 * MIB;
 
 /// Start of the tagged-extent window the runtime gives the device (it ends at the identity-map
 /// limit).
@@ -124,14 +177,19 @@ impl IdentityTables {
 
     /// Writes the tables at [`PAGE_TABLES_ADDR`]; returns the PML4 address for CR3.
     pub fn write<M: GuestMemory>(&self, mem: &M, ram_size: u64) -> Result<u64, LayoutError> {
-        let end = PAGE_TABLES_ADDR.checked_add(self.size());
-        if end.is_none_or(|e| e > ram_size) {
+        self.write_at(mem, PAGE_TABLES_ADDR, ram_size)
+    }
+
+    /// Writes the tables at `base` (4 KiB aligned); returns the PML4 address for CR3.
+    pub fn write_at<M: GuestMemory>(&self, mem: &M, base: u64, ram_size: u64) -> Result<u64, LayoutError> {
+        let end = base.checked_add(self.size());
+        if base % PAGE != 0 || end.is_none_or(|e| e > ram_size) {
             return Err(LayoutError::RamTooSmall {
                 ram: ram_size,
                 tables: self.size(),
             });
         }
-        let pml4 = PAGE_TABLES_ADDR;
+        let pml4 = base;
         let pdpt_base = pml4 + PAGE;
         let pd_base = pdpt_base + self.pdpts * PAGE;
         let mut table = Vec::with_capacity(usize::try_from(self.size()).unwrap_or(0));

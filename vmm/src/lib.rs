@@ -8,11 +8,14 @@
 
 pub mod api;
 pub mod backing;
+pub mod boot;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod hotplug;
 pub mod layout;
+pub mod legacy;
 pub mod memslot;
 pub mod mmio;
 pub mod nested;
@@ -21,12 +24,13 @@ pub mod snapshot;
 pub mod test_guest;
 pub mod vcpu;
 pub mod vm;
+mod vmfd;
 
 pub use backing::{Backing, BackingError, BackingKind};
-pub use bus::{BusDevice, BusError, Console, MmioBus};
+pub use bus::{BusDevice, BusError, Console, DebugConsole, MmioBus};
 pub use memslot::{HostAccess, KvmMemslotMapper, MemslotError, SharedMapper, SlotInfo};
 pub use mmio::{MmioInterrupt, MmioTransport};
 pub use runtime::{BackingLifetime, Vmm, VmmConfig, VmmError};
 pub use snapshot::VmSnapshot;
-pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuState};
+pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuBoot, VcpuError, VcpuState};
 pub use vm::{kvm_unavailable, BootMemory, Vm, VmConfig, VmError};

@@ -294,6 +294,14 @@ where
         self.activated
     }
 
+    /// A queue notification that reached the VMM outside the register window (an ioeventfd on
+    /// QueueNotify): handled as a guest write of `index` to QueueNotify.
+    pub fn notify_queue(&mut self, index: u16) {
+        if self.activated {
+            self.device.queue_notify(index);
+        }
+    }
+
     /// Why the last activation failed, if it did.
     pub fn activation_error(&self) -> Option<&ActivateError> {
         self.activation_error.as_ref()

@@ -11,12 +11,22 @@
 //! test-control device and finished when the guest writes their sequence number back, so
 //! [`Vmm::guest_command`] returns the guest's own result line.
 //!
+//! A Linux guest ([`GuestKind::Linux`]) runs on the in-kernel irqchip instead: its vCPU never
+//! exits on `hlt`, the device interrupts through an irqfd, and queue notifications arrive as
+//! ioeventfds the event loop serves. The doorbell is then a no-op; test-guest commands are
+//! refused ([`VmmError::NotTestGuest`]). The base virtio-mem region ([`crate::hotplug`]) and the
+//! tagged device behave the same for both guests.
+//!
 //! Lock order: device transport, then mapper. The vCPU thread never holds one while taking the
 //! other.
 
 use crate::backing::Backing;
+use crate::boot::machine::{self, MachineError, QueueEvent};
+use crate::boot::GuestKind;
 use crate::bus::Console;
+use crate::hotplug::{self, BaseMemory, HotplugError, BASE_REGION_SOURCE};
 use crate::layout;
+use crate::legacy::{Serial, SerialInput, SerialOutput};
 use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
 use crate::mmio::{MmioInterrupt, MmioRestoreError, MmioTransport};
 use crate::test_guest::protocol::{CONTROL_BASE, CONTROL_SIZE};
@@ -27,6 +37,7 @@ use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -116,6 +127,27 @@ pub enum VmmError {
         /// Console output so far.
         console: String,
     },
+    /// The Linux machine could not be assembled (kernel, irqchip, devices).
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The base region's layout was refused.
+    #[error("--memory: {0}")]
+    Hotplug(#[from] HotplugError),
+    /// A base-region resize was refused.
+    #[error("{0}")]
+    Resize(String),
+    /// A test-guest command was sent to a guest that is not the test guest.
+    #[error("the guest is not the bundled test guest; it takes no test commands")]
+    NotTestGuest,
+    /// The serial output file could not be opened.
+    #[error("--serial {path}: {source}")]
+    SerialFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The guest answered a command with something unexpected (e.g. a `FAULT`).
     #[error("the guest answered {cmd:?} with {report:?}")]
     UnexpectedReport {
@@ -140,9 +172,28 @@ pub enum BackingLifetime {
     PerExtent,
 }
 
+/// Where a Linux guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// Standard output (and input from standard input, when the command line asks for it).
+    Tty,
+    /// A file, created or truncated.
+    File(std::path::PathBuf),
+    /// Nowhere but [`Vmm::console_lines`].
+    #[default]
+    Null,
+}
+
 /// Configuration of a [`Vmm`].
 #[derive(Clone)]
 pub struct VmmConfig {
+    /// What to boot: the test guest (default) or a Linux kernel.
+    pub guest: GuestKind,
+    /// A Linux guest's serial console.
+    pub serial: SerialConfig,
+    /// Size of the base virtio-mem region (0: none); `device.requested_size` is what starts
+    /// plugged. See [`crate::hotplug`].
+    pub hotplug_size: u64,
     /// The VM: boot RAM, identity-map limit, memslot cap.
     pub vm: VmConfig,
     /// The tagged virtio-mem device.
@@ -159,6 +210,9 @@ pub struct VmmConfig {
 impl std::fmt::Debug for VmmConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmmConfig")
+            .field("guest", &self.guest)
+            .field("serial", &self.serial)
+            .field("hotplug_size", &self.hotplug_size)
             .field("vm", &self.vm)
             .field("device", &self.device)
             .field("timer_period", &self.timer_period)
@@ -187,6 +241,9 @@ impl Default for VmmConfig {
             ..DeviceConfig::default()
         };
         VmmConfig {
+            guest: GuestKind::TestGuest,
+            serial: SerialConfig::Null,
+            hotplug_size: 0,
             vm,
             device,
             clock: Arc::new(MonotonicClock::default()),
@@ -239,6 +296,10 @@ pub(crate) struct Shared {
     run_changed: Condvar,
     stop_flag: AtomicBool,
     pub(crate) console: Arc<Console>,
+    /// Notified when the event loop served the device (queue notifications, timers), so waiters
+    /// for the driver (e.g. [`Vmm::wait_device_ready`]) re-check.
+    activity: Condvar,
+    activity_lock: Mutex<()>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,6 +383,12 @@ impl Shared {
         if self.pump() > 0 {
             self.ring();
         }
+        self.notify_activity();
+    }
+
+    fn notify_activity(&self) {
+        let _g = lock(&self.activity_lock);
+        self.activity.notify_all();
     }
 
     fn exited(&self) -> Option<String> {
@@ -373,6 +440,38 @@ impl MutEventSubscriber for ExitSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
             eprintln!("tagmem-vmm: registering the exit event failed: {e}");
+        }
+    }
+}
+
+/// Serves the guest's queue notifications (ioeventfds) for a guest on the in-kernel irqchip.
+struct QueueNotifySubscriber {
+    events: Vec<QueueEvent>,
+    shared: Arc<Shared>,
+}
+
+impl MutEventSubscriber for QueueNotifySubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let Some(q) = self.events.iter().find(|q| q.event.as_raw_fd() == events.fd()) else {
+            return;
+        };
+        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            eprintln!("tagmem-vmm: queue {} notification descriptor failed", q.queue);
+            let _ = ops.remove(events);
+            return;
+        }
+        // Non-blocking: a spurious wake-up reads nothing, and the queue is served anyway.
+        let _ = q.event.read();
+        lock(&self.shared.transport).notify_queue(q.queue);
+        self.shared.pump();
+        self.shared.notify_activity();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for q in &self.events {
+            if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
+                eprintln!("tagmem-vmm: registering queue {} notifications failed: {e}", q.queue);
+            }
         }
     }
 }
@@ -440,6 +539,7 @@ struct VcpuThread {
 /// The reference VMM: a running VM with the test guest and the tagged device.
 pub struct Vmm {
     shared: Arc<Shared>,
+    serial: Option<SerialInput>,
     vcpu: Arc<Mutex<Vcpu>>,
     vcpu_thread: Mutex<Option<VcpuThread>>,
     event_loop: Mutex<Option<EventLoop>>,
@@ -467,7 +567,26 @@ pub(crate) struct Parts {
     pub(crate) backings: BTreeMap<SourceId, BackingEntry>,
     pub(crate) control: TestControl,
     pub(crate) control_done: Arc<Condvar>,
+    /// What only a Linux guest has.
+    pub(crate) linux: Option<LinuxParts>,
 }
+
+/// The parts of a Linux guest's machine the runtime keeps.
+pub(crate) struct LinuxParts {
+    serial: Arc<Mutex<Serial>>,
+    queue_events: Vec<QueueEvent>,
+}
+
+/// The device's current `requested_size`, read from its configuration space as the driver sees it.
+fn requested_size(d: &TaggedDevice) -> u64 {
+    let mut b = [0u8; 8];
+    let off = std::mem::offset_of!(tagmem_wire::VirtioMemConfig, requested_size);
+    tagmem_device::VirtioDevice::read_config(d, off as u64, &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Why the vCPU thread ended when the guest reset the machine (e.g. Linux `reboot`).
+pub const RESET_REASON: &str = "the guest reset the machine";
 
 /// Run limit of the vCPU thread: no exit cap, no timeout (it is stopped through its flag).
 const VCPU_THREAD_LIMIT: RunLimit = RunLimit {
@@ -476,10 +595,68 @@ const VCPU_THREAD_LIMIT: RunLimit = RunLimit {
 };
 
 impl Vmm {
-    /// Boots a VM with the test guest and the tagged device, and starts the vCPU thread and the
-    /// event loop. The guest initialises its driver on its own; the device is ready for offers
-    /// once [`Vmm::wait_ready`] returns.
-    pub fn new(config: VmmConfig) -> Result<Vmm, VmmError> {
+    /// Boots a VM with the guest `config.guest` names and the tagged device, and starts the vCPU
+    /// thread and the event loop. The test guest initialises its driver on its own; the device is
+    /// ready for offers once [`Vmm::wait_ready`] returns. A Linux guest boots on its own too; its
+    /// console is [`Vmm::console_lines`] (and `config.serial`).
+    pub fn new(mut config: VmmConfig) -> Result<Vmm, VmmError> {
+        let requested = config.device.requested_size;
+        hotplug::plan(&mut config.device, config.hotplug_size, requested)?;
+        let parts = match config.guest.clone() {
+            GuestKind::TestGuest => Self::test_guest_parts(&config)?,
+            GuestKind::Linux(boot) => {
+                let sink = match &config.serial {
+                    SerialConfig::Tty => SerialOutput::Stdout,
+                    SerialConfig::Null => SerialOutput::Null,
+                    SerialConfig::File(p) => {
+                        SerialOutput::File(std::fs::File::create(p).map_err(|source| VmmError::SerialFile {
+                            path: p.display().to_string(),
+                            source,
+                        })?)
+                    }
+                };
+                let m = machine::build(
+                    config.vm.clone(),
+                    &boot,
+                    config.device.clone(),
+                    |vm| Box::new(vm.mapper()),
+                    config.clock.clone(),
+                    sink,
+                )?;
+                let control_done = Arc::new(Condvar::new());
+                Parts {
+                    vm: m.vm,
+                    vcpu: m.vcpu,
+                    transport: m.transport,
+                    backings: BTreeMap::new(),
+                    control: TestControl::new(control_done.clone()),
+                    control_done,
+                    linux: Some(LinuxParts {
+                        serial: m.serial,
+                        queue_events: m.queue_events,
+                    }),
+                }
+            }
+        };
+        let mut parts = parts;
+        if config.hotplug_size > 0 {
+            let backing = Backing::memfd("tagmem-base-region", config.hotplug_size).map_err(|e| VmmError::Os {
+                what: "creating the base region's memfd",
+                source: std::io::Error::other(e),
+            })?;
+            parts.vm.mapper().lock().register_backing(BASE_REGION_SOURCE, backing)?;
+            parts.backings.insert(
+                BASE_REGION_SOURCE,
+                BackingEntry {
+                    lifetime: BackingLifetime::Persistent,
+                    offered: false,
+                },
+            );
+        }
+        Self::assemble(config, parts)
+    }
+
+    fn test_guest_parts(config: &VmmConfig) -> Result<Parts, VmmError> {
         let mut vm = Vm::new(config.vm.clone())?;
         vm.load_image(image::LOAD_ADDR, image::BYTES)?;
         let mut backings = BTreeMap::new();
@@ -508,7 +685,7 @@ impl Vmm {
         let transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
         let vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
         let control_done = Arc::new(Condvar::new());
-        let parts = Parts {
+        Ok(Parts {
             vm,
             clock,
             vcpu,
@@ -516,8 +693,8 @@ impl Vmm {
             backings,
             control: TestControl::new(control_done.clone()),
             control_done,
-        };
-        Self::assemble(config, parts)
+            linux: None,
+        })
     }
 
     /// Attaches the devices and starts the threads.
@@ -530,13 +707,16 @@ impl Vmm {
             backings,
             control,
             control_done,
+            linux,
         } = parts;
         let transport = Arc::new(Mutex::new(transport));
         let control = Arc::new(Mutex::new(control));
         let mmio_base = layout::virtio_mmio_addr(0).ok_or(VmError::Layout(
             layout::LayoutError::IdentityLimit(layout::VIRTIO_MMIO_BASE),
         ))?;
-        vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
+        if linux.is_none() {
+            vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
+        }
         vm.attach_mmio(mmio_base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         // A restored device already holds extents: know their backings from the start.
         let extent_sources = lock(&transport)
@@ -559,11 +739,15 @@ impl Vmm {
             run_changed: Condvar::new(),
             stop_flag: AtomicBool::new(false),
             console: vm.console().clone(),
+            activity: Condvar::new(),
+            activity_lock: Mutex::new(()),
         });
         let vcpu = Arc::new(Mutex::new(vcpu));
         let event_loop = EventLoop::start(shared.clone(), config.timer_period)?;
+        let serial = linux.as_ref().map(|l| SerialInput::new(l.serial.clone()));
         let vmm = Vmm {
-            shared,
+            shared: shared.clone(),
+            serial,
             vcpu,
             vcpu_thread: Mutex::new(None),
             event_loop: Mutex::new(Some(event_loop)),
@@ -571,8 +755,134 @@ impl Vmm {
             config,
             vm,
         };
+        if let Some(l) = linux {
+            vmm.add_subscriber(Arc::new(Mutex::new(QueueNotifySubscriber {
+                events: l.queue_events,
+                shared,
+            })))?;
+        }
         vmm.start_vcpu()?;
         Ok(vmm)
+    }
+
+    /// Whether the guest is the bundled test guest (which takes test commands).
+    pub fn is_test_guest(&self) -> bool {
+        self.config.guest == GuestKind::TestGuest
+    }
+
+    /// Types `bytes` into a Linux guest's serial console; `false` for the test guest, which has
+    /// no serial input.
+    pub fn serial_input(&self, bytes: &[u8]) -> bool {
+        match &self.serial {
+            Some(s) => {
+                s.push(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A handle for typing into a Linux guest's serial console (e.g. from a stdin thread).
+    pub fn serial_handle(&self) -> Option<SerialInput> {
+        self.serial.clone()
+    }
+
+    /// The base virtio-mem region: sizes, what is requested and what the guest plugged.
+    pub fn base_memory(&self) -> BaseMemory {
+        self.shared.device(|d| {
+            let c = d.config();
+            BaseMemory {
+                boot_size: self.config.vm.boot_ram_size,
+                region_addr: c.region_addr,
+                hotplug_size: c.region_size,
+                block_size: c.block_size,
+                requested_size: requested_size(d),
+                plugged_size: d.plugged_size(),
+            }
+        })
+    }
+
+    /// Asks the guest to have `requested` bytes of the base region plugged (a config-change
+    /// interrupt tells its driver).
+    pub fn set_requested_size(&self, requested: u64) -> Result<(), VmmError> {
+        if self.config.hotplug_size == 0 {
+            return Err(VmmError::Resize(
+                "the VM has no hotplug memory (start it with --memory hotplug_size=...)".into(),
+            ));
+        }
+        self.shared
+            .device(|d| d.set_requested_size(requested))
+            .map_err(|e| VmmError::Resize(e.to_string()))?;
+        self.shared.ring();
+        Ok(())
+    }
+
+    /// Resizes the guest's RAM to `desired_ram` bytes in total (boot RAM plus plugged base
+    /// region), as Cloud Hypervisor's `vm.resize` counts it.
+    pub fn resize_ram(&self, desired_ram: u64) -> Result<(), VmmError> {
+        let requested = self
+            .base_memory()
+            .requested_for(desired_ram)
+            .map_err(VmmError::Resize)?;
+        self.set_requested_size(requested)
+    }
+
+    /// Waits up to `timeout` until `done` holds for the device (checked whenever the event loop
+    /// served it: a queue notification or a timer tick); returns whether it held.
+    pub fn wait_device(&self, timeout: Duration, mut done: impl FnMut(&TaggedDevice) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.shared.activity_lock);
+        loop {
+            if self.shared.device(|d| done(d)) {
+                return true;
+            }
+            if self.shared.exited().is_some() {
+                return self.shared.device(|d| done(d));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .shared
+                .activity
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` until the guest's driver activated the device with tagged extents
+    /// negotiated; returns whether it did.
+    pub fn wait_device_ready(&self, timeout: Duration) -> bool {
+        self.wait_device(timeout, |d| d.is_active() && d.tagged_negotiated())
+    }
+
+    /// Waits up to `timeout` until the vCPU thread ended (the guest reset or powered off, or a
+    /// vCPU error); returns why, or `None` if it still runs.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut rc = lock(&self.shared.run);
+        loop {
+            if let Some(r) = &rc.exited {
+                return Some(r.clone());
+            }
+            match deadline {
+                None => rc = self.shared.run_changed.wait(rc).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    rc = self
+                        .shared
+                        .run_changed
+                        .wait_timeout(rc, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
     }
 
     fn start_vcpu(&self) -> Result<(), VmmError> {
@@ -781,6 +1091,9 @@ impl Vmm {
 
     /// Runs a guest command and returns every console line printed meanwhile.
     fn command_lines(&self, cmd: &Command) -> Result<Vec<String>, VmmError> {
+        if !self.is_test_guest() {
+            return Err(VmmError::NotTestGuest);
+        }
         let _serial = lock(&self.command_lock);
         let before = self.shared.console.line_count();
         let seq = lock(&self.shared.control).push(cmd)?;
@@ -988,6 +1301,10 @@ impl Vmm {
     /// Parks the vCPU at its next `hlt` and runs `f` while it is parked, guest time stopped;
     /// used for snapshots.
     pub(crate) fn while_parked<R>(&self, f: impl FnOnce(&Vcpu) -> R) -> Result<R, VmmError> {
+        // A guest on the in-kernel irqchip never exits on `hlt`, so it never parks.
+        if !self.is_test_guest() {
+            return Err(VmmError::NotTestGuest);
+        }
         let _serial = lock(&self.command_lock);
         self.park()?;
         let r = f(&lock(&self.vcpu));
@@ -1090,6 +1407,7 @@ fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
             }
             Ok(RunOutcome::Stopped) => break "stopped".to_string(),
             Ok(RunOutcome::Shutdown { rip }) => break format!("the guest triple-faulted (rip {rip:x?})"),
+            Ok(RunOutcome::Reset) => break RESET_REASON.to_string(),
             Ok(RunOutcome::ExitLimit | RunOutcome::TimedOut) => {}
             Err(e) => break format!("vCPU error: {e}"),
         }

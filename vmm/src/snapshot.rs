@@ -192,6 +192,7 @@ impl Vmm {
                 backings: entries,
                 control,
                 control_done,
+                linux: None,
             },
         )
     }

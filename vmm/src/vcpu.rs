@@ -1,14 +1,15 @@
 //! A vCPU set straight into 64-bit long mode, and its run loop.
 //!
-//! Exits are handled here: the console port, MMIO windows on the bus, and accesses to guest
-//! addresses nothing backs, which read as all-ones, drop writes and are counted. A bounded run
+//! Exits are handled here: port I/O and MMIO windows on the VM's buses, and accesses to guest
+//! addresses nothing backs, which read as all-ones, drop writes and are counted. A guest's reset
+//! request (i8042, triple fault) ends the run. A bounded run
 //! stops after a number of exits or a wall-clock timeout (a watchdog thread kicks the vCPU out of
 //! `KVM_RUN` with a signal), so a test can never hang on a runaway guest.
 
-use crate::bus::{Console, MmioBus};
+use crate::bus::MmioBus;
 use crate::layout;
 use crate::memslot::{HostAccess, SharedMapper};
-use crate::vm::VmShared;
+use crate::vmfd::VmShared;
 use kvm_bindings::{kvm_fpu, kvm_segment, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +17,16 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
-pub use crate::test_guest::protocol::CONSOLE_PORT;
-/// Console line-status port: reads report the transmitter empty.
-const CONSOLE_LSR_PORT: u16 = CONSOLE_PORT + 5;
-/// Line status: transmit holding register and transmitter empty.
-const LSR_TX_EMPTY: u8 = 0x60;
+/// Most instruction bytes an x86 instruction has; this many are shown after an internal error.
+const MAX_INSN_LEN: usize = 15;
+/// Local APIC register offsets of LVT LINT0 and LINT1.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+/// LVT delivery modes (bits 8..=10).
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -54,14 +59,24 @@ pub enum VcpuError {
     /// KVM could not enter the guest.
     #[error("KVM failed to enter the guest: hardware reason {0:#x}")]
     FailEntry(u64),
-    /// KVM reported an internal error.
-    #[error("KVM internal error {suberror} while running the guest (data {data:x?})")]
+    /// KVM reported an internal error (suberror 1 is an instruction the emulator cannot run).
+    #[error(
+        "KVM internal error {suberror} while running the guest (data {data:x?}) at rip {rip:#x?}, \
+         instruction bytes {code:02x?}"
+    )]
     InternalError {
         /// `kvm_run.internal.suberror`.
         suberror: u32,
         /// The first words of `kvm_run.internal.data`.
         data: Vec<u64>,
+        /// The guest's instruction pointer, if KVM reported registers.
+        rip: Option<u64>,
+        /// Instruction bytes at `rip`, if it translates to boot RAM.
+        code: Vec<u8>,
     },
+    /// [`crate::Vm::create_vcpu`] on a VM without identity page tables (use `create_vcpu_with`).
+    #[error("the VM has no identity page tables for a flat image")]
+    NoPageTables,
     /// An exit the VMM does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),
@@ -104,6 +119,8 @@ pub enum RunOutcome {
     TimedOut,
     /// The stop flag given to [`Vcpu::run_until`] was set.
     Stopped,
+    /// The guest asked for a reset or power-off through a device (the i8042 controller).
+    Reset,
 }
 
 /// Registers a snapshot keeps of a vCPU stopped at a `hlt` exit.
@@ -122,8 +139,10 @@ pub struct VcpuState {
 pub struct ExitStats {
     /// All exits.
     pub exits: u64,
-    /// Bytes written to the console.
+    /// Bytes written to the COM1 data register.
     pub console_bytes: u64,
+    /// Port accesses served by a device on the port-I/O bus.
+    pub pio_accesses: u64,
     /// Port accesses to ports nothing handles.
     pub unhandled_port_io: u64,
     /// MMIO accesses served by a device on the bus.
@@ -140,30 +159,38 @@ pub struct ExitStats {
     pub last_unmapped: Option<u64>,
 }
 
-/// Registers a vCPU starts with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BootState {
-    pub(crate) entry: u64,
-    pub(crate) stack_top: u64,
-    pub(crate) cr3: u64,
+/// Registers a vCPU starts with: 64-bit long mode on the page tables at `cr3`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuBoot {
+    /// Instruction pointer.
+    pub entry: u64,
+    /// Stack pointer (and frame pointer).
+    pub stack_top: u64,
+    /// Physical address of the PML4.
+    pub cr3: u64,
+    /// RSI: the zero page of the Linux 64-bit boot protocol (0 for a flat image).
+    pub boot_params: u64,
 }
 
 /// What a vCPU shares with its VM.
 pub(crate) struct VcpuWiring {
     pub(crate) vm: Arc<VmShared>,
     pub(crate) bus: Arc<MmioBus>,
-    pub(crate) console: Arc<Console>,
+    pub(crate) pio: Arc<MmioBus>,
     pub(crate) mapper: SharedMapper,
+    pub(crate) reset: Arc<AtomicBool>,
+    pub(crate) irqchip: bool,
 }
 
 /// One vCPU of a [`crate::Vm`].
 pub struct Vcpu {
-    // Declared first so it is closed before `_vm` may release boot RAM.
+    // Declared first so it is closed before `vm` may release boot RAM.
     fd: VcpuFd,
-    _vm: Arc<VmShared>,
+    vm: Arc<VmShared>,
     bus: Arc<MmioBus>,
-    console: Arc<Console>,
+    pio: Arc<MmioBus>,
     mapper: SharedMapper,
+    reset: Arc<AtomicBool>,
     stats: ExitStats,
 }
 
@@ -198,7 +225,7 @@ impl Vcpu {
         fd: VcpuFd,
         wiring: VcpuWiring,
         cpuid: &CpuId,
-        boot: BootState,
+        boot: VcpuBoot,
     ) -> Result<Self, VcpuError> {
         let kvm = |op| move |source| VcpuError::Kvm { op, source };
         fd.set_cpuid2(cpuid).map_err(kvm("set CPUID"))?;
@@ -240,15 +267,21 @@ impl Vcpu {
         regs.rip = boot.entry;
         regs.rsp = boot.stack_top;
         regs.rbp = boot.stack_top;
+        regs.rsi = boot.boot_params;
         regs.rflags = RFLAGS_RESERVED;
         fd.set_regs(&regs).map_err(kvm("set regs"))?;
 
+        if wiring.irqchip {
+            set_lint(&fd)?;
+        }
+
         Ok(Vcpu {
             fd,
-            _vm: wiring.vm,
+            vm: wiring.vm,
             bus: wiring.bus,
-            console: wiring.console,
+            pio: wiring.pio,
             mapper: wiring.mapper,
+            reset: wiring.reset,
             stats: ExitStats::default(),
         })
     }
@@ -334,17 +367,22 @@ impl Vcpu {
             match exit {
                 VcpuExit::IoOut(port, data) => {
                     completing = true;
-                    if port == CONSOLE_PORT {
-                        self.console.push(data);
-                        self.stats.console_bytes += u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if self.pio.write(u64::from(port), data) {
+                        self.stats.pio_accesses += 1;
+                        if port == layout::COM1_PORT {
+                            self.stats.console_bytes += u64::try_from(data.len()).unwrap_or(u64::MAX);
+                        }
+                        if self.reset.load(Ordering::SeqCst) {
+                            return Ok(RunOutcome::Reset);
+                        }
                     } else {
                         self.stats.unhandled_port_io += 1;
                     }
                 }
                 VcpuExit::IoIn(port, data) => {
                     completing = true;
-                    if port == CONSOLE_LSR_PORT {
-                        data.fill(LSR_TX_EMPTY);
+                    if self.pio.read(u64::from(port), data) {
+                        self.stats.pio_accesses += 1;
                     } else {
                         data.fill(0xff);
                         self.stats.unhandled_port_io += 1;
@@ -408,11 +446,53 @@ impl Vcpu {
         let n = usize::try_from(internal.ndata)
             .unwrap_or(usize::MAX)
             .min(internal.data.len());
+        let (suberror, data) = (internal.suberror, internal.data[..n].to_vec());
+        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+        let code = rip.map(|r| self.code_at(r)).unwrap_or_default();
         VcpuError::InternalError {
-            suberror: internal.suberror,
-            data: internal.data[..n].to_vec(),
+            suberror,
+            data,
+            rip,
+            code,
         }
     }
+
+    /// Up to [`MAX_INSN_LEN`] bytes at guest-virtual `rip`, read from boot RAM through the guest's
+    /// page tables (empty if the address does not translate or lies outside boot RAM).
+    fn code_at(&self, rip: u64) -> Vec<u8> {
+        let Ok(t) = self.fd.translate_gva(rip) else {
+            return Vec::new();
+        };
+        if t.valid == 0 {
+            return Vec::new();
+        }
+        let mem = self.vm.boot.memory();
+        let mut code = Vec::with_capacity(MAX_INSN_LEN);
+        for i in 0..MAX_INSN_LEN as u64 {
+            // Byte by byte: the instruction may end where boot RAM does.
+            match mem.read_obj::<u8>(GuestAddress(t.physical_address.wrapping_add(i))) {
+                Ok(b) => code.push(b),
+                Err(_) => break,
+            }
+        }
+        code
+    }
+}
+
+/// Wires the local APIC's LINT0 to the PIC (ExtINT) and LINT1 to NMI, as a PC's BIOS leaves them
+/// and as Linux expects with an MP table.
+fn set_lint(fd: &VcpuFd) -> Result<(), VcpuError> {
+    let kvm = |op| move |source| VcpuError::Kvm { op, source };
+    let mut lapic = fd.get_lapic().map_err(kvm("get LAPIC"))?;
+    for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+        let field = &mut lapic.regs[reg..reg + 4];
+        let old = u32::from_le_bytes(std::array::from_fn(|i| field[i].to_ne_bytes()[0]));
+        let new = (old & !0x700) | (mode << 8);
+        for (dst, b) in field.iter_mut().zip(new.to_le_bytes()) {
+            *dst = std::ffi::c_char::from_ne_bytes([b]);
+        }
+    }
+    fd.set_lapic(&lapic).map_err(kvm("set LAPIC"))
 }
 
 /// Signal used to kick a vCPU thread out of `KVM_RUN`.

@@ -1,19 +1,24 @@
-//! A KVM VM with boot RAM, identity page tables, an MMIO bus and the memslot mapper.
+//! A KVM VM with boot RAM, an MMIO bus, a port-I/O bus and the memslot mapper.
+//!
+//! [`Vm::create`] makes a bare VM: boot RAM in slot 0 and nothing written into it, for a loader
+//! (e.g. [`crate::boot::linux`]) to fill. [`Vm::new`] prepares it for a flat 64-bit image such as
+//! the bundled test guest: GDT, identity page tables, and a transmit-only COM1 console.
 
-use crate::bus::{BusDevice, BusError, Console, MmioBus};
+use crate::bus::{BusDevice, BusError, Console, DebugConsole, MmioBus};
 use crate::layout::{self, IdentityTables, LayoutError};
-use crate::memslot::{KvmMemslotMapper, SharedMapper, SlotRegistrar};
-use crate::vcpu::{BootState, Vcpu, VcpuError, VcpuWiring};
-use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VmFd};
+use crate::memslot::{KvmMemslotMapper, SharedMapper};
+use crate::vcpu::{Vcpu, VcpuBoot, VcpuError, VcpuWiring};
+pub use crate::vmfd::BootMemory;
+use crate::vmfd::VmShared;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryError,
     GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
-
-/// Guest memory the VMM and its devices use: boot RAM.
-pub type BootMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+use vmm_sys_util::eventfd::EventFd;
 
 /// The memslot boot RAM occupies; the mapper uses the ones above it.
 const BOOT_RAM_SLOT: u32 = 0;
@@ -82,36 +87,26 @@ impl Default for VmConfig {
     }
 }
 
-/// The VM file descriptor together with the boot RAM its slot 0 points into. Holders of the
-/// descriptor (the mapper, vCPUs) hold this, so boot RAM is unmapped only after KVM let go of it:
-/// fields drop in order, the descriptor first.
-#[derive(Debug)]
-pub(crate) struct VmShared {
-    pub(crate) fd: VmFd,
-    boot: BootMemory,
-}
+/// Guest-physical address of the identity-mapped TSS KVM needs on Intel hosts with an in-kernel
+/// irqchip (three pages just below 4 GiB, clear of RAM and the MMIO window).
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
-impl SlotRegistrar for Arc<VmShared> {
-    unsafe fn set_region(&self, region: kvm_userspace_memory_region) -> Result<(), kvm_ioctls::Error> {
-        // SAFETY: the caller upholds this method's contract, which is that of
-        // `set_user_memory_region` (host memory valid while the slot exists); slots never overlap
-        // because the mapper rejects overlaps and reserves boot RAM.
-        unsafe { self.fd.set_user_memory_region(region) }
-    }
-}
-
-/// A KVM virtual machine prepared for a 64-bit guest.
+/// A KVM virtual machine.
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
     shared: Arc<VmShared>,
     config: VmConfig,
-    cr3: u64,
+    /// Page tables a flat image runs on ([`Vm::new`]), if written.
+    cr3: Option<u64>,
     mapper: SharedMapper,
     bus: Arc<MmioBus>,
+    pio: Arc<MmioBus>,
     console: Arc<Console>,
     cpuid: CpuId,
     next_vcpu: u64,
+    irqchip: bool,
+    reset: Arc<AtomicBool>,
 }
 
 /// Why KVM cannot be used here, or `None` if `/dev/kvm` opens.
@@ -120,14 +115,28 @@ pub fn kvm_unavailable() -> Option<String> {
 }
 
 impl Vm {
-    /// Creates the VM: boot RAM in slot 0, GDT and identity page tables written, empty bus.
+    /// Creates a VM for a flat 64-bit image: boot RAM in slot 0 with the GDT and identity page
+    /// tables up to `identity_limit` written, and a transmit-only console on COM1.
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
+        let tables = IdentityTables::for_limit(config.identity_limit)?;
+        let mut vm = Self::create(config)?;
+        let ram = vm.config.boot_ram_size;
+        let mem = vm.shared.boot.memory();
+        vm.cr3 = Some(tables.write(&*mem, ram)?);
+        vm.write_gdt()?;
+        let console = Arc::new(Mutex::new(DebugConsole::new(vm.console.clone())));
+        vm.attach_pio(layout::COM1_PORT, layout::UART_PORTS, console)?;
+        Ok(vm)
+    }
+
+    /// Creates a bare VM: boot RAM in slot 0 (zeroed, nothing written), empty buses, no irqchip.
+    pub fn create(config: VmConfig) -> Result<Self, VmError> {
         let kvm_err = |op| move |source| VmError::Kvm { op, source };
         let ram = config.boot_ram_size;
         if ram == 0 || ram % (2 * layout::MIB) != 0 || ram > layout::MMIO_BASE {
             return Err(VmError::BootRamSize(ram));
         }
-        let tables = IdentityTables::for_limit(config.identity_limit)?;
+        IdentityTables::for_limit(config.identity_limit)?;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let fd = kvm.create_vm().map_err(kvm_err("create VM"))?;
         let cpuid = kvm
@@ -152,12 +161,6 @@ impl Vm {
         // VmShared next to the VM descriptor and is dropped only after it (field order), so the
         // memory outlives the slot. Slot 0 is the first and only slot at this point.
         unsafe { fd.set_user_memory_region(region) }.map_err(kvm_err("register boot RAM"))?;
-        let cr3 = tables.write(&mem, ram)?;
-        for (i, d) in layout::GDT.iter().enumerate() {
-            let addr = layout::GDT_ADDR + 8 * u64::try_from(i).unwrap_or(u64::MAX);
-            mem.write_obj(*d, GuestAddress(addr))
-                .map_err(VmError::GuestMemory)?;
-        }
 
         let shared = Arc::new(VmShared {
             fd,
@@ -174,13 +177,93 @@ impl Vm {
             kvm,
             shared,
             config,
-            cr3,
+            cr3: None,
             mapper: SharedMapper::new(mapper),
             bus: Arc::new(MmioBus::default()),
+            pio: Arc::new(MmioBus::default()),
             console: Arc::new(Console::default()),
             cpuid,
             next_vcpu: 0,
+            irqchip: false,
+            reset: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Writes [`layout::GDT`] at [`layout::GDT_ADDR`] (the descriptors every vCPU starts with).
+    pub fn write_gdt(&self) -> Result<(), VmError> {
+        let mem = self.shared.boot.memory();
+        for (i, d) in layout::GDT.iter().enumerate() {
+            let addr = layout::GDT_ADDR + 8 * u64::try_from(i).unwrap_or(u64::MAX);
+            mem.write_obj(*d, GuestAddress(addr))
+                .map_err(VmError::GuestMemory)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the in-kernel interrupt controllers (PIC, IO-APIC, local APICs) and the PIT, as
+    /// a guest with its own interrupt handling (Linux) needs; call before creating vCPUs. Device
+    /// interrupts are then delivered through [`Vm::register_irqfd`], and `hlt` no longer exits.
+    pub fn create_irqchip(&mut self) -> Result<(), VmError> {
+        let kvm_err = |op| move |source| VmError::Kvm { op, source };
+        self.shared
+            .fd
+            .set_tss_address(KVM_TSS_ADDR)
+            .map_err(kvm_err("set TSS address"))?;
+        self.shared
+            .fd
+            .create_irq_chip()
+            .map_err(kvm_err("create irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.shared
+            .fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create PIT"))?;
+        self.irqchip = true;
+        Ok(())
+    }
+
+    /// Whether [`Vm::create_irqchip`] ran.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Makes every write to `event` raise interrupt line `gsi` of the in-kernel irqchip.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.shared
+            .fd
+            .register_irqfd(event, gsi)
+            .map_err(|source| VmError::Kvm {
+                op: "register irqfd",
+                source,
+            })
+    }
+
+    /// Makes guest writes to MMIO address `addr` (4-byte writes of `datamatch`, or any write
+    /// without it) signal `event` inside KVM, without an exit.
+    pub fn register_ioevent(&self, event: &EventFd, addr: u64, datamatch: Option<u32>) -> Result<(), VmError> {
+        let addr = IoEventAddress::Mmio(addr);
+        match datamatch {
+            Some(v) => self.shared.fd.register_ioevent(event, &addr, v),
+            None => self.shared.fd.register_ioevent(event, &addr, NoDatamatch),
+        }
+        .map_err(|source| VmError::Kvm {
+            op: "register ioeventfd",
+            source,
+        })
+    }
+
+    /// Set once the guest asked for a reset or power-off (e.g. through the i8042 controller);
+    /// vCPUs end their run when they see it.
+    pub fn reset_request(&self) -> &Arc<AtomicBool> {
+        &self.reset
+    }
+
+    /// CPUID entries KVM supports on this host, which vCPUs start from.
+    pub fn supported_cpuid(&self) -> &CpuId {
+        &self.cpuid
     }
 
     /// The configuration the VM was created with.
@@ -218,6 +301,16 @@ impl Vm {
         Ok(self.bus.insert(base, len, device)?)
     }
 
+    /// Attaches a port-I/O device (e.g. a serial port) at ports `[base, base + len)`.
+    pub fn attach_pio(&self, base: u16, len: u16, device: Arc<Mutex<dyn BusDevice>>) -> Result<(), VmError> {
+        Ok(self.pio.insert(u64::from(base), u64::from(len), device)?)
+    }
+
+    /// The port-I/O bus.
+    pub fn pio_bus(&self) -> &Arc<MmioBus> {
+        &self.pio
+    }
+
     /// Copies a flat image into boot RAM at `addr`.
     pub fn load_image(&self, addr: u64, image: &[u8]) -> Result<(), VmError> {
         let range = VmError::ImageRange {
@@ -241,8 +334,21 @@ impl Vm {
             .map_err(VmError::GuestMemory)
     }
 
-    /// Creates a vCPU in 64-bit long mode about to run at `entry` with stack pointer `stack_top`.
+    /// Creates a vCPU in 64-bit long mode about to run at `entry` with stack pointer
+    /// `stack_top`, on the identity page tables [`Vm::new`] wrote.
     pub fn create_vcpu(&mut self, entry: u64, stack_top: u64) -> Result<Vcpu, VcpuError> {
+        let cr3 = self.cr3.ok_or(VcpuError::NoPageTables)?;
+        self.create_vcpu_with(VcpuBoot {
+            entry,
+            stack_top,
+            cr3,
+            boot_params: 0,
+        })
+    }
+
+    /// Creates the next vCPU with the boot registers a loader chose; its CPUID is the host's
+    /// supported set with this vCPU's APIC ID (see [`crate::boot::cpuid`]).
+    pub fn create_vcpu_with(&mut self, boot: VcpuBoot) -> Result<Vcpu, VcpuError> {
         let id = self.next_vcpu;
         let fd = self.shared.fd.create_vcpu(id).map_err(|source| VcpuError::Kvm {
             op: "create vCPU",
@@ -252,19 +358,14 @@ impl Vm {
         let wiring = VcpuWiring {
             vm: self.shared.clone(),
             bus: self.bus.clone(),
-            console: self.console.clone(),
+            pio: self.pio.clone(),
             mapper: self.mapper.clone(),
+            reset: self.reset.clone(),
+            irqchip: self.irqchip,
         };
-        Vcpu::new(
-            fd,
-            wiring,
-            &self.cpuid,
-            BootState {
-                entry,
-                stack_top,
-                cr3: self.cr3,
-            },
-        )
+        let apic_id = u8::try_from(id).unwrap_or(u8::MAX);
+        let cpuid = crate::boot::cpuid::for_vcpu(&self.cpuid, apic_id, 1);
+        Vcpu::new(fd, wiring, &cpuid, boot)
     }
 }
 
