@@ -3,13 +3,19 @@
 //! malformed value is reported as `--option: key=value: reason` before a VM starts.
 
 use crate::api::{self, ApiServer, ApiSocket, PreparedChain, ReleaseTaggedMemory, TaggedMemoryControl};
-use crate::config::{self, ApiSocketConfig, MemoryConfig, OptionError, Resolver, TaggedMemoryConfig};
+use crate::boot::linux::DEFAULT_CMDLINE;
+use crate::boot::{GuestKind, LinuxBoot};
+use crate::config::{
+    self, ApiSocketConfig, MemoryConfig, OptionError, Resolver, SerialOption, TaggedMemoryConfig,
+};
 use crate::demo::{self, DemoOptions};
-use crate::runtime::{Vmm, VmmConfig};
+use crate::layout;
+use crate::runtime::{SerialConfig, Vmm, VmmConfig, RESET_REASON};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use uuid::Uuid;
 
 const TAGGED_MEMORY_HELP: &str = "\
@@ -63,11 +69,35 @@ Examples:
   curl --unix-socket /tmp/tagmem.sock http://localhost/api/v1/vm.tagged-memory";
 
 const MEMORY_HELP: &str = "\
-Boot RAM of the VM: size=<bytes> with K, M, G suffixes, a multiple of 2 MiB (default
-64M). It holds the test guest; tagged capacity lives above 4 GiB.
+Guest RAM, Cloud Hypervisor style (comma-separated key=value, K, M, G suffixes):
+  size=<bytes>             boot RAM, a multiple of 2 MiB (default 64M for the test
+                           guest, 512M with --kernel)
+  hotplug_size=<bytes>     a base virtio-mem region of this size at 4 GiB, a multiple
+                           of 128 MiB, that the guest's virtio_mem driver plugs as the
+                           host asks (client resize; PUT /api/v1/vm.resize)
+  hotplugged_size=<bytes>  how much of it is requested from boot on (default 0)
+Tagged capacity lives above the base region.
+
+Examples:
+  --memory size=128M
+  --memory size=512M,hotplug_size=1G,hotplugged_size=256M";
+
+const KERNEL_HELP: &str = "\
+Boot this Linux kernel instead of the bundled test guest: an ELF vmlinux (preferred:
+no decompression) or a bzImage. The VMM loads it with linux-loader, writes the e820
+map, an MP table and the command line, and runs it on KVM's in-kernel irqchip with a
+16550 serial console on COM1 (IRQ 4), the i8042 reset line, and the tagged
+virtio-mem device on virtio-mmio (announced as virtio_mmio.device= on the command
+line). The VMM exits when the guest reboots or resets (use reboot=k).
 
 Example:
-  --memory size=128M";
+  tagmem-vmm run --kernel vmlinux --initramfs initramfs.cpio.gz \\
+      --cmdline \"console=ttyS0 reboot=k panic=1\" --memory size=512M,hotplug_size=1G";
+
+const SERIAL_HELP: &str = "\
+Where a Linux guest's serial console (ttyS0) goes: tty (standard output, and standard
+input typed into the guest; the terminal is put in raw mode), file=<path>, or
+null/off (default tty).";
 
 const SYSFS_ROOT_HELP: &str = "\
 Directory the host's sysfs and /dev are read below, to resolve a tag given without
@@ -87,6 +117,9 @@ const EXAMPLES: &str = "\
 Examples:
   tagmem-vmm demo
   tagmem-vmm run --api-socket path=/tmp/tagmem.sock --tagged-memory size=64M
+  tagmem-vmm run --kernel vmlinux --initramfs initramfs.cpio.gz \\
+      --memory size=512M,hotplug_size=1G --api-socket /tmp/tagmem.sock
+  tagmem-vmm client --api-socket /tmp/tagmem.sock resize --desired-ram 1G
   tagmem-vmm client --api-socket /tmp/tagmem.sock add-tagged-memory \\
       tag=6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee,path=memfd,size=4M
   tagmem-vmm client --api-socket /tmp/tagmem.sock tagged-memory";
@@ -144,7 +177,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Boot the test guest with tagged capacity and serve the control API until SIGINT/SIGTERM.
+    /// Boot the test guest (or a Linux kernel) with tagged capacity and serve the control API
+    /// until SIGINT/SIGTERM (or the guest resets).
     Run(RunArgs),
     /// Talk to a running VMM over its API socket, like ch-remote.
     Client(ClientArgs),
@@ -162,9 +196,22 @@ pub struct RunArgs {
     /// Serve the control API on a Unix socket: path=<file>[,mode=0600|0660].
     #[arg(long = "api-socket", value_name = "path=<file>,mode=..", long_help = API_SOCKET_HELP)]
     pub api_socket: Option<String>,
-    /// Boot RAM: size=<bytes>.
-    #[arg(long = "memory", value_name = "size=<bytes>", long_help = MEMORY_HELP)]
+    /// Guest RAM: size=<bytes>[,hotplug_size=<bytes>][,hotplugged_size=<bytes>].
+    #[arg(long = "memory", value_name = "size=<bytes>,...", long_help = MEMORY_HELP)]
     pub memory: Option<String>,
+    /// Boot a Linux kernel (vmlinux or bzImage) instead of the test guest.
+    #[arg(long = "kernel", value_name = "file", long_help = KERNEL_HELP)]
+    pub kernel: Option<PathBuf>,
+    /// An initramfs for --kernel.
+    #[arg(long = "initramfs", value_name = "file", requires = "kernel")]
+    pub initramfs: Option<PathBuf>,
+    /// The kernel command line for --kernel (default "console=ttyS0 reboot=k panic=1"); the
+    /// VMM appends virtio_mmio.device= entries.
+    #[arg(long = "cmdline", value_name = "string", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// A Linux guest's serial console: tty, file=<path>, null or off.
+    #[arg(long = "serial", value_name = "tty|file=<path>|null", requires = "kernel", long_help = SERIAL_HELP)]
+    pub serial: Option<String>,
     /// Where host sysfs is read for tag lookups and HMAT values.
     #[arg(long = "sysfs-root", value_name = "dir", default_value = "/", long_help = SYSFS_ROOT_HELP)]
     pub sysfs_root: PathBuf,
@@ -221,6 +268,14 @@ pub enum ClientRequest {
     },
     /// Print the extent table (GET /api/v1/vm.tagged-memory).
     TaggedMemory,
+    /// Resize the guest's RAM through the base virtio-mem region (PUT /api/v1/vm.resize).
+    Resize {
+        /// Total guest RAM wanted, boot RAM included (K, M, G suffixes), as ch-remote's.
+        #[arg(long = "desired-ram", value_name = "bytes")]
+        desired_ram: String,
+    },
+    /// Print the base virtio-mem region's sizes (GET /api/v1/vm.memory).
+    Memory,
 }
 
 /// A failure of a subcommand, with the exit code it maps to.
@@ -333,7 +388,23 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         .as_deref()
         .map(MemoryConfig::parse)
         .transpose()
-        .map_err(|e| Failure::usage(OptionError::new("--memory", e)))?;
+        .map_err(|e| Failure::usage(OptionError::new("--memory", e)))?
+        .unwrap_or_default();
+    memory
+        .validate()
+        .map_err(|e| Failure::usage(format!("--memory: {e}")))?;
+    let serial = args
+        .serial
+        .as_deref()
+        .map(SerialOption::parse)
+        .transpose()
+        .map_err(|e| Failure::usage(OptionError::new("--serial", e)))?
+        .unwrap_or(SerialOption::Tty);
+    for (option, path) in [("--kernel", &args.kernel), ("--initramfs", &args.initramfs)] {
+        if let Some(p) = path {
+            std::fs::metadata(p).map_err(|e| Failure::usage(format!("{option} {}: {e}", p.display())))?;
+        }
+    }
     let api_socket = args
         .api_socket
         .as_deref()
@@ -350,8 +421,26 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let signals = block_signals()?;
 
     let mut config = VmmConfig::default();
-    if let Some(m) = memory {
-        config.vm.boot_ram_size = m.size;
+    config.hotplug_size = memory.hotplug_size;
+    config.device.requested_size = memory.hotplugged_size;
+    if let Some(kernel) = args.kernel {
+        config.vm.boot_ram_size = memory.size.unwrap_or(DEFAULT_LINUX_RAM);
+        config.guest = GuestKind::Linux(LinuxBoot {
+            kernel,
+            initramfs: args.initramfs,
+            cmdline: args.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            cpus: 1,
+        });
+        config.serial = match serial {
+            SerialOption::Tty => SerialConfig::Tty,
+            SerialOption::File(p) => SerialConfig::File(p),
+            SerialOption::Null => SerialConfig::Null,
+        };
+        let vmm = Arc::new(Vmm::new(config).map_err(|e| Failure::runtime(format!("starting the VM: {e}")))?);
+        return run_linux(vmm, chains, resolver, socket, &signals);
+    }
+    if let Some(size) = memory.size {
+        config.vm.boot_ram_size = size;
     }
     let vmm = Arc::new(Vmm::new(config).map_err(|e| Failure::runtime(format!("starting the VM: {e}")))?);
     vmm.wait_ready().map_err(Failure::runtime)?;
@@ -388,6 +477,132 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Boot RAM of a Linux guest when `--memory size=` is not given (as Cloud Hypervisor's default).
+const DEFAULT_LINUX_RAM: u64 = 512 * layout::MIB;
+
+/// How long `--tagged-memory` offers to a Linux guest wait for its driver: as long as it runs.
+const FOREVER: Duration = Duration::from_secs(u64::MAX / 4);
+
+/// Runs a Linux guest until it resets or a signal comes. Standard output is the guest's serial
+/// console, so the VMM's own messages go to standard error.
+fn run_linux(
+    vmm: Arc<Vmm>,
+    chains: Vec<PreparedChain>,
+    resolver: Resolver,
+    socket: Option<ApiSocket>,
+    signals: &libc::sigset_t,
+) -> Result<(), Failure> {
+    let control = Arc::new(TaggedMemoryControl::new(vmm.clone(), resolver));
+    if let Some(socket) = socket {
+        let path = socket.path().to_path_buf();
+        let server = ApiServer::new(socket, control.clone());
+        vmm.add_subscriber(Arc::new(Mutex::new(server)))
+            .map_err(|e| Failure::runtime(format!("serving the API: {e}")))?;
+        eprintln!("tagmem-vmm: API listening on {}", path.display());
+    }
+    if !chains.is_empty() {
+        eprintln!(
+            "tagmem-vmm: --tagged-memory is offered once the guest's driver negotiates \
+             VIRTIO_MEM_F_TAGGED_EXTENTS"
+        );
+        let (vmm, control) = (vmm.clone(), control.clone());
+        std::thread::spawn(move || {
+            if !vmm.wait_device_ready(FOREVER) {
+                return;
+            }
+            for (i, chain) in chains.into_iter().enumerate() {
+                match control.offer(chain) {
+                    Ok(reply) => {
+                        for e in &reply.extents {
+                            eprintln!(
+                                "tagmem-vmm: offered {} (extent {}) at {:#x}, {}",
+                                e.id,
+                                e.extent_id,
+                                e.gpa,
+                                config::human_size(e.size)
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("tagmem-vmm: offering chain {i}: {e}"),
+                }
+            }
+        });
+    }
+    let raw = RawTerminal::enter(&vmm);
+    let stopper = vmm.clone();
+    let set = *signals;
+    std::thread::spawn(move || {
+        let sig = wait_for_signal(&set);
+        eprintln!("tagmem-vmm: signal {sig}: stopping");
+        stopper.shutdown();
+    });
+    let reason = vmm.wait_exit(None).unwrap_or_default();
+    drop(raw);
+    vmm.shutdown();
+    eprintln!("tagmem-vmm: guest stopped: {reason}");
+    let stats = vmm.exit_stats();
+    eprintln!(
+        "tagmem-vmm: {} exits, {} port accesses served, {} unhandled, {} MMIO accesses served, rip {:#x?}",
+        stats.exits,
+        stats.pio_accesses,
+        stats.unhandled_port_io,
+        stats.bus_accesses,
+        vmm.vcpu_rip()
+    );
+    if reason.starts_with("vCPU error") {
+        return Err(Failure::runtime(reason));
+    }
+    if reason != RESET_REASON && reason != "stopped" {
+        eprintln!("tagmem-vmm: (a triple fault is how a guest without reboot=k resets)");
+    }
+    Ok(())
+}
+
+/// Standard input typed into the guest's serial console, with a terminal in raw mode while the
+/// guest runs (restored on drop).
+struct RawTerminal {
+    raw: bool,
+}
+
+impl RawTerminal {
+    fn enter(vmm: &Vmm) -> Self {
+        use vmm_sys_util::terminal::Terminal;
+        let Some(input) = vmm.serial_handle() else {
+            return RawTerminal { raw: false };
+        };
+        if vmm.config().serial != SerialConfig::Tty {
+            return RawTerminal { raw: false };
+        }
+        let stdin = std::io::stdin();
+        // SAFETY: isatty only inspects the descriptor.
+        let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+        let raw = tty && stdin.lock().set_raw_mode().is_ok();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => input.push(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        RawTerminal { raw }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if self.raw {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
 fn client(args: ClientArgs) -> Result<(), Failure> {
     let socket = ApiSocketConfig::parse(&args.api_socket)
         .map_err(|e| Failure::usage(OptionError::new("--api-socket", e)))?
@@ -395,6 +610,14 @@ fn client(args: ClientArgs) -> Result<(), Failure> {
     let (method, path, body) = match &args.request {
         ClientRequest::Ping => ("GET", api::PING, None),
         ClientRequest::TaggedMemory => ("GET", api::TAGGED_MEMORY, None),
+        ClientRequest::Memory => ("GET", api::MEMORY, None),
+        ClientRequest::Resize { desired_ram } => {
+            let desired_ram = config::parse_size("desired_ram", desired_ram)
+                .map_err(|e| Failure::usage(OptionError::new("--desired-ram", e)))?;
+            let body = serde_json::to_string(&api::VmResize { desired_ram })
+                .map_err(|e| Failure::runtime(format!("encoding the request: {e}")))?;
+            ("PUT", api::RESIZE, Some(body))
+        }
         ClientRequest::AddTaggedMemory { extents } => {
             let configs = extents
                 .iter()

@@ -1091,31 +1091,91 @@ impl Resolver {
     }
 }
 
-/// `--memory size=<bytes>`: the VM's boot RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--memory size=<bytes>[,hotplug_size=<bytes>][,hotplugged_size=<bytes>]`: boot RAM and the
+/// base virtio-mem region, with Cloud Hypervisor's key names (its `hotplug_method=virtio-mem`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryConfig {
-    /// Bytes of boot RAM.
-    pub size: u64,
+    /// Bytes of boot RAM; `None` keeps the guest's default.
+    pub size: Option<u64>,
+    /// Size of the base virtio-mem region (0: none).
+    pub hotplug_size: u64,
+    /// Bytes of the region requested (plugged by the guest's driver) from boot on.
+    pub hotplugged_size: u64,
+}
+
+/// Granularity of `hotplug_size` and `hotplugged_size`: one Linux memory block.
+pub const HOTPLUG_ALIGN: u64 = 128 << 20;
+
+/// Errors of `--memory` beyond the key grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hotplugged_size={hotplugged}: more than hotplug_size={hotplug}")]
+pub struct HotpluggedTooLarge {
+    /// `hotplugged_size`, formatted.
+    pub hotplugged: String,
+    /// `hotplug_size`, formatted.
+    pub hotplug: String,
 }
 
 impl MemoryConfig {
-    /// Parses `size=<bytes>`.
+    /// Parses `size=..,hotplug_size=..,hotplugged_size=..` (every key optional, at least one).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let mut size = None;
-        for (key, value) in split_option(s, &["size"])? {
-            if key == "size" {
-                size = Some(parse_size(key, value)?);
+        let mut c = MemoryConfig::default();
+        for (key, value) in split_option(s, &["size", "hotplug_size", "hotplugged_size"])? {
+            let v = parse_size(key, value)?;
+            let align = if key == "size" { EXTENT_ALIGN } else { HOTPLUG_ALIGN };
+            if (key == "size" && v == 0) || v % align != 0 {
+                return Err(ConfigError::NotMultiple {
+                    key,
+                    value: format_size(v),
+                    align: human_size(align),
+                });
+            }
+            match key {
+                "size" => c.size = Some(v),
+                "hotplug_size" => c.hotplug_size = v,
+                _ => c.hotplugged_size = v,
             }
         }
-        let size = size.ok_or(ConfigError::NoSize { backing: "--memory" })?;
-        if size == 0 || size % EXTENT_ALIGN != 0 {
-            return Err(ConfigError::NotMultiple {
-                key: "size",
-                value: format_size(size),
-                align: human_size(EXTENT_ALIGN),
+        Ok(c)
+    }
+
+    /// Checks `hotplugged_size <= hotplug_size`.
+    pub fn validate(&self) -> Result<(), HotpluggedTooLarge> {
+        if self.hotplugged_size > self.hotplug_size {
+            return Err(HotpluggedTooLarge {
+                hotplugged: format_size(self.hotplugged_size),
+                hotplug: format_size(self.hotplug_size),
             });
         }
-        Ok(MemoryConfig { size })
+        Ok(())
+    }
+}
+
+/// `--serial tty|file=<path>|null|off`: where a Linux guest's serial console goes (Cloud
+/// Hypervisor's values; `off` and `null` both discard it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialOption {
+    /// Standard output, and standard input typed into the guest.
+    Tty,
+    /// A file.
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+impl SerialOption {
+    /// Parses the option value.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "tty" => return Ok(SerialOption::Tty),
+            "null" | "off" => return Ok(SerialOption::Null),
+            _ => {}
+        }
+        let items = split_option(s, &["file"])?;
+        match items.into_iter().find(|(k, _)| *k == "file") {
+            Some((_, v)) => Ok(SerialOption::File(PathBuf::from(v))),
+            None => Err(ConfigError::Empty),
+        }
     }
 }
 
@@ -1689,11 +1749,43 @@ mod tests {
 
     #[test]
     fn memory_and_api_socket_options() {
-        assert_eq!(MemoryConfig::parse("size=128M").unwrap().size, 128 * MIB);
+        assert_eq!(MemoryConfig::parse("size=128M").unwrap().size, Some(128 * MIB));
         assert_eq!(
             MemoryConfig::parse("size=1M").unwrap_err().to_string(),
             "size=1M: not a multiple of 2 MiB"
         );
+        let m = MemoryConfig::parse("size=512M,hotplug_size=1G,hotplugged_size=256M").unwrap();
+        assert_eq!(
+            m,
+            MemoryConfig {
+                size: Some(512 * MIB),
+                hotplug_size: 1024 * MIB,
+                hotplugged_size: 256 * MIB
+            }
+        );
+        m.validate().unwrap();
+        assert_eq!(
+            MemoryConfig::parse("hotplug_size=100M").unwrap_err().to_string(),
+            "hotplug_size=100M: not a multiple of 128 MiB"
+        );
+        assert_eq!(
+            MemoryConfig::parse("hotplug_size=128M,hotplugged_size=256M")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "hotplugged_size=256M: more than hotplug_size=128M"
+        );
+        assert_eq!(SerialOption::parse("tty").unwrap(), SerialOption::Tty);
+        assert_eq!(SerialOption::parse("off").unwrap(), SerialOption::Null);
+        assert_eq!(
+            SerialOption::parse("file=/tmp/console.log").unwrap(),
+            SerialOption::File("/tmp/console.log".into())
+        );
+        assert!(SerialOption::parse("socket=/x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("socket: unknown key"));
         assert!(MemoryConfig::parse("sizes=1M")
             .unwrap_err()
             .to_string()

@@ -1260,6 +1260,11 @@ impl Vmm {
         *lock(&self.vcpu).stats()
     }
 
+    /// The vCPU's instruction pointer (waits for a running vCPU to stop or exit).
+    pub fn vcpu_rip(&self) -> Option<u64> {
+        lock(&self.vcpu).regs().ok().map(|r| r.rip)
+    }
+
     /// Why the guest stopped running, if it did.
     pub fn guest_exited(&self) -> Option<String> {
         self.shared.exited()
