@@ -2,7 +2,8 @@
 //! buffer guest output is collected in, and the transmit-only console flat images write to.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// A device that answers MMIO accesses inside its window.
 pub trait BusDevice: Send {
@@ -105,6 +106,7 @@ impl MmioBus {
 #[derive(Debug, Default)]
 pub struct Console {
     out: Mutex<ConsoleBuf>,
+    lines_added: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -124,10 +126,47 @@ impl Console {
         let mut b = self.buf();
         let base = b.bytes.len();
         b.bytes.extend_from_slice(bytes);
+        let before = b.line_ends.len();
         for (i, &c) in bytes.iter().enumerate() {
             if c == b'\n' {
                 b.line_ends.push(base + i + 1);
             }
+        }
+        if b.line_ends.len() != before {
+            self.lines_added.notify_all();
+        }
+    }
+
+    /// Waits up to `timeout` for a complete line, from the `first`-th on, that `want` accepts;
+    /// returns its index and text, or `None` on timeout.
+    pub fn wait_line(
+        &self,
+        first: usize,
+        timeout: Duration,
+        mut want: impl FnMut(&str) -> bool,
+    ) -> Option<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut next = first;
+        let mut b = self.buf();
+        loop {
+            while next < b.line_ends.len() {
+                let start = if next == 0 { 0 } else { b.line_ends[next - 1] };
+                let line = String::from_utf8_lossy(&b.bytes[start..b.line_ends[next]]);
+                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                if want(&line) {
+                    return Some((next, line));
+                }
+                next += 1;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            b = self
+                .lines_added
+                .wait_timeout(b, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -260,5 +299,20 @@ mod tests {
         assert_eq!(c.line_count(), 2);
         assert_eq!(c.lines_from(1), vec!["bc"]);
         assert!(c.lines_from(2).is_empty());
+    }
+
+    #[test]
+    fn wait_line_sees_lines_pushed_by_another_thread() {
+        let c = Arc::new(Console::default());
+        c.push(b"one\r\n");
+        assert_eq!(c.wait_line(0, Duration::ZERO, |l| l == "one"), Some((0, "one".into())));
+        assert_eq!(c.wait_line(1, Duration::ZERO, |l| l == "one"), None);
+        let writer = {
+            let c = c.clone();
+            std::thread::spawn(move || c.push(b"two\nthree\n"))
+        };
+        let got = c.wait_line(1, Duration::from_secs(600), |l| l.starts_with("th"));
+        writer.join().unwrap();
+        assert_eq!(got, Some((2, "three".into())));
     }
 }

@@ -293,33 +293,13 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
     }
 
-    /// A minimal static ELF64 for x86-64: one PT_LOAD of `code` at physical `paddr`.
+    #[allow(dead_code)]
+    mod mini_elf {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/linux/mini_elf.rs"));
+    }
+
     fn elf(paddr: u64, code: &[u8]) -> Vec<u8> {
-        let mut e = vec![0u8; 0x78];
-        e[..4].copy_from_slice(b"\x7fELF");
-        e[4] = 2; // 64-bit
-        e[5] = 1; // little-endian
-        e[6] = 1; // version
-        e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-        e[20..24].copy_from_slice(&1u32.to_le_bytes());
-        e[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
-        e[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // phoff
-        e[52..54].copy_from_slice(&0x40u16.to_le_bytes()); // ehsize
-        e[54..56].copy_from_slice(&0x38u16.to_le_bytes()); // phentsize
-        e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
-        let ph = &mut e[0x40..0x78];
-        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-        ph[8..16].copy_from_slice(&0x78u64.to_le_bytes()); // offset
-        ph[16..24].copy_from_slice(&paddr.to_le_bytes()); // vaddr
-        ph[24..32].copy_from_slice(&paddr.to_le_bytes()); // paddr
-        let len = code.len() as u64;
-        ph[32..40].copy_from_slice(&len.to_le_bytes()); // filesz
-        ph[40..48].copy_from_slice(&len.to_le_bytes()); // memsz
-        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes()); // align
-        e.extend_from_slice(code);
-        e
+        mini_elf::build(paddr, code)
     }
 
     fn file(bytes: &[u8]) -> tempfile::NamedTempFile {

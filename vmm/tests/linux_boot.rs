@@ -1,0 +1,85 @@
+//! The Linux boot path without a Linux kernel: a tiny 64-bit ELF "kernel" is loaded as a
+//! vmlinux would be, prints its command line (read through the zero page RSI points at) on the
+//! 16550 serial console, and resets the machine through the i8042; the VMM must end the guest
+//! with a reset. Needs KVM only; fails instead of skipping when `TAGMEM_REQUIRE_KVM=1`.
+
+use std::io::Write;
+use std::time::Duration;
+use tagmem_vmm::boot::{GuestKind, LinuxBoot};
+use tagmem_vmm::runtime::RESET_REASON;
+use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
+
+mod mini_elf {
+    include!("linux/mini_elf.rs");
+}
+
+const MIB: u64 = 1 << 20;
+/// A hang guard only: the tiny kernel runs a few hundred instructions.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
+fn kvm_or_skip() -> bool {
+    match kvm_unavailable() {
+        None => true,
+        Some(reason) if std::env::var("TAGMEM_REQUIRE_KVM").as_deref() == Ok("1") => {
+            panic!("/dev/kvm not available ({reason}) and TAGMEM_REQUIRE_KVM=1 forbids skipping")
+        }
+        Some(reason) => {
+            println!("skipped: /dev/kvm not available ({reason})");
+            false
+        }
+    }
+}
+
+fn boot(cmdline: &str, hotplug_size: u64) -> (Vmm, tempfile::NamedTempFile) {
+    let mut kernel = tempfile::NamedTempFile::new().unwrap();
+    kernel
+        .write_all(&mini_elf::build(0x100_0000, mini_elf::PRINT_CMDLINE_AND_RESET))
+        .unwrap();
+    let mut config = VmmConfig {
+        guest: GuestKind::Linux(LinuxBoot {
+            cmdline: cmdline.into(),
+            ..LinuxBoot::new(kernel.path())
+        }),
+        hotplug_size,
+        ..VmmConfig::default()
+    };
+    config.vm.boot_ram_size = 128 * MIB;
+    (Vmm::new(config).expect("start the VMM"), kernel)
+}
+
+#[test]
+fn elf_kernel_prints_its_cmdline_on_the_serial_console_and_resets() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let (vmm, _kernel) = boot("console=ttyS0 tagmem.hello=1", 0);
+    assert_eq!(vmm.wait_exit(Some(HANG_GUARD)).as_deref(), Some(RESET_REASON));
+    assert_eq!(
+        vmm.console_lines(),
+        vec!["console=ttyS0 tagmem.hello=1 virtio_mmio.device=4K@0xd0100000:5"],
+        "the kernel saw its command line, with the virtio-mmio device appended"
+    );
+    let stats = vmm.exit_stats();
+    assert_eq!(stats.unhandled_port_io, 0, "{stats:?}");
+    assert!(!vmm.is_test_guest());
+    assert!(matches!(vmm.guest_poll(), Err(tagmem_vmm::VmmError::NotTestGuest)));
+}
+
+#[test]
+fn base_region_resize_counts_boot_ram_like_vm_resize() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let (vmm, _kernel) = boot("", 256 * MIB);
+    let m = vmm.base_memory();
+    assert_eq!((m.boot_size, m.hotplug_size, m.requested_size, m.plugged_size), (128 * MIB, 256 * MIB, 0, 0));
+    assert_eq!(m.region_addr, 4 << 30);
+    vmm.resize_ram(128 * MIB + 192 * MIB).unwrap();
+    assert_eq!(vmm.base_memory().requested_size, 192 * MIB);
+    let e = vmm.resize_ram(1024 * MIB).unwrap_err().to_string();
+    assert!(e.contains("outside"), "{e}");
+    assert_eq!(vmm.base_memory().requested_size, 192 * MIB, "a refused resize changes nothing");
+    vmm.resize_ram(128 * MIB).unwrap();
+    assert_eq!(vmm.base_memory().requested_size, 0);
+    let _ = vmm.wait_exit(Some(HANG_GUARD));
+}
