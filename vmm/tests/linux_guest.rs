@@ -1,0 +1,339 @@
+//! Tests with a Linux guest: tagmem-vmm boots the test kernel with an initramfs whose /test is
+//! `tests/linux/peer-test.sh`, and the guest's own, unmodified `virtio_mem` driver is the peer of
+//! the device's base protocol. The guest reports over the serial console (lines starting with
+//! `TAGMEM `); the host types commands to it on the same console.
+//!
+//! What is checked, in one boot (booting is the slow part where the guest runs in KVM's
+//! instruction emulator):
+//! - the kernel reaches the initramfs's init and user space runs; its release and the virtio
+//!   devices it found are reported;
+//! - the device offers the tagged feature (bit 3, seen in debugfs `device_features`), which the
+//!   stock driver does not negotiate;
+//! - raising `requested_size` makes the driver plug memory: the device's plugged size follows,
+//!   the memory blocks come online and `MemTotal` grows by the same amount; lowering it unplugs;
+//! - unbinding the driver resets the device, and the plugged memory survives (§5.15: a reset
+//!   changes no memory state): still plugged on the device, still online in the guest; the
+//!   guest keeps running after a rebind attempt.
+//!
+//! Inputs: `TAGMEM_GUEST_KERNEL` (a vmlinux or bzImage; default: the kernel cache's
+//! `current/vmlinux`, see `linux/build-kernel.sh`), `TAGMEM_GUEST_INITRAMFS` (default: built
+//! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
+//! (default: the `cmdline` file next to the kernel, else `console=ttyS0 reboot=k panic=1`).
+//! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI) it fails.
+//! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
+//! here depends on how fast the guest runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tagmem_vmm::boot::{GuestKind, LinuxBoot};
+use tagmem_vmm::runtime::{SerialConfig, RESET_REASON};
+use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
+
+const MIB: u64 = 1 << 20;
+/// Boot RAM of the guest.
+const BOOT_RAM: u64 = 256 * MIB;
+/// The base virtio-mem region: two 128 MiB memory blocks.
+const HOTPLUG: u64 = 256 * MIB;
+/// virtio-mem's device id, as sysfs prints it.
+const VIRTIO_ID_MEM: &str = "0x0018";
+/// Feature bits: VIRTIO_MEM_F_TAGGED_EXTENTS, VIRTIO_F_VERSION_1.
+const F_TAGGED: usize = 3;
+const F_VERSION_1: usize = 32;
+
+fn required() -> bool {
+    std::env::var("TAGMEM_REQUIRE_KVM").as_deref() == Ok("1")
+}
+
+/// Skips (prints why) or, when skipping is forbidden, fails.
+fn skip(reason: String) {
+    assert!(
+        !required(),
+        "{reason}; TAGMEM_REQUIRE_KVM=1 forbids skipping (build the kernel with linux/build-kernel.sh \
+         or set TAGMEM_GUEST_KERNEL)"
+    );
+    println!("skipped: {reason}");
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn hang_guard() -> Duration {
+    let secs = std::env::var("TAGMEM_LINUX_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1800);
+    Duration::from_secs(secs)
+}
+
+/// The kernel, initramfs and command line to boot, or why there are none.
+fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
+    if let Some(reason) = kvm_unavailable() {
+        return Err(format!("/dev/kvm not available ({reason})"));
+    }
+    let cache = std::env::var("TAGMEM_CACHE").unwrap_or_else(|_| "/var/cache/tagmem".into());
+    let kernel = match std::env::var_os("TAGMEM_GUEST_KERNEL") {
+        Some(k) => PathBuf::from(k),
+        None => Path::new(&cache).join("linux/current/vmlinux"),
+    };
+    if !kernel.is_file() {
+        return Err(format!("no guest kernel at {}", kernel.display()));
+    }
+    let script = repo_root().join("vmm/tests/linux/peer-test.sh");
+    let initramfs = match std::env::var_os("TAGMEM_GUEST_INITRAMFS") {
+        Some(i) => PathBuf::from(i),
+        None => {
+            let builder = repo_root().join("linux/build-initramfs.sh");
+            if !builder.is_file() {
+                return Err(format!("no initramfs builder at {}", builder.display()));
+            }
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-peer-test.cpio.gz");
+            let status = Command::new("bash")
+                .arg(&builder)
+                .arg("--script")
+                .arg(&script)
+                .arg("-o")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("running {}: {e}", builder.display()))?;
+            if !status.success() {
+                return Err(format!("{} failed: {status}", builder.display()));
+            }
+            out
+        }
+    };
+    let mut cmdline = match std::env::var("TAGMEM_GUEST_CMDLINE") {
+        Ok(c) => c,
+        Err(_) => kernel
+            .parent()
+            .and_then(|d| std::fs::read_to_string(d.join("cmdline")).ok())
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into()),
+    };
+    // Hot-plugged memory must come online by itself, movable so that it can be unplugged.
+    if !cmdline.contains("memhp_default_state=") {
+        cmdline.push_str(" memhp_default_state=online_movable");
+    }
+    Ok((kernel, initramfs, cmdline))
+}
+
+/// The `key=value` fields of a report line.
+type Fields = HashMap<String, String>;
+
+/// A booted guest and where its console was read up to.
+struct Session {
+    vmm: Vmm,
+    next_line: usize,
+    timeout: Duration,
+    log: PathBuf,
+}
+
+impl Session {
+    fn fail(&self, what: &str) -> ! {
+        let lines = self.vmm.console_lines();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        panic!(
+            "{what}\nguest: {:?}\nconsole (whole log in {}), last lines:\n{tail}",
+            self.vmm.guest_exited(),
+            self.log.display()
+        );
+    }
+
+    /// Waits for the report `TAGMEM <kind> ...` and returns its fields.
+    fn expect(&mut self, kind: &str) -> Fields {
+        let prefix = format!("TAGMEM {kind}");
+        let found = self
+            .vmm
+            .vm()
+            .console()
+            .wait_line(self.next_line, self.timeout, |l| {
+                l == prefix || l.starts_with(&format!("{prefix} ")) || self_exited(l)
+            });
+        let Some((index, line)) = found else {
+            self.fail(&format!("no `{prefix}` line within {:?}", self.timeout));
+        };
+        if self_exited(&line) {
+            self.fail(&format!("the guest's init ended before `{prefix}`: {line}"));
+        }
+        self.next_line = index + 1;
+        parse_fields(&line)
+    }
+
+    /// All `TAGMEM <kind>` reports printed before the next line read.
+    fn collect_until(&mut self, kind: &str, end: &str) -> (Vec<Fields>, Fields) {
+        let mut found = Vec::new();
+        loop {
+            let start = self.next_line;
+            let want = format!("TAGMEM {kind} ");
+            let stop = format!("TAGMEM {end}");
+            let got = self
+                .vmm
+                .vm()
+                .console()
+                .wait_line(start, self.timeout, |l| l.starts_with(&want) || l.starts_with(&stop));
+            let Some((index, line)) = got else {
+                self.fail(&format!("no `{stop}` line within {:?}", self.timeout));
+            };
+            self.next_line = index + 1;
+            if line.starts_with(&stop) {
+                return (found, parse_fields(&line));
+            }
+            found.push(parse_fields(&line));
+        }
+    }
+
+    fn send(&self, cmd: &str) {
+        assert!(self.vmm.serial_input(format!("{cmd}\n").as_bytes()));
+    }
+
+    /// Waits until the device's plugged size is `want`.
+    fn wait_plugged(&self, want: u64) {
+        if !self.vmm.wait_device(self.timeout, |d| d.plugged_size() == want) {
+            self.fail(&format!(
+                "the device's plugged size stayed at {:#x}, not {want:#x}",
+                self.vmm.base_memory().plugged_size
+            ));
+        }
+    }
+
+    /// Asks the guest to wait for `online` blocks of the base region; returns (online,
+    /// present, MemTotal in KiB).
+    fn blocks(&mut self, online: u64) -> (u64, u64, u64) {
+        let m = self.vmm.base_memory();
+        self.send(&format!("blocks {} {} {online}", m.region_addr, m.hotplug_size));
+        let f = self.expect("blocks");
+        (num(&f, "online"), num(&f, "present"), num(&f, "memtotal_kb"))
+    }
+}
+
+fn self_exited(line: &str) -> bool {
+    line.starts_with("tagmem-init: end") || line.contains("Kernel panic")
+}
+
+fn parse_fields(line: &str) -> Fields {
+    line.split_whitespace()
+        .skip(2)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn num(f: &Fields, key: &str) -> u64 {
+    f.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("report {f:?} lacks a number {key}="))
+}
+
+#[test]
+fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
+    let (kernel, initramfs, cmdline) = match guest_inputs() {
+        Ok(i) => i,
+        Err(reason) => return skip(reason),
+    };
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-guest-console.log");
+    let mut config = VmmConfig {
+        guest: GuestKind::Linux(LinuxBoot {
+            kernel: kernel.clone(),
+            initramfs: Some(initramfs),
+            cmdline: cmdline.clone(),
+            cpus: 1,
+        }),
+        serial: SerialConfig::File(log.clone()),
+        hotplug_size: HOTPLUG,
+        ..VmmConfig::default()
+    };
+    config.vm.boot_ram_size = BOOT_RAM;
+    let start = Instant::now();
+    let vmm = Vmm::new(config).expect("start the VMM");
+    let mut s = Session {
+        vmm,
+        next_line: 0,
+        timeout: hang_guard(),
+        log,
+    };
+    println!("kernel {}, command line: {cmdline}", kernel.display());
+
+    // Boot to user space: the script reports the kernel and the virtio devices.
+    let k = s.expect("kernel");
+    let (devices, ready) = s.collect_until("virtio", "ready");
+    println!(
+        "user space up after {:.0?} of wall time: kernel {}, devices {devices:?}",
+        start.elapsed(),
+        k["release"]
+    );
+    let mem = devices
+        .iter()
+        .find(|d| d.get("device").map(String::as_str) == Some(VIRTIO_ID_MEM))
+        .unwrap_or_else(|| s.fail("the guest found no virtio-mem device"));
+    assert_eq!(ready["mem_device"], mem["name"]);
+    assert_eq!(mem["driver"], "virtio_mem", "the stock virtio_mem driver binds the device");
+
+    // Offered vs negotiated features.
+    let offered: Vec<usize> = mem["offered"]
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    if mem["offered"] == "none" {
+        s.fail("debugfs device_features is missing: the kernel needs CONFIG_DEBUG_FS and CONFIG_VIRTIO_DEBUG");
+    }
+    assert!(offered.contains(&F_TAGGED), "tagged feature offered: {offered:?}");
+    let negotiated: Vec<usize> = mem["features"]
+        .chars()
+        .enumerate()
+        .filter_map(|(i, c)| (c == '1').then_some(i))
+        .collect();
+    assert!(negotiated.contains(&F_VERSION_1), "{negotiated:?}");
+    assert!(!negotiated.contains(&F_TAGGED), "the stock driver does not know bit 3: {negotiated:?}");
+    assert!(s.vmm.with_device(|d| d.is_active() && !d.tagged_negotiated()));
+
+    // Nothing plugged yet.
+    let (online0, present0, total0) = s.blocks(0);
+    assert_eq!((online0, present0), (0, 0));
+    assert_eq!(s.vmm.base_memory().plugged_size, 0);
+    println!("before plug: MemTotal {total0} kB");
+
+    // Plug all of the region.
+    s.vmm.set_requested_size(HOTPLUG).unwrap();
+    s.wait_plugged(HOTPLUG);
+    let (online, present, total) = s.blocks(2);
+    println!("requested {} MiB: plugged {} MiB, {online} blocks online, MemTotal {total} kB", HOTPLUG >> 20, s.vmm.base_memory().plugged_size >> 20);
+    assert_eq!((online, present), (2, 2));
+    assert_eq!(total - total0, HOTPLUG / 1024, "MemTotal grew by what was plugged");
+
+    // Unplug half of it.
+    s.vmm.set_requested_size(HOTPLUG / 2).unwrap();
+    s.wait_plugged(HOTPLUG / 2);
+    let (online, present, total_half) = s.blocks(1);
+    println!("requested {} MiB: plugged {} MiB, {online} block online, MemTotal {total_half} kB", HOTPLUG >> 21, s.vmm.base_memory().plugged_size >> 20);
+    assert_eq!((online, present), (1, 1));
+    assert_eq!(total_half - total0, HOTPLUG / 2 / 1024);
+
+    // Reset: unbinding the driver resets the device; plugged memory stays.
+    s.send("unbind");
+    let u = s.expect("unbind");
+    assert_eq!((u["rc"].as_str(), u["bound"].as_str()), ("0", "0"), "{u:?}");
+    if !s.vmm.wait_device(s.timeout, |d| !d.is_active()) {
+        s.fail("unbinding the driver did not reset the device");
+    }
+    assert_eq!(s.vmm.base_memory().plugged_size, HOTPLUG / 2, "a device reset keeps plugged memory");
+    let (online, _, total_reset) = s.blocks(1);
+    assert_eq!((online, total_reset), (1, total_half), "the guest still has the memory online");
+
+    // Rebinding: Linux refuses to probe while the old binding's memory is still added
+    // (-EBUSY on the region) or binds again; either way nothing is lost.
+    s.send("bind");
+    let b = s.expect("bind");
+    println!("rebind: {b:?}");
+    assert_eq!(s.vmm.base_memory().plugged_size, HOTPLUG / 2);
+    let (online, _, total_bind) = s.blocks(1);
+    assert_eq!((online, total_bind), (1, total_half));
+
+    s.send("end");
+    s.expect("bye");
+    let reason = s.vmm.wait_exit(Some(s.timeout));
+    assert_eq!(reason.as_deref(), Some(RESET_REASON), "the guest's reboot ends the VM");
+    println!("whole test: {:.0?} of wall time", start.elapsed());
+}
