@@ -9,6 +9,7 @@ use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::RESET_REASON;
 use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
 
+#[allow(dead_code)]
 mod mini_elf {
     include!("linux/mini_elf.rs");
 }

@@ -1,7 +1,7 @@
 // A minimal static ELF64 image for x86-64, for tests of the kernel loader: one `PT_LOAD`
 // segment holding `code` at physical (and virtual) address `paddr`, entered at its start.
 
-/// The ELF bytes.
+// The ELF bytes.
 pub fn build(paddr: u64, code: &[u8]) -> Vec<u8> {
     const EHDR: usize = 0x40;
     const PHDR: usize = 0x38;
@@ -32,8 +32,8 @@ pub fn build(paddr: u64, code: &[u8]) -> Vec<u8> {
     e
 }
 
-/// 64-bit code that prints the kernel command line (boot_params.hdr.cmd_line_ptr, from RSI)
-/// and a newline on COM1, then resets the machine through the i8042 (0xfe to port 0x64).
+// 64-bit code that prints the kernel command line (boot_params.hdr.cmd_line_ptr, from RSI)
+// and a newline on COM1, then resets the machine through the i8042 (0xfe to port 0x64).
 pub const PRINT_CMDLINE_AND_RESET: &[u8] = &[
     0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
     0x8b, 0xb6, 0x28, 0x02, 0x00, 0x00, // mov esi, [rsi + 0x228]
@@ -45,6 +45,22 @@ pub const PRINT_CMDLINE_AND_RESET: &[u8] = &[
     0xeb, 0xf4, // jmp l
     0xb0, 0x0a, 0xee, // done: mov al, '\n'; out dx, al
     0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+
+// Like PRINT_CMDLINE_AND_RESET, but halts (interrupts off) instead of resetting: the VM
+// stays up until the VMM stops it.
+pub const PRINT_CMDLINE_AND_HALT: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x8b, 0xb6, 0x28, 0x02, 0x00, 0x00, // mov esi, [rsi + 0x228]
+    0x8a, 0x06, // l: mov al, [rsi]
+    0x84, 0xc0, // test al, al
+    0x74, 0x06, // jz done
+    0xee, // out dx, al
+    0x48, 0xff, 0xc6, // inc rsi
+    0xeb, 0xf4, // jmp l
+    0xb0, 0x0a, 0xee, // done: mov al, '\n'; out dx, al
     0xf4, // hlt
     0xeb, 0xfd, // jmp hlt
 ];
