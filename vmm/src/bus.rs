@@ -305,7 +305,10 @@ mod tests {
     fn wait_line_sees_lines_pushed_by_another_thread() {
         let c = Arc::new(Console::default());
         c.push(b"one\r\n");
-        assert_eq!(c.wait_line(0, Duration::ZERO, |l| l == "one"), Some((0, "one".into())));
+        assert_eq!(
+            c.wait_line(0, Duration::ZERO, |l| l == "one"),
+            Some((0, "one".into()))
+        );
         assert_eq!(c.wait_line(1, Duration::ZERO, |l| l == "one"), None);
         let writer = {
             let c = c.clone();

@@ -205,8 +205,8 @@ pub struct RunArgs {
     /// An initramfs for --kernel.
     #[arg(long = "initramfs", value_name = "file", requires = "kernel")]
     pub initramfs: Option<PathBuf>,
-    /// The kernel command line for --kernel (default "console=ttyS0 reboot=k panic=1"); the
-    /// VMM appends virtio_mmio.device= entries.
+    /// The kernel command line for --kernel (default "console=ttyS0 reboot=k panic=1
+    /// 8250.nr_uarts=1"); the VMM appends virtio_mmio.device= entries.
     #[arg(long = "cmdline", value_name = "string", requires = "kernel")]
     pub cmdline: Option<String>,
     /// A Linux guest's serial console: tty, file=<path>, null or off.
@@ -420,8 +420,10 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     kvm_check()?;
     let signals = block_signals()?;
 
-    let mut config = VmmConfig::default();
-    config.hotplug_size = memory.hotplug_size;
+    let mut config = VmmConfig {
+        hotplug_size: memory.hotplug_size,
+        ..VmmConfig::default()
+    };
     config.device.requested_size = memory.hotplugged_size;
     if let Some(kernel) = args.kernel {
         config.vm.boot_ram_size = memory.size.unwrap_or(DEFAULT_LINUX_RAM);
@@ -542,7 +544,7 @@ fn run_linux(
     eprintln!("tagmem-vmm: guest stopped: {reason}");
     let stats = vmm.exit_stats();
     eprintln!(
-        "tagmem-vmm: {} exits, {} port accesses served, {} unhandled, {} MMIO accesses served, rip {:#x?}",
+        "tagmem-vmm: {} exits, {} port accesses served, {} unhandled, {} MMIO accesses served, rip {:x?}",
         stats.exits,
         stats.pio_accesses,
         stats.unhandled_port_io,

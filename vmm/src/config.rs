@@ -1122,7 +1122,11 @@ impl MemoryConfig {
         let mut c = MemoryConfig::default();
         for (key, value) in split_option(s, &["size", "hotplug_size", "hotplugged_size"])? {
             let v = parse_size(key, value)?;
-            let align = if key == "size" { EXTENT_ALIGN } else { HOTPLUG_ALIGN };
+            let align = if key == "size" {
+                EXTENT_ALIGN
+            } else {
+                HOTPLUG_ALIGN
+            };
             if (key == "size" && v == 0) || v % align != 0 {
                 return Err(ConfigError::NotMultiple {
                     key,

@@ -53,10 +53,16 @@ pub fn plan(device: &mut DeviceConfig, size: u64, requested: u64) -> Result<(), 
     }
     let end = layout::HOTPLUG_BASE
         .checked_add(size)
-        .ok_or(HotplugError::TooLarge { size, limit: u64::MAX })?;
+        .ok_or(HotplugError::TooLarge {
+            size,
+            limit: u64::MAX,
+        })?;
     if let Some(w) = device.tagged {
         let limit = w.addr.saturating_add(w.size);
-        let start = end.div_ceil(WINDOW_ALIGN).saturating_mul(WINDOW_ALIGN).max(w.addr);
+        let start = end
+            .div_ceil(WINDOW_ALIGN)
+            .saturating_mul(WINDOW_ALIGN)
+            .max(w.addr);
         if start >= limit {
             return Err(HotplugError::TooLarge { size, limit });
         }
@@ -149,7 +155,10 @@ mod tests {
         let mut d = with_window();
         plan(&mut d, 0, 0).unwrap();
         assert_eq!(d, with_window());
-        assert_eq!(plan(&mut d, 64 * layout::MIB, 0), Err(HotplugError::Unaligned(64 * layout::MIB)));
+        assert_eq!(
+            plan(&mut d, 64 * layout::MIB, 0),
+            Err(HotplugError::Unaligned(64 * layout::MIB))
+        );
         assert!(matches!(
             plan(&mut d, 128 * layout::MIB, 256 * layout::MIB),
             Err(HotplugError::Requested { .. })
@@ -174,8 +183,14 @@ mod tests {
         assert_eq!(m.requested_for(768 * layout::MIB), Ok(256 * layout::MIB));
         assert!(m.requested_for(256 * layout::MIB).is_err());
         assert!(m.requested_for(1536 * layout::MIB + 1).is_err());
-        assert!(m.requested_for(513 * layout::MIB).unwrap_err().contains("block size"));
+        assert!(m
+            .requested_for(513 * layout::MIB)
+            .unwrap_err()
+            .contains("block size"));
         let none = BaseMemory { hotplug_size: 0, ..m };
-        assert!(none.requested_for(512 * layout::MIB).unwrap_err().contains("hotplug_size"));
+        assert!(none
+            .requested_for(512 * layout::MIB)
+            .unwrap_err()
+            .contains("hotplug_size"));
     }
 }

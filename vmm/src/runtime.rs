@@ -470,7 +470,10 @@ impl MutEventSubscriber for QueueNotifySubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for q in &self.events {
             if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
-                eprintln!("tagmem-vmm: registering queue {} notifications failed: {e}", q.queue);
+                eprintln!(
+                    "tagmem-vmm: registering queue {} notifications failed: {e}",
+                    q.queue
+                );
             }
         }
     }
@@ -609,9 +612,11 @@ impl Vmm {
                     SerialConfig::Tty => SerialOutput::Stdout,
                     SerialConfig::Null => SerialOutput::Null,
                     SerialConfig::File(p) => {
-                        SerialOutput::File(std::fs::File::create(p).map_err(|source| VmmError::SerialFile {
-                            path: p.display().to_string(),
-                            source,
+                        SerialOutput::File(std::fs::File::create(p).map_err(|source| {
+                            VmmError::SerialFile {
+                                path: p.display().to_string(),
+                                source,
+                            }
                         })?)
                     }
                 };
@@ -640,11 +645,16 @@ impl Vmm {
         };
         let mut parts = parts;
         if config.hotplug_size > 0 {
-            let backing = Backing::memfd("tagmem-base-region", config.hotplug_size).map_err(|e| VmmError::Os {
-                what: "creating the base region's memfd",
-                source: std::io::Error::other(e),
-            })?;
-            parts.vm.mapper().lock().register_backing(BASE_REGION_SOURCE, backing)?;
+            let backing =
+                Backing::memfd("tagmem-base-region", config.hotplug_size).map_err(|e| VmmError::Os {
+                    what: "creating the base region's memfd",
+                    source: std::io::Error::other(e),
+                })?;
+            parts
+                .vm
+                .mapper()
+                .lock()
+                .register_backing(BASE_REGION_SOURCE, backing)?;
             parts.backings.insert(
                 BASE_REGION_SOURCE,
                 BackingEntry {
@@ -868,7 +878,13 @@ impl Vmm {
                 return Some(r.clone());
             }
             match deadline {
-                None => rc = self.shared.run_changed.wait(rc).unwrap_or_else(|e| e.into_inner()),
+                None => {
+                    rc = self
+                        .shared
+                        .run_changed
+                        .wait(rc)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

@@ -10,7 +10,9 @@ use crate::memslot::{KvmMemslotMapper, SharedMapper};
 use crate::vcpu::{Vcpu, VcpuBoot, VcpuError, VcpuWiring};
 pub use crate::vmfd::BootMemory;
 use crate::vmfd::VmShared;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -217,10 +219,7 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        self.shared
-            .fd
-            .create_pit2(pit)
-            .map_err(kvm_err("create PIT"))?;
+        self.shared.fd.create_pit2(pit).map_err(kvm_err("create PIT"))?;
         self.irqchip = true;
         Ok(())
     }
@@ -243,7 +242,12 @@ impl Vm {
 
     /// Makes guest writes to MMIO address `addr` (4-byte writes of `datamatch`, or any write
     /// without it) signal `event` inside KVM, without an exit.
-    pub fn register_ioevent(&self, event: &EventFd, addr: u64, datamatch: Option<u32>) -> Result<(), VmError> {
+    pub fn register_ioevent(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<(), VmError> {
         let addr = IoEventAddress::Mmio(addr);
         match datamatch {
             Some(v) => self.shared.fd.register_ioevent(event, &addr, v),

@@ -62,7 +62,15 @@ fn the_guest_console_is_stdout_and_a_guest_reset_ends_the_vmm_with_success() {
     let dir = tempfile::tempdir().unwrap();
     let k = kernel(&dir, mini_elf::PRINT_CMDLINE_AND_RESET);
     let out = Command::new(BIN)
-        .args(["run", "--kernel", &k, "--cmdline", "console=ttyS0 hello", "--memory", "size=64M"])
+        .args([
+            "run",
+            "--kernel",
+            &k,
+            "--cmdline",
+            "console=ttyS0 hello",
+            "--memory",
+            "size=64M",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -70,7 +78,10 @@ fn the_guest_console_is_stdout_and_a_guest_reset_ends_the_vmm_with_success() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "console=ttyS0 hello virtio_mmio.device=4K@0xd0100000:5\n");
-    assert!(stderr.contains("guest stopped: the guest reset the machine"), "{stderr}");
+    assert!(
+        stderr.contains("guest stopped: the guest reset the machine"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -149,12 +160,19 @@ fn client_resizes_the_base_region_of_a_running_linux_vm() {
     };
     memory(128 << 20);
     let o = client(&sock, &["resize", "--desired-ram", "384M"]);
-    assert!(o.status.success() && o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     memory(256 << 20);
     let o = client(&sock, &["resize", "--desired-ram", "1G"]);
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.starts_with("tagmem-vmm: /api/v1/vm.resize: 400: desired_ram: "), "{e}");
+    assert!(
+        e.starts_with("tagmem-vmm: /api/v1/vm.resize: 400: desired_ram: "),
+        "{e}"
+    );
     memory(256 << 20);
 
     let pid = i32::try_from(vmm.0.id()).unwrap();

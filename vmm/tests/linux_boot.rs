@@ -63,7 +63,10 @@ fn elf_kernel_prints_its_cmdline_on_the_serial_console_and_resets() {
     let stats = vmm.exit_stats();
     assert_eq!(stats.unhandled_port_io, 0, "{stats:?}");
     assert!(!vmm.is_test_guest());
-    assert!(matches!(vmm.guest_poll(), Err(tagmem_vmm::VmmError::NotTestGuest)));
+    assert!(matches!(
+        vmm.guest_poll(),
+        Err(tagmem_vmm::VmmError::NotTestGuest)
+    ));
 }
 
 #[test]
@@ -73,13 +76,20 @@ fn base_region_resize_counts_boot_ram_like_vm_resize() {
     }
     let (vmm, _kernel) = boot("", 256 * MIB);
     let m = vmm.base_memory();
-    assert_eq!((m.boot_size, m.hotplug_size, m.requested_size, m.plugged_size), (128 * MIB, 256 * MIB, 0, 0));
+    assert_eq!(
+        (m.boot_size, m.hotplug_size, m.requested_size, m.plugged_size),
+        (128 * MIB, 256 * MIB, 0, 0)
+    );
     assert_eq!(m.region_addr, 4 << 30);
     vmm.resize_ram(128 * MIB + 192 * MIB).unwrap();
     assert_eq!(vmm.base_memory().requested_size, 192 * MIB);
     let e = vmm.resize_ram(1024 * MIB).unwrap_err().to_string();
     assert!(e.contains("outside"), "{e}");
-    assert_eq!(vmm.base_memory().requested_size, 192 * MIB, "a refused resize changes nothing");
+    assert_eq!(
+        vmm.base_memory().requested_size,
+        192 * MIB,
+        "a refused resize changes nothing"
+    );
     vmm.resize_ram(128 * MIB).unwrap();
     assert_eq!(vmm.base_memory().requested_size, 0);
     let _ = vmm.wait_exit(Some(HANG_GUARD));

@@ -18,7 +18,7 @@
 //! Inputs: `TAGMEM_GUEST_KERNEL` (a vmlinux or bzImage; default: the kernel cache's
 //! `current/vmlinux`, see `linux/build-kernel.sh`), `TAGMEM_GUEST_INITRAMFS` (default: built
 //! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
-//! (default: the `cmdline` file next to the kernel, else `console=ttyS0 reboot=k panic=1`).
+//! (default: the `cmdline` file next to the kernel, else the VMM's default command line).
 //! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI) it fails.
 //! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
 //! here depends on how fast the guest runs.
@@ -57,7 +57,10 @@ fn skip(reason: String) {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn hang_guard() -> Duration {
@@ -111,7 +114,7 @@ fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
             .parent()
             .and_then(|d| std::fs::read_to_string(d.join("cmdline")).ok())
             .map(|c| c.trim().to_string())
-            .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into()),
+            .unwrap_or_else(|| tagmem_vmm::boot::linux::DEFAULT_CMDLINE.into()),
     };
     // Hot-plugged memory must come online by itself, movable so that it can be unplugged.
     if !cmdline.contains("memhp_default_state=") {
@@ -170,11 +173,9 @@ impl Session {
             let start = self.next_line;
             let want = format!("TAGMEM {kind} ");
             let stop = format!("TAGMEM {end}");
-            let got = self
-                .vmm
-                .vm()
-                .console()
-                .wait_line(start, self.timeout, |l| l.starts_with(&want) || l.starts_with(&stop));
+            let got = self.vmm.vm().console().wait_line(start, self.timeout, |l| {
+                l.starts_with(&want) || l.starts_with(&stop)
+            });
             let Some((index, line)) = got else {
                 self.fail(&format!("no `{stop}` line within {:?}", self.timeout));
             };
@@ -270,7 +271,10 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
         .find(|d| d.get("device").map(String::as_str) == Some(VIRTIO_ID_MEM))
         .unwrap_or_else(|| s.fail("the guest found no virtio-mem device"));
     assert_eq!(ready["mem_device"], mem["name"]);
-    assert_eq!(mem["driver"], "virtio_mem", "the stock virtio_mem driver binds the device");
+    assert_eq!(
+        mem["driver"], "virtio_mem",
+        "the stock virtio_mem driver binds the device"
+    );
 
     // Offered vs negotiated features. A kernel without debugfs' device_features fails this check,
     // after the others ran.
@@ -286,7 +290,9 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
                 .into(),
         );
     } else if !offered.contains(&F_TAGGED) {
-        failed.push(format!("the device does not offer the tagged feature: {offered:?}"));
+        failed.push(format!(
+            "the device does not offer the tagged feature: {offered:?}"
+        ));
     }
     println!("virtio-mem features: offered {offered:?}");
     let negotiated: Vec<usize> = mem["features"]
@@ -295,7 +301,10 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
         .filter_map(|(i, c)| (c == '1').then_some(i))
         .collect();
     assert!(negotiated.contains(&F_VERSION_1), "{negotiated:?}");
-    assert!(!negotiated.contains(&F_TAGGED), "the stock driver does not know bit 3: {negotiated:?}");
+    assert!(
+        !negotiated.contains(&F_TAGGED),
+        "the stock driver does not know bit 3: {negotiated:?}"
+    );
     assert!(s.vmm.with_device(|d| d.is_active() && !d.tagged_negotiated()));
 
     // Nothing plugged yet.
@@ -308,15 +317,27 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
     s.vmm.set_requested_size(HOTPLUG).unwrap();
     s.wait_plugged(HOTPLUG);
     let (online, present, total) = s.blocks(2);
-    println!("requested {} MiB: plugged {} MiB, {online} blocks online, MemTotal {total} kB", HOTPLUG >> 20, s.vmm.base_memory().plugged_size >> 20);
+    println!(
+        "requested {} MiB: plugged {} MiB, {online} blocks online, MemTotal {total} kB",
+        HOTPLUG >> 20,
+        s.vmm.base_memory().plugged_size >> 20
+    );
     assert_eq!((online, present), (2, 2));
-    assert_eq!(total - total0, HOTPLUG / 1024, "MemTotal grew by what was plugged");
+    assert_eq!(
+        total - total0,
+        HOTPLUG / 1024,
+        "MemTotal grew by what was plugged"
+    );
 
     // Unplug half of it.
     s.vmm.set_requested_size(HOTPLUG / 2).unwrap();
     s.wait_plugged(HOTPLUG / 2);
     let (online, present, total_half) = s.blocks(1);
-    println!("requested {} MiB: plugged {} MiB, {online} block online, MemTotal {total_half} kB", HOTPLUG >> 21, s.vmm.base_memory().plugged_size >> 20);
+    println!(
+        "requested {} MiB: plugged {} MiB, {online} block online, MemTotal {total_half} kB",
+        HOTPLUG >> 21,
+        s.vmm.base_memory().plugged_size >> 20
+    );
     assert_eq!((online, present), (1, 1));
     assert_eq!(total_half - total0, HOTPLUG / 2 / 1024);
 
@@ -327,9 +348,17 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
     if !s.vmm.wait_device(s.timeout, |d| !d.is_active()) {
         s.fail("unbinding the driver did not reset the device");
     }
-    assert_eq!(s.vmm.base_memory().plugged_size, HOTPLUG / 2, "a device reset keeps plugged memory");
+    assert_eq!(
+        s.vmm.base_memory().plugged_size,
+        HOTPLUG / 2,
+        "a device reset keeps plugged memory"
+    );
     let (online, _, total_reset) = s.blocks(1);
-    assert_eq!((online, total_reset), (1, total_half), "the guest still has the memory online");
+    assert_eq!(
+        (online, total_reset),
+        (1, total_half),
+        "the guest still has the memory online"
+    );
 
     // Rebinding: Linux refuses to probe while the old binding's memory is still added
     // (-EBUSY on the region) or binds again; either way nothing is lost.
@@ -343,7 +372,11 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
     s.send("end");
     s.expect("bye");
     let reason = s.vmm.wait_exit(Some(s.timeout));
-    assert_eq!(reason.as_deref(), Some(RESET_REASON), "the guest's reboot ends the VM");
+    assert_eq!(
+        reason.as_deref(),
+        Some(RESET_REASON),
+        "the guest's reboot ends the VM"
+    );
     println!("whole test: {:.0?} of wall time", start.elapsed());
     assert!(failed.is_empty(), "{failed:#?}");
 }

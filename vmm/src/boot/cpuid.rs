@@ -26,7 +26,8 @@ pub fn for_vcpu(supported: &CpuId, apic_id: u8, nr_vcpus: u8) -> CpuId {
     for e in &mut entries {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(apic_id) << 24) | (u32::from(nr_vcpus.max(1)) << 16);
+                e.ebx =
+                    (e.ebx & 0x0000_ffff) | (u32::from(apic_id) << 24) | (u32::from(nr_vcpus.max(1)) << 16);
                 e.ecx |= ECX_HYPERVISOR;
                 if nr_vcpus > 1 {
                     e.edx |= EDX_HTT;
@@ -68,7 +69,6 @@ pub fn has_kvm_signature(cpuid: &CpuId) -> bool {
         .iter()
         .any(|e| e.function == LEAF_HYPERVISOR && [e.ebx, e.ecx, e.edx] == KVM_SIGNATURE)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -118,7 +118,11 @@ mod tests {
         assert_eq!(find(&c, LEAF_HYPERVISOR, 0).eax, LEAF_KVM_FEATURES);
         let again = for_vcpu(&c, 0, 1);
         assert_eq!(
-            again.as_slice().iter().filter(|e| e.function == LEAF_HYPERVISOR).count(),
+            again
+                .as_slice()
+                .iter()
+                .filter(|e| e.function == LEAF_HYPERVISOR)
+                .count(),
             1
         );
     }

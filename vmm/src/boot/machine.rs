@@ -5,7 +5,7 @@
 
 use super::linux::{self, LinuxBoot, LinuxBootError, VirtioMmioSlot};
 use crate::layout;
-use crate::legacy::{I8042, IrqTrigger, ResetTrigger, Serial, SerialOutput};
+use crate::legacy::{IrqTrigger, ResetTrigger, Serial, SerialOutput, I8042};
 use crate::mmio::{MmioInterrupt, MmioTransport};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vm::{BootMemory, Vm, VmConfig, VmError};
@@ -86,7 +86,11 @@ pub fn build(
     )));
     vm.attach_pio(layout::COM1_PORT, layout::UART_PORTS, serial.clone())?;
     let i8042 = I8042::new(ResetTrigger(vm.reset_request().clone()));
-    vm.attach_pio(layout::I8042_PORT, layout::I8042_PORTS, Arc::new(Mutex::new(i8042)))?;
+    vm.attach_pio(
+        layout::I8042_PORT,
+        layout::I8042_PORTS,
+        Arc::new(Mutex::new(i8042)),
+    )?;
 
     let slot = VirtioMmioSlot {
         addr: layout::virtio_mmio_addr(0).ok_or(VmError::Layout(layout::LayoutError::IdentityLimit(0)))?,
@@ -102,7 +106,11 @@ pub fn build(
     let mut queue_events = Vec::with_capacity(queues);
     for q in 0..u16::try_from(queues).unwrap_or(u16::MAX) {
         let event = eventfd()?;
-        vm.register_ioevent(&event, slot.addr + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), Some(u32::from(q)))?;
+        vm.register_ioevent(
+            &event,
+            slot.addr + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY),
+            Some(u32::from(q)),
+        )?;
         queue_events.push(QueueEvent { event, queue: q });
     }
 

@@ -171,12 +171,18 @@ mod tests {
     fn entries_name_the_boot_cpu_ioapic_and_every_pin() {
         let b = build(2, layout::EBDA_START).unwrap();
         let t = &b[16 + HEADER_SIZE..];
-        assert_eq!(&t[0..4], &[ENTRY_CPU, 0, APIC_VERSION, CPU_ENABLED | CPU_BOOTPROCESSOR]);
+        assert_eq!(
+            &t[0..4],
+            &[ENTRY_CPU, 0, APIC_VERSION, CPU_ENABLED | CPU_BOOTPROCESSOR]
+        );
         assert_eq!(&t[20..24], &[ENTRY_CPU, 1, APIC_VERSION, CPU_ENABLED]);
         let rest = &t[40..];
         assert_eq!(&rest[0..8], b"\x01\x00ISA   ");
         assert_eq!(&rest[8..12], &[ENTRY_IOAPIC, 2, IO_APIC_VERSION, 1]);
-        assert_eq!(u32::from_le_bytes(rest[12..16].try_into().unwrap()), IO_APIC_DEFAULT_PHYS_BASE);
+        assert_eq!(
+            u32::from_le_bytes(rest[12..16].try_into().unwrap()),
+            IO_APIC_DEFAULT_PHYS_BASE
+        );
         for pin in 0..24u8 {
             let e = &rest[16 + 8 * usize::from(pin)..][..8];
             assert_eq!(e, &[ENTRY_INTSRC, IRQ_INT, 0, 0, 0, pin, 2, pin]);

@@ -42,7 +42,10 @@ mod tests {
         let mut d = I8042::new(ResetTrigger(flag.clone()));
         d.write(0, &[0xfe]);
         d.write(4, &[0xaa]);
-        assert!(!flag.load(Ordering::SeqCst), "only 0xfe on the command port resets");
+        assert!(
+            !flag.load(Ordering::SeqCst),
+            "only 0xfe on the command port resets"
+        );
         d.write(4, &[0xfe]);
         assert!(flag.load(Ordering::SeqCst));
     }

@@ -130,10 +130,7 @@ impl SerialInput {
 
     /// Queues `bytes` for the guest to read.
     pub fn push(&self, bytes: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_input(bytes);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push_input(bytes);
     }
 }
 

@@ -3,9 +3,10 @@
 
 // The ELF bytes.
 pub fn build(paddr: u64, code: &[u8]) -> Vec<u8> {
-    const EHDR: usize = 0x40;
-    const PHDR: usize = 0x38;
-    let mut e = vec![0u8; EHDR + PHDR];
+    const EHDR: u16 = 0x40;
+    const PHDR: u16 = 0x38;
+    let (ehdr, phdr) = (usize::from(EHDR), usize::from(PHDR));
+    let mut e = vec![0u8; ehdr + phdr];
     e[..4].copy_from_slice(b"\x7fELF");
     e[4] = 2; // ELFCLASS64
     e[5] = 1; // little-endian
@@ -14,15 +15,15 @@ pub fn build(paddr: u64, code: &[u8]) -> Vec<u8> {
     e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
     e[20..24].copy_from_slice(&1u32.to_le_bytes());
     e[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
-    e[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
-    e[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes()); // e_ehsize
-    e[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes()); // e_phentsize
+    e[32..40].copy_from_slice(&u64::from(EHDR).to_le_bytes()); // e_phoff
+    e[52..54].copy_from_slice(&EHDR.to_le_bytes()); // e_ehsize
+    e[54..56].copy_from_slice(&PHDR.to_le_bytes()); // e_phentsize
     e[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
     let len = code.len() as u64;
-    let ph = &mut e[EHDR..];
+    let ph = &mut e[ehdr..];
     ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
     ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R + X
-    ph[8..16].copy_from_slice(&((EHDR + PHDR) as u64).to_le_bytes()); // p_offset
+    ph[8..16].copy_from_slice(&u64::from(EHDR + PHDR).to_le_bytes()); // p_offset
     ph[16..24].copy_from_slice(&paddr.to_le_bytes()); // p_vaddr
     ph[24..32].copy_from_slice(&paddr.to_le_bytes()); // p_paddr
     ph[32..40].copy_from_slice(&len.to_le_bytes()); // p_filesz
