@@ -497,7 +497,8 @@ fn run_linux(
     let control = Arc::new(TaggedMemoryControl::new(vmm.clone(), resolver));
     if let Some(socket) = socket {
         let path = socket.path().to_path_buf();
-        let server = ApiServer::new(socket, control.clone());
+        let server = ApiServer::new(socket, control.clone())
+            .map_err(|e| Failure::runtime(format!("serving the API: {e}")))?;
         vmm.add_subscriber(Arc::new(Mutex::new(server)))
             .map_err(|e| Failure::runtime(format!("serving the API: {e}")))?;
         eprintln!("tagmem-vmm: API listening on {}", path.display());

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
-use tagmem_vmm::kvm_unavailable;
+use tagmem_test_support::kvm_or_skip;
 
 #[allow(dead_code)]
 mod mini_elf {
@@ -14,19 +14,6 @@ mod mini_elf {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_tagmem-vmm");
-
-fn kvm_or_skip() -> bool {
-    match kvm_unavailable() {
-        None => true,
-        Some(reason) if std::env::var("TAGMEM_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("/dev/kvm not available ({reason}) and TAGMEM_REQUIRE_KVM=1 forbids skipping")
-        }
-        Some(reason) => {
-            println!("skipped: /dev/kvm not available ({reason})");
-            false
-        }
-    }
-}
 
 fn kernel(dir: &tempfile::TempDir, code: &[u8]) -> String {
     let path = dir.path().join("vmlinux");

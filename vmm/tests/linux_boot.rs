@@ -5,9 +5,10 @@
 
 use std::io::Write;
 use std::time::Duration;
+use tagmem_test_support::kvm_or_skip;
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::RESET_REASON;
-use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
+use tagmem_vmm::{Vmm, VmmConfig};
 
 #[allow(dead_code)]
 mod mini_elf {
@@ -17,19 +18,6 @@ mod mini_elf {
 const MIB: u64 = 1 << 20;
 /// A hang guard only: the tiny kernel runs a few hundred instructions.
 const HANG_GUARD: Duration = Duration::from_secs(600);
-
-fn kvm_or_skip() -> bool {
-    match kvm_unavailable() {
-        None => true,
-        Some(reason) if std::env::var("TAGMEM_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("/dev/kvm not available ({reason}) and TAGMEM_REQUIRE_KVM=1 forbids skipping")
-        }
-        Some(reason) => {
-            println!("skipped: /dev/kvm not available ({reason})");
-            false
-        }
-    }
-}
 
 fn boot(cmdline: &str, hotplug_size: u64) -> (Vmm, tempfile::NamedTempFile) {
     let mut kernel = tempfile::NamedTempFile::new().unwrap();

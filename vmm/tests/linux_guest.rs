@@ -19,7 +19,8 @@
 //! `current/vmlinux`, see `linux/build-kernel.sh`), `TAGMEM_GUEST_INITRAMFS` (default: built
 //! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
 //! (default: the `cmdline` file next to the kernel, else the VMM's default command line).
-//! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI) it fails.
+//! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI, which
+//! builds the kernel first) it fails.
 //! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
 //! here depends on how fast the guest runs.
 
@@ -27,9 +28,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tagmem_test_support::{available_or_skip, kvm_or_skip, REQUIRE_KVM};
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::{SerialConfig, RESET_REASON};
-use tagmem_vmm::{kvm_unavailable, Vmm, VmmConfig};
+use tagmem_vmm::{Vmm, VmmConfig};
 
 const MIB: u64 = 1 << 20;
 /// Boot RAM of the guest.
@@ -41,20 +43,6 @@ const VIRTIO_ID_MEM: &str = "0x0018";
 /// Feature bits: VIRTIO_MEM_F_TAGGED_EXTENTS, VIRTIO_F_VERSION_1.
 const F_TAGGED: usize = 3;
 const F_VERSION_1: usize = 32;
-
-fn required() -> bool {
-    std::env::var("TAGMEM_REQUIRE_KVM").as_deref() == Ok("1")
-}
-
-/// Skips (prints why) or, when skipping is forbidden, fails.
-fn skip(reason: String) {
-    assert!(
-        !required(),
-        "{reason}; TAGMEM_REQUIRE_KVM=1 forbids skipping (build the kernel with linux/build-kernel.sh \
-         or set TAGMEM_GUEST_KERNEL)"
-    );
-    println!("skipped: {reason}");
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,9 +61,6 @@ fn hang_guard() -> Duration {
 
 /// The kernel, initramfs and command line to boot, or why there are none.
 fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
-    if let Some(reason) = kvm_unavailable() {
-        return Err(format!("/dev/kvm not available ({reason})"));
-    }
     let cache = std::env::var("TAGMEM_CACHE").unwrap_or_else(|_| "/var/cache/tagmem".into());
     let kernel = match std::env::var_os("TAGMEM_GUEST_KERNEL") {
         Some(k) => PathBuf::from(k),
@@ -231,10 +216,19 @@ fn num(f: &Fields, key: &str) -> u64 {
 
 #[test]
 fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
-    let (kernel, initramfs, cmdline) = match guest_inputs() {
-        Ok(i) => i,
-        Err(reason) => return skip(reason),
-    };
+    if !kvm_or_skip() {
+        return;
+    }
+    // A kernel is required wherever KVM is (CI builds it first).
+    let inputs = guest_inputs();
+    if !available_or_skip(
+        REQUIRE_KVM,
+        "a guest kernel and initramfs",
+        inputs.as_ref().err().cloned(),
+    ) {
+        return;
+    }
+    let (kernel, initramfs, cmdline) = inputs.unwrap();
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-guest-console.log");
     let mut config = VmmConfig {
         guest: GuestKind::Linux(LinuxBoot {
