@@ -18,7 +18,8 @@
 //! Inputs: `TAGMEM_GUEST_KERNEL` (a vmlinux or bzImage; default: the kernel cache's
 //! `current/vmlinux`, see `linux/build-kernel.sh`), `TAGMEM_GUEST_INITRAMFS` (default: built
 //! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
-//! (default: the `cmdline` file next to the kernel, else the VMM's default command line).
+//! (default: the `cmdline` file next to the kernel, else the VMM's default command line, with the
+//! test kernel's emulator workarounds on a `kvm_pvm` host).
 //! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI, which
 //! builds the kernel first) it fails.
 //! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
@@ -77,7 +78,8 @@ fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
             if !builder.is_file() {
                 return Err(format!("no initramfs builder at {}", builder.display()));
             }
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-peer-test.cpio.gz");
+            // Uncompressed: the guest unpacks it faster.
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-peer-test.cpio");
             let status = Command::new("bash")
                 .arg(&builder)
                 .arg("--script")
@@ -99,13 +101,29 @@ fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
             .parent()
             .and_then(|d| std::fs::read_to_string(d.join("cmdline")).ok())
             .map(|c| c.trim().to_string())
-            .unwrap_or_else(|| tagmem_vmm::boot::linux::DEFAULT_CMDLINE.into()),
+            .unwrap_or_else(default_cmdline),
     };
     // Hot-plugged memory must come online by itself, movable so that it can be unplugged.
     if !cmdline.contains("memhp_default_state=") {
         cmdline.push_str(" memhp_default_state=online_movable");
     }
     Ok((kernel, initramfs, cmdline))
+}
+
+/// Boot parameters the test kernel needs where KVM runs the guest in its instruction emulator
+/// (`kvm_pvm` hosts): options for the emulator's missing instructions and the kernel's own
+/// workarounds (`linux/patches/`); not used elsewhere.
+const EMULATOR_CMDLINE: &str =
+    "noxsave clearcpuid=cx16,popcnt,smap noint3-selftest nofwait syscall_fault_fixup";
+
+/// The VMM's default command line, plus [`EMULATOR_CMDLINE`] on a `kvm_pvm` host.
+fn default_cmdline() -> String {
+    let base = tagmem_vmm::boot::linux::DEFAULT_CMDLINE;
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        format!("{base} {EMULATOR_CMDLINE}")
+    } else {
+        base.to_string()
+    }
 }
 
 /// The `key=value` fields of a report line.
