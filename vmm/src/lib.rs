@@ -30,7 +30,7 @@ pub use backing::{Backing, BackingError, BackingKind};
 pub use bus::{BusDevice, BusError, Console, DebugConsole, MmioBus};
 pub use memslot::{HostAccess, KvmMemslotMapper, MemslotError, SharedMapper, SlotInfo};
 pub use mmio::{MmioInterrupt, MmioTransport};
-pub use runtime::{BackingLifetime, Vmm, VmmConfig, VmmError};
+pub use runtime::{BackingLifetime, DeviceWindow, ExtraDevice, Vmm, VmmConfig, VmmError};
 pub use snapshot::VmSnapshot;
 pub use vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuBoot, VcpuError, VcpuState};
 pub use vm::{kvm_unavailable, BootMemory, Vm, VmConfig, VmError};

@@ -574,6 +574,33 @@ pub(crate) struct Parts {
     pub(crate) linux: Option<LinuxParts>,
 }
 
+/// Where an extra device of [`Vmm::with_devices`] sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceWindow {
+    /// Guest-physical `[base, base + len)` on the MMIO bus.
+    Mmio {
+        /// First address.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Ports `[base, base + len)` on the port-I/O bus.
+    Pio {
+        /// First port.
+        base: u16,
+        /// Number of ports.
+        len: u16,
+    },
+}
+
+/// A device the caller adds to the VM (e.g. a test device, a debug port).
+pub struct ExtraDevice {
+    /// Where it answers.
+    pub window: DeviceWindow,
+    /// The device.
+    pub device: crate::bus::SharedBusDevice,
+}
+
 /// The parts of a Linux guest's machine the runtime keeps.
 pub(crate) struct LinuxParts {
     serial: Arc<Mutex<Serial>>,
@@ -602,7 +629,13 @@ impl Vmm {
     /// thread and the event loop. The test guest initialises its driver on its own; the device is
     /// ready for offers once [`Vmm::wait_ready`] returns. A Linux guest boots on its own too; its
     /// console is [`Vmm::console_lines`] (and `config.serial`).
-    pub fn new(mut config: VmmConfig) -> Result<Vmm, VmmError> {
+    pub fn new(config: VmmConfig) -> Result<Vmm, VmmError> {
+        Self::with_devices(config, Vec::new())
+    }
+
+    /// Like [`Vmm::new`], with further devices on the VM's buses (attached before the guest
+    /// runs; a window that overlaps another device's is refused).
+    pub fn with_devices(mut config: VmmConfig, devices: Vec<ExtraDevice>) -> Result<Vmm, VmmError> {
         let requested = config.device.requested_size;
         hotplug::plan(&mut config.device, config.hotplug_size, requested)?;
         let parts = match config.guest.clone() {
@@ -662,6 +695,12 @@ impl Vmm {
                     offered: false,
                 },
             );
+        }
+        for d in devices {
+            match d.window {
+                DeviceWindow::Mmio { base, len } => parts.vm.attach_mmio(base, len, d.device)?,
+                DeviceWindow::Pio { base, len } => parts.vm.attach_pio(base, len, d.device)?,
+            }
         }
         Self::assemble(config, parts)
     }

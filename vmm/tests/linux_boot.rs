@@ -82,3 +82,60 @@ fn base_region_resize_counts_boot_ram_like_vm_resize() {
     assert_eq!(vmm.base_memory().requested_size, 0);
     let _ = vmm.wait_exit(Some(HANG_GUARD));
 }
+
+/// A port the tiny kernel never touches, and a device that records reads of it.
+struct Probe(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl tagmem_vmm::BusDevice for Probe {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        data.fill(0x42);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[test]
+fn extra_devices_join_the_buses_and_may_not_overlap_the_machines_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    use std::sync::{atomic::AtomicU64, Arc, Mutex};
+    use tagmem_vmm::{DeviceWindow, ExtraDevice};
+    let mut kernel = tempfile::NamedTempFile::new().unwrap();
+    kernel
+        .write_all(&mini_elf::build(0x100_0000, mini_elf::PRINT_CMDLINE_AND_RESET))
+        .unwrap();
+    let config = || {
+        let mut c = VmmConfig {
+            guest: GuestKind::Linux(LinuxBoot::new(kernel.path())),
+            ..VmmConfig::default()
+        };
+        c.vm.boot_ram_size = 128 * MIB;
+        c
+    };
+    let reads = Arc::new(AtomicU64::new(0));
+    let probe = || ExtraDevice {
+        window: DeviceWindow::Mmio {
+            base: 0xd000_0000,
+            len: 0x1000,
+        },
+        device: Arc::new(Mutex::new(Probe(reads.clone()))),
+    };
+    let vmm = Vmm::with_devices(config(), vec![probe()]).expect("start the VMM");
+    let mut b = [0u8; 4];
+    assert!(vmm.vm().bus().read(0xd000_0010, &mut b));
+    assert_eq!(
+        (b, reads.load(std::sync::atomic::Ordering::SeqCst)),
+        ([0x42; 4], 1)
+    );
+    assert_eq!(vmm.wait_exit(Some(HANG_GUARD)).as_deref(), Some(RESET_REASON));
+
+    let on_com1 = ExtraDevice {
+        window: DeviceWindow::Pio { base: 0x3f8, len: 1 },
+        device: Arc::new(Mutex::new(Probe(reads.clone()))),
+    };
+    let e = Vmm::with_devices(config(), vec![on_com1])
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("overlaps"), "{e}");
+}
