@@ -3,8 +3,9 @@
 # initramfs's /init. It reports what the guest sees, then serves the commands the host types on
 # the serial console, one per line. Every line meant for the host starts with "TAGMEM ".
 #
-#   blocks ADDR SIZE WANT  wait until WANT memory blocks of [ADDR, ADDR+SIZE) are online, then
-#                          report them with MemTotal (the wait is a hang guard, not a timing)
+#   blocks ADDR SIZE WANT  wait until [ADDR, ADDR+SIZE) has exactly WANT memory blocks, all
+#                          online (a block being added or removed is not counted as settled),
+#                          then report them with MemTotal (the wait is a hang guard, not a timing)
 #   unbind | bind          unbind or bind the virtio_mem driver of the virtio-mem device
 #   end                    leave (/init then resets the VM)
 
@@ -40,10 +41,10 @@ count_blocks() {
     present=0
     i=$first
     while [ "$i" -le "$last" ]; do
-        f=/sys/devices/system/memory/memory$i/state
-        if [ -r "$f" ]; then
+        # A block being removed can vanish between a test and a read: count what was read.
+        if state=$(cat "/sys/devices/system/memory/memory$i/state" 2>/dev/null); then
             present=$((present + 1))
-            [ "$(cat "$f")" = online ] && online=$((online + 1))
+            [ "$state" = online ] && online=$((online + 1))
         fi
         i=$((i + 1))
     done
@@ -56,7 +57,7 @@ while read -r cmd a b c; do
         blocks)
             tries=0
             set -- $(count_blocks "$a" "$b")
-            while [ "$1" != "$c" ] && [ "$tries" -lt 1800 ]; do
+            while { [ "$1" != "$c" ] || [ "$2" != "$c" ]; } && [ "$tries" -lt 1800 ]; do
                 sleep 1
                 tries=$((tries + 1))
                 set -- $(count_blocks "$a" "$b")
