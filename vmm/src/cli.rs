@@ -94,6 +94,10 @@ Example:
   tagmem-vmm run --kernel vmlinux --initramfs initramfs.cpio.gz \\
       --cmdline \"console=ttyS0 reboot=k panic=1\" --memory size=512M,hotplug_size=1G";
 
+const CMDLINE_HELP: &str = "\
+The kernel command line for --kernel (default \"console=ttyS0 reboot=k panic=1
+8250.nr_uarts=1\"); the VMM appends one virtio_mmio.device= entry per device.";
+
 const SERIAL_HELP: &str = "\
 Where a Linux guest's serial console (ttyS0) goes: tty (standard output, and standard
 input typed into the guest; the terminal is put in raw mode), file=<path>, or
@@ -177,8 +181,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Boot the test guest (or a Linux kernel) with tagged capacity and serve the control API
-    /// until SIGINT/SIGTERM (or the guest resets).
+    /// Boot the test guest or a Linux kernel and serve the control API until a signal or reset.
     Run(RunArgs),
     /// Talk to a running VMM over its API socket, like ch-remote.
     Client(ClientArgs),
@@ -205,9 +208,8 @@ pub struct RunArgs {
     /// An initramfs for --kernel.
     #[arg(long = "initramfs", value_name = "file", requires = "kernel")]
     pub initramfs: Option<PathBuf>,
-    /// The kernel command line for --kernel (default "console=ttyS0 reboot=k panic=1
-    /// 8250.nr_uarts=1"); the VMM appends virtio_mmio.device= entries.
-    #[arg(long = "cmdline", value_name = "string", requires = "kernel")]
+    /// The kernel command line for --kernel; the VMM appends virtio_mmio.device= entries.
+    #[arg(long = "cmdline", value_name = "string", requires = "kernel", long_help = CMDLINE_HELP)]
     pub cmdline: Option<String>,
     /// A Linux guest's serial console: tty, file=<path>, null or off.
     #[arg(long = "serial", value_name = "tty|file=<path>|null", requires = "kernel", long_help = SERIAL_HELP)]

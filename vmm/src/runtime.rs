@@ -845,7 +845,11 @@ impl Vmm {
                 region_addr: c.region_addr,
                 // 0 when the device's region is only the never-plugged block a tagged-only
                 // device carries: nothing to resize.
-                hotplug_size: if self.config.hotplug_size == 0 { 0 } else { c.region_size },
+                hotplug_size: if self.config.hotplug_size == 0 {
+                    0
+                } else {
+                    c.region_size
+                },
                 block_size: c.block_size,
                 requested_size: requested_size(d),
                 plugged_size: d.plugged_size(),

@@ -239,7 +239,7 @@ fn memory_and_api_socket_values_are_checked() {
     );
     rejected(
         &["run", "--memory", "sise=64M"],
-        "--memory: sise: unknown key; expected one of size",
+        "--memory: sise: unknown key; expected one of size, hotplug_size, hotplugged_size",
     );
     rejected(
         &["run", "--api-socket", "path="],
