@@ -1,10 +1,12 @@
 //! Reference VMM for tagged-capacity virtio-mem on KVM.
 //!
-//! [`Vm`] creates a KVM VM with boot RAM and identity page tables; [`Vcpu`] runs a 64-bit guest;
-//! [`MmioBus`] dispatches MMIO exits to devices such as the virtio-mmio transport
+//! [`Vm`] creates a KVM VM with boot RAM, an MMIO bus and a port-I/O bus; [`Vcpu`] runs a 64-bit
+//! guest; [`MmioBus`] dispatches exits to devices such as the virtio-mmio transport
 //! ([`mmio::MmioTransport`]); [`KvmMemslotMapper`] implements the device's `MemoryMapper` on KVM
-//! memslots over registered [`Backing`]s. [`test_guest`] boots the bundled bare-metal test guest;
-//! [`Vmm`] runs it with the tagged device, a vCPU thread and an event loop, and snapshots it.
+//! memslots over registered [`Backing`]s. [`boot`] loads what runs: the bundled bare-metal test
+//! guest ([`test_guest`]) or a Linux kernel ([`boot::linux`], with [`legacy`] devices and the
+//! in-kernel irqchip); [`hotplug`] lays out the base virtio-mem region. [`Vmm`] runs either with
+//! the tagged device, a vCPU thread and an event loop.
 
 pub mod api;
 pub mod backing;
