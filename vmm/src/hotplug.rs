@@ -39,8 +39,9 @@ pub enum HotplugError {
     },
 }
 
-/// Gives `device` a base region of `size` bytes (0: none) with `requested` bytes requested, and
-/// moves its tagged window (if any) to start after the region.
+/// Gives `device` a base region of `size` bytes with `requested` bytes requested (0: leaves the
+/// device's own region, e.g. the never-plugged block of a tagged-only device), and moves its
+/// tagged window (if any) to start after the region.
 pub fn plan(device: &mut DeviceConfig, size: u64, requested: u64) -> Result<(), HotplugError> {
     if size == 0 {
         return Ok(());

@@ -24,7 +24,7 @@ use crate::backing::Backing;
 use crate::boot::machine::{self, MachineError, QueueEvent};
 use crate::boot::GuestKind;
 use crate::bus::Console;
-use crate::hotplug::{self, BaseMemory, HotplugError, BASE_REGION_SOURCE};
+use crate::hotplug::{self, BaseMemory, HotplugError};
 use crate::layout;
 use crate::legacy::{Serial, SerialInput, SerialOutput};
 use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
@@ -60,7 +60,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The backing id under which [`Vmm::new`] registers the base region's sparse memfd (the default
 /// configuration's `region_source`).
-pub const BASE_REGION_SOURCE: SourceId = SourceId(u64::MAX);
+pub use crate::hotplug::BASE_REGION_SOURCE;
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -653,17 +653,19 @@ impl Vmm {
                         })?)
                     }
                 };
+                let clock = Arc::new(GuestClock::new(config.clock.clone()));
                 let m = machine::build(
                     config.vm.clone(),
                     &boot,
                     config.device.clone(),
                     |vm| Box::new(vm.mapper()),
-                    config.clock.clone(),
+                    clock.clone(),
                     sink,
                 )?;
                 let control_done = Arc::new(Condvar::new());
                 Parts {
                     vm: m.vm,
+                    clock,
                     vcpu: m.vcpu,
                     transport: m.transport,
                     backings: BTreeMap::new(),
@@ -677,19 +679,17 @@ impl Vmm {
             }
         };
         let mut parts = parts;
-        if config.hotplug_size > 0 {
-            let backing =
-                Backing::memfd("tagmem-base-region", config.hotplug_size).map_err(|e| VmmError::Os {
-                    what: "creating the base region's memfd",
-                    source: std::io::Error::other(e),
-                })?;
+        if let Some(src) = config.device.region_source {
+            // The base region's backing (the never-plugged block of a tagged-only device, or
+            // `hotplug_size`): sparse, so unplugged memory costs nothing.
+            let size = src.offset.saturating_add(config.device.region_size);
             parts
                 .vm
                 .mapper()
                 .lock()
-                .register_backing(BASE_REGION_SOURCE, backing)?;
+                .register_backing(src.id, Backing::memfd("tagmem-base-region", size)?)?;
             parts.backings.insert(
-                BASE_REGION_SOURCE,
+                src.id,
                 BackingEntry {
                     lifetime: BackingLifetime::Persistent,
                     offered: false,
@@ -708,21 +708,7 @@ impl Vmm {
     fn test_guest_parts(config: &VmmConfig) -> Result<Parts, VmmError> {
         let mut vm = Vm::new(config.vm.clone())?;
         vm.load_image(image::LOAD_ADDR, image::BYTES)?;
-        let mut backings = BTreeMap::new();
-        if let Some(src) = config.device.region_source {
-            // The base region's backing: sparse, so a never-plugged region costs nothing.
-            let size = src.offset.saturating_add(config.device.region_size);
-            vm.mapper()
-                .lock()
-                .register_backing(src.id, Backing::memfd("tagmem-base-region", size)?)?;
-            backings.insert(
-                src.id,
-                BackingEntry {
-                    lifetime: BackingLifetime::Persistent,
-                    offered: false,
-                },
-            );
-        }
+        let backings = BTreeMap::new();
         let irq = Arc::new(MmioInterrupt::new(None));
         let clock = Arc::new(GuestClock::new(config.clock.clone()));
         let device = TaggedMemDevice::new(
