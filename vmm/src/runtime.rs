@@ -21,12 +21,12 @@
 //! other.
 
 use crate::backing::Backing;
-use crate::boot::machine::{self, MachineError, QueueEvent};
+use crate::boot::machine::MachineError;
 use crate::boot::GuestKind;
 use crate::bus::Console;
-use crate::hotplug::{self, BaseMemory, HotplugError};
+use crate::hotplug::{self, HotplugError};
 use crate::layout;
-use crate::legacy::{Serial, SerialInput, SerialOutput};
+use crate::legacy::SerialInput;
 use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
 use crate::mmio::{MmioInterrupt, MmioRestoreError, MmioTransport};
 use crate::test_guest::protocol::{CONTROL_BASE, CONTROL_SIZE};
@@ -37,7 +37,6 @@ use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -444,41 +443,6 @@ impl MutEventSubscriber for ExitSubscriber {
     }
 }
 
-/// Serves the guest's queue notifications (ioeventfds) for a guest on the in-kernel irqchip.
-struct QueueNotifySubscriber {
-    events: Vec<QueueEvent>,
-    shared: Arc<Shared>,
-}
-
-impl MutEventSubscriber for QueueNotifySubscriber {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let Some(q) = self.events.iter().find(|q| q.event.as_raw_fd() == events.fd()) else {
-            return;
-        };
-        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            eprintln!("tagmem-vmm: queue {} notification descriptor failed", q.queue);
-            let _ = ops.remove(events);
-            return;
-        }
-        // Non-blocking: a spurious wake-up reads nothing, and the queue is served anyway.
-        let _ = q.event.read();
-        lock(&self.shared.transport).notify_queue(q.queue);
-        self.shared.pump();
-        self.shared.notify_activity();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        for q in &self.events {
-            if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
-                eprintln!(
-                    "tagmem-vmm: registering queue {} notifications failed: {e}",
-                    q.queue
-                );
-            }
-        }
-    }
-}
-
 /// The event loop thread and how to reach it.
 struct EventLoop {
     endpoint: RemoteEndpoint<Subscriber>,
@@ -601,19 +565,10 @@ pub struct ExtraDevice {
     pub device: crate::bus::SharedBusDevice,
 }
 
-/// The parts of a Linux guest's machine the runtime keeps.
-pub(crate) struct LinuxParts {
-    serial: Arc<Mutex<Serial>>,
-    queue_events: Vec<QueueEvent>,
-}
+mod base;
+mod linux;
 
-/// The device's current `requested_size`, read from its configuration space as the driver sees it.
-fn requested_size(d: &TaggedDevice) -> u64 {
-    let mut b = [0u8; 8];
-    let off = std::mem::offset_of!(tagmem_wire::VirtioMemConfig, requested_size);
-    tagmem_device::VirtioDevice::read_config(d, off as u64, &mut b);
-    u64::from_le_bytes(b)
-}
+pub(crate) use linux::LinuxParts;
 
 /// Why the vCPU thread ended when the guest reset the machine (e.g. Linux `reboot`).
 pub const RESET_REASON: &str = "the guest reset the machine";
@@ -640,43 +595,7 @@ impl Vmm {
         hotplug::plan(&mut config.device, config.hotplug_size, requested)?;
         let parts = match config.guest.clone() {
             GuestKind::TestGuest => Self::test_guest_parts(&config)?,
-            GuestKind::Linux(boot) => {
-                let sink = match &config.serial {
-                    SerialConfig::Tty => SerialOutput::Stdout,
-                    SerialConfig::Null => SerialOutput::Null,
-                    SerialConfig::File(p) => {
-                        SerialOutput::File(std::fs::File::create(p).map_err(|source| {
-                            VmmError::SerialFile {
-                                path: p.display().to_string(),
-                                source,
-                            }
-                        })?)
-                    }
-                };
-                let clock = Arc::new(GuestClock::new(config.clock.clone()));
-                let m = machine::build(
-                    config.vm.clone(),
-                    &boot,
-                    config.device.clone(),
-                    |vm| Box::new(vm.mapper()),
-                    clock.clone(),
-                    sink,
-                )?;
-                let control_done = Arc::new(Condvar::new());
-                Parts {
-                    vm: m.vm,
-                    clock,
-                    vcpu: m.vcpu,
-                    transport: m.transport,
-                    backings: BTreeMap::new(),
-                    control: TestControl::new(control_done.clone()),
-                    control_done,
-                    linux: Some(LinuxParts {
-                        serial: m.serial,
-                        queue_events: m.queue_events,
-                    }),
-                }
-            }
+            GuestKind::Linux(boot) => linux::parts(&config, &boot)?,
         };
         let mut parts = parts;
         if let Some(src) = config.device.region_source {
@@ -791,10 +710,7 @@ impl Vmm {
             vm,
         };
         if let Some(l) = linux {
-            vmm.add_subscriber(Arc::new(Mutex::new(QueueNotifySubscriber {
-                events: l.queue_events,
-                shared,
-            })))?;
+            vmm.add_subscriber(linux::queue_notify_subscriber(l.queue_events, shared))?;
         }
         vmm.start_vcpu()?;
         Ok(vmm)
@@ -803,69 +719,6 @@ impl Vmm {
     /// Whether the guest is the bundled test guest (which takes test commands).
     pub fn is_test_guest(&self) -> bool {
         self.config.guest == GuestKind::TestGuest
-    }
-
-    /// Types `bytes` into a Linux guest's serial console; `false` for the test guest, which has
-    /// no serial input.
-    pub fn serial_input(&self, bytes: &[u8]) -> bool {
-        match &self.serial {
-            Some(s) => {
-                s.push(bytes);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A handle for typing into a Linux guest's serial console (e.g. from a stdin thread).
-    pub fn serial_handle(&self) -> Option<SerialInput> {
-        self.serial.clone()
-    }
-
-    /// The base virtio-mem region: sizes, what is requested and what the guest plugged.
-    pub fn base_memory(&self) -> BaseMemory {
-        self.shared.device(|d| {
-            let c = d.config();
-            BaseMemory {
-                boot_size: self.config.vm.boot_ram_size,
-                region_addr: c.region_addr,
-                // 0 when the device's region is only the never-plugged block a tagged-only
-                // device carries: nothing to resize.
-                hotplug_size: if self.config.hotplug_size == 0 {
-                    0
-                } else {
-                    c.region_size
-                },
-                block_size: c.block_size,
-                requested_size: requested_size(d),
-                plugged_size: d.plugged_size(),
-            }
-        })
-    }
-
-    /// Asks the guest to have `requested` bytes of the base region plugged (a config-change
-    /// interrupt tells its driver).
-    pub fn set_requested_size(&self, requested: u64) -> Result<(), VmmError> {
-        if self.config.hotplug_size == 0 {
-            return Err(VmmError::Resize(
-                "the VM has no hotplug memory (start it with --memory hotplug_size=...)".into(),
-            ));
-        }
-        self.shared
-            .device(|d| d.set_requested_size(requested))
-            .map_err(|e| VmmError::Resize(e.to_string()))?;
-        self.shared.ring();
-        Ok(())
-    }
-
-    /// Resizes the guest's RAM to `desired_ram` bytes in total (boot RAM plus plugged base
-    /// region), as Cloud Hypervisor's `vm.resize` counts it.
-    pub fn resize_ram(&self, desired_ram: u64) -> Result<(), VmmError> {
-        let requested = self
-            .base_memory()
-            .requested_for(desired_ram)
-            .map_err(VmmError::Resize)?;
-        self.set_requested_size(requested)
     }
 
     /// Waits up to `timeout` until `done` holds for the device (checked whenever the event loop
