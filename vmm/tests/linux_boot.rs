@@ -139,3 +139,36 @@ fn extra_devices_join_the_buses_and_may_not_overlap_the_machines_own() {
         .unwrap_err();
     assert!(e.to_string().contains("overlaps"), "{e}");
 }
+
+#[test]
+fn a_running_linux_guest_refuses_test_commands_and_snapshots_instead_of_hanging() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut kernel = tempfile::NamedTempFile::new().unwrap();
+    kernel
+        .write_all(&mini_elf::build(0x100_0000, mini_elf::PRINT_CMDLINE_AND_HALT))
+        .unwrap();
+    let mut config = VmmConfig {
+        guest: GuestKind::Linux(LinuxBoot {
+            cmdline: "up".into(),
+            ..LinuxBoot::new(kernel.path())
+        }),
+        ..VmmConfig::default()
+    };
+    config.vm.boot_ram_size = 128 * MIB;
+    let vmm = Vmm::new(config).expect("start the VMM");
+    let console = vmm.vm().console().clone();
+    assert!(console
+        .wait_line(0, HANG_GUARD, |l| l.starts_with("up "))
+        .is_some());
+    // The vCPU sits in `hlt` inside KVM (in-kernel irqchip): it never parks for a snapshot.
+    assert!(matches!(vmm.snapshot(), Err(tagmem_vmm::VmmError::NotTestGuest)));
+    assert!(matches!(
+        vmm.guest_view(),
+        Err(tagmem_vmm::VmmError::NotTestGuest)
+    ));
+    assert_eq!(vmm.guest_exited(), None, "the guest still runs");
+    vmm.shutdown();
+    assert_eq!(vmm.wait_exit(Some(HANG_GUARD)).as_deref(), Some("stopped"));
+}
