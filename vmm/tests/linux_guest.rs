@@ -20,8 +20,9 @@
 //! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
 //! (default: the `cmdline` file next to the kernel, else the VMM's default command line, with the
 //! test kernel's emulator workarounds on a `kvm_pvm` host).
-//! Without KVM or a kernel the test skips, saying why; with `TAGMEM_REQUIRE_KVM=1` (CI, which
-//! builds the kernel first) it fails.
+//! Without KVM or a kernel the test skips, saying why; `TAGMEM_REQUIRE_KVM=1` makes a missing KVM
+//! and `TAGMEM_REQUIRE_GUEST_KERNEL=1` (CI, once it has built the kernel) a missing kernel a
+//! failure instead.
 //! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
 //! here depends on how fast the guest runs.
 
@@ -29,11 +30,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tagmem_test_support::{available_or_skip, kvm_or_skip, REQUIRE_KVM};
+use tagmem_test_support::{available_or_skip, kvm_or_skip};
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::{SerialConfig, RESET_REASON};
 use tagmem_vmm::{Vmm, VmmConfig};
 
+/// `1`: a missing guest kernel (or initramfs builder) fails the test instead of skipping it.
+const REQUIRE_GUEST_KERNEL: &str = "TAGMEM_REQUIRE_GUEST_KERNEL";
 const MIB: u64 = 1 << 20;
 /// Boot RAM of the guest.
 const BOOT_RAM: u64 = 256 * MIB;
@@ -237,10 +240,10 @@ fn linux_virtio_mem_driver_plugs_unplugs_and_survives_a_reset() {
     if !kvm_or_skip() {
         return;
     }
-    // A kernel is required wherever KVM is (CI builds it first).
+    // CI builds the kernel first and then requires it.
     let inputs = guest_inputs();
     if !available_or_skip(
-        REQUIRE_KVM,
+        REQUIRE_GUEST_KERNEL,
         "a guest kernel and initramfs",
         inputs.as_ref().err().cloned(),
     ) {
