@@ -12,27 +12,49 @@ pub(crate) struct BlockRange {
     pub count: usize,
 }
 
-/// Plugged state of every block of the region.
+/// Most blocks a base region may have: a 2 MiB bitmap (32 TiB of 2 MiB blocks). Every whole-region
+/// operation walks the bitmap a word at a time, so its cost is bounded by this too.
+pub const MAX_BLOCKS: u64 = 1 << 24;
+
+const WORD_BITS: usize = u64::BITS as usize;
+
+/// Plugged state of every block of the region: one bit per block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Blocks {
     pub block_size: u64,
     pub addr: u64,
     pub region_size: u64,
     pub requested_size: u64,
-    plugged: Vec<bool>,
+    /// Bit `i % 64` of word `i / 64` is block `i`; bits past the last block stay clear.
+    plugged: Vec<u64>,
+    blocks: usize,
     plugged_blocks: usize,
 }
 
+/// The bits of word `w` that fall in `[first, end)`.
+fn word_mask(w: usize, first: usize, end: usize) -> u64 {
+    let lo = (w * WORD_BITS).max(first) - w * WORD_BITS;
+    let hi = ((w + 1) * WORD_BITS).min(end) - w * WORD_BITS;
+    let upper = if hi == WORD_BITS {
+        u64::MAX
+    } else {
+        (1u64 << hi) - 1
+    };
+    upper & !((1u64 << lo) - 1)
+}
+
 impl Blocks {
-    /// A region of `region_size / block_size` unplugged blocks.
+    /// A region of `region_size / block_size` unplugged blocks (at most [`MAX_BLOCKS`]; the
+    /// configuration is validated before a region is built).
     pub fn new(addr: u64, region_size: u64, block_size: u64, requested_size: u64) -> Self {
-        let n = usize::try_from(region_size / block_size).unwrap_or(0);
+        let n = usize::try_from((region_size / block_size.max(1)).min(MAX_BLOCKS)).unwrap_or(0);
         Blocks {
             block_size,
             addr,
             region_size,
             requested_size,
-            plugged: vec![false; n],
+            plugged: vec![0; n.div_ceil(WORD_BITS)],
+            blocks: n,
             plugged_blocks: 0,
         }
     }
@@ -44,12 +66,23 @@ impl Blocks {
 
     /// Number of blocks in the region.
     pub fn len(&self) -> usize {
-        self.plugged.len()
+        self.blocks
     }
 
-    /// Whether block `i` is plugged.
-    pub fn is_plugged(&self, i: usize) -> bool {
-        self.plugged.get(i).copied().unwrap_or(false)
+    /// Number of plugged blocks in `r` (which lies inside the region), a word at a time.
+    fn plugged_in(&self, r: BlockRange) -> usize {
+        let end = r.first + r.count;
+        if r.count == 0 {
+            return 0;
+        }
+        (r.first / WORD_BITS..=(end - 1) / WORD_BITS)
+            .map(|w| (self.plugged[w] & word_mask(w, r.first, end)).count_ones() as usize)
+            .sum()
+    }
+
+    /// Whether any block of `r` is plugged (`r` lies inside the region).
+    pub fn any_plugged(&self, r: BlockRange) -> bool {
+        self.plugged_in(r) > 0
     }
 
     /// Validates a guest-supplied range (§5.15.6.1: aligned, non-empty, inside the usable region).
@@ -65,7 +98,7 @@ impl Blocks {
         }
         let first = usize::try_from(off / self.block_size).ok()?;
         let count = usize::from(nb_blocks);
-        Some(BlockRange { first, count })
+        (first.checked_add(count)? <= self.blocks).then_some(BlockRange { first, count })
     }
 
     /// Guest address of block `i`.
@@ -75,7 +108,7 @@ impl Blocks {
 
     /// PLUG: `Ok` if the range may be plugged, else the response type to send.
     pub fn plan_plug(&self, r: BlockRange) -> Result<(), u16> {
-        if self.plugged[r.first..r.first + r.count].iter().any(|p| *p) {
+        if self.any_plugged(r) {
             return Err(wire::VIRTIO_MEM_RESP_ERROR);
         }
         let after = (self.plugged_blocks + r.count) as u64 * self.block_size;
@@ -87,56 +120,83 @@ impl Blocks {
 
     /// UNPLUG: `Ok` if every block of the range is plugged.
     pub fn plan_unplug(&self, r: BlockRange) -> Result<(), u16> {
-        if self.plugged[r.first..r.first + r.count].iter().all(|p| *p) {
+        if self.plugged_in(r) == r.count {
             Ok(())
         } else {
             Err(wire::VIRTIO_MEM_RESP_ERROR)
         }
     }
 
-    /// Marks a range plugged or unplugged.
+    /// Marks a range (inside the region) plugged or unplugged.
     pub fn set(&mut self, r: BlockRange, plugged: bool) {
-        for p in &mut self.plugged[r.first..r.first + r.count] {
-            if *p != plugged {
-                *p = plugged;
-                if plugged {
-                    self.plugged_blocks += 1;
-                } else {
-                    self.plugged_blocks -= 1;
-                }
+        let end = r.first + r.count;
+        if r.count == 0 {
+            return;
+        }
+        for w in r.first / WORD_BITS..=(end - 1) / WORD_BITS {
+            let mask = word_mask(w, r.first, end);
+            let before = (self.plugged[w] & mask).count_ones() as usize;
+            if plugged {
+                self.plugged[w] |= mask;
+                self.plugged_blocks += mask.count_ones() as usize - before;
+            } else {
+                self.plugged[w] &= !mask;
+                self.plugged_blocks -= before;
             }
         }
     }
 
     /// STATE of a validated range.
     pub fn state(&self, r: BlockRange) -> u16 {
-        let s = &self.plugged[r.first..r.first + r.count];
-        if s.iter().all(|p| *p) {
-            wire::VIRTIO_MEM_STATE_PLUGGED
-        } else if s.iter().any(|p| *p) {
-            wire::VIRTIO_MEM_STATE_MIXED
-        } else {
-            wire::VIRTIO_MEM_STATE_UNPLUGGED
+        match self.plugged_in(r) {
+            0 => wire::VIRTIO_MEM_STATE_UNPLUGGED,
+            n if n == r.count => wire::VIRTIO_MEM_STATE_PLUGGED,
+            _ => wire::VIRTIO_MEM_STATE_MIXED,
         }
     }
 
-    /// Maximal runs of plugged blocks.
+    /// Maximal runs of plugged blocks, found a word at a time (empty and full words are skipped
+    /// whole), so the cost follows the number of words and runs, not of blocks.
     pub fn plugged_runs(&self) -> Vec<BlockRange> {
         let mut runs = Vec::new();
-        let mut i = 0;
-        while i < self.plugged.len() {
-            if self.plugged[i] {
-                let first = i;
-                while i < self.plugged.len() && self.plugged[i] {
-                    i += 1;
-                }
-                runs.push(BlockRange {
-                    first,
-                    count: i - first,
-                });
-            } else {
-                i += 1;
+        let mut start: Option<usize> = None;
+        for (w, &word) in self.plugged.iter().enumerate() {
+            let base = w * WORD_BITS;
+            match (start, word) {
+                (None, 0) | (Some(_), u64::MAX) => continue,
+                _ => {}
             }
+            let mut bit = 0;
+            while bit < WORD_BITS {
+                let rest = word >> bit;
+                match start {
+                    None => {
+                        if rest == 0 {
+                            break;
+                        }
+                        bit += rest.trailing_zeros() as usize;
+                        start = Some(base + bit);
+                    }
+                    Some(first) => {
+                        let ones = (!rest).trailing_zeros() as usize;
+                        if bit + ones >= WORD_BITS {
+                            break;
+                        }
+                        bit += ones;
+                        runs.push(BlockRange {
+                            first,
+                            count: base + bit - first,
+                        });
+                        start = None;
+                    }
+                }
+            }
+        }
+        if let Some(first) = start {
+            runs.push(BlockRange {
+                first,
+                count: self.blocks - first,
+            });
         }
         runs
     }
@@ -181,5 +241,81 @@ mod tests {
         );
         assert_eq!(b.plugged_size(), 2 * BS);
         assert_eq!(b.plugged_runs(), vec![r]);
+    }
+
+    /// The runs a plain per-block walk finds: the reference the word-wise code is checked against.
+    fn runs_by_block(b: &Blocks) -> Vec<BlockRange> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let one = BlockRange { first: i, count: 1 };
+            if b.any_plugged(one) {
+                let first = i;
+                while i < b.len() && b.any_plugged(BlockRange { first: i, count: 1 }) {
+                    i += 1;
+                }
+                runs.push(BlockRange {
+                    first,
+                    count: i - first,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn runs_and_counts_across_word_boundaries() {
+        let mut b = Blocks::new(0, 300 * BS, BS, 300 * BS);
+        let ranges = [(0, 1), (3, 61), (64, 64), (129, 1), (190, 70), (299, 1)];
+        for (first, count) in ranges {
+            b.set(BlockRange { first, count }, true);
+        }
+        // (3, 61) and (64, 64) touch: one run 3..128.
+        let expect = vec![
+            BlockRange { first: 0, count: 1 },
+            BlockRange { first: 3, count: 125 },
+            BlockRange { first: 129, count: 1 },
+            BlockRange {
+                first: 190,
+                count: 70,
+            },
+            BlockRange { first: 299, count: 1 },
+        ];
+        assert_eq!(b.plugged_runs(), expect);
+        assert_eq!(runs_by_block(&b), expect);
+        assert_eq!(b.plugged_size(), (1 + 125 + 1 + 70 + 1) * BS);
+        b.set(
+            BlockRange {
+                first: 100,
+                count: 100,
+            },
+            false,
+        );
+        assert_eq!(b.plugged_size(), (1 + 97 + 60 + 1) * BS);
+        assert_eq!(b.plugged_runs(), runs_by_block(&b));
+        let r = BlockRange { first: 60, count: 10 };
+        assert_eq!(b.state(r), wire::VIRTIO_MEM_STATE_PLUGGED);
+        b.set(BlockRange { first: 65, count: 1 }, false);
+        assert_eq!(b.state(r), wire::VIRTIO_MEM_STATE_MIXED);
+        assert_eq!(b.plan_unplug(r), Err(wire::VIRTIO_MEM_RESP_ERROR));
+    }
+
+    #[test]
+    fn a_region_of_max_blocks_costs_a_bitmap_of_bits() {
+        // Fuzz finding: a region of 2^32 - 1 blocks of 4 KiB allocated a 4 GiB `Vec<bool>` and
+        // every snapshot or UNPLUG_ALL walked each block. The largest region allowed now keeps a
+        // 2 MiB bitmap and its runs are found without visiting each block.
+        let mut b = Blocks::new(0, MAX_BLOCKS * 4096, 4096, 0);
+        assert_eq!(b.plugged.len() * 8, 2 << 20);
+        let last = BlockRange {
+            first: b.len() - 3,
+            count: 3,
+        };
+        b.set(BlockRange { first: 5, count: 1 }, true);
+        b.set(last, true);
+        assert_eq!(b.plugged_runs(), vec![BlockRange { first: 5, count: 1 }, last]);
+        assert_eq!(b.check(0, 1), Some(BlockRange { first: 0, count: 1 }));
     }
 }

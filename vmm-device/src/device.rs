@@ -114,8 +114,15 @@ impl DeviceConfig {
             .region_addr
             .checked_add(self.region_size)
             .ok_or_else(|| invalid("region_size", "region end overflows"))?;
-        if self.region_size / bs > u64::from(u32::MAX) {
-            return Err(invalid("region_size", "more than 2^32 blocks"));
+        if self.region_size / bs > crate::blocks::MAX_BLOCKS {
+            return Err(invalid(
+                "region_size",
+                format!(
+                    "{} blocks; at most {} (2^24) are supported",
+                    self.region_size / bs,
+                    crate::blocks::MAX_BLOCKS
+                ),
+            ));
         }
         if self.requested_size > self.region_size || self.requested_size % bs != 0 {
             return Err(invalid(

@@ -224,7 +224,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 first: usize::try_from(first).map_err(|_| bad(&field, "run outside the region"))?,
                 count: usize::try_from(count).map_err(|_| bad(&field, "run outside the region"))?,
             };
-            if (r.first..r.first + r.count).any(|i| blocks.is_plugged(i)) {
+            if blocks.any_plugged(r) {
                 return Err(bad(&field, "overlaps an earlier run"));
             }
             blocks.set(r, true);

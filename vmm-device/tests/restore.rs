@@ -209,3 +209,26 @@ fn release_purges_queued_events_and_the_snapshot_restores() {
         "no METADATA, RELEASE_REQUEST or POISON after the release: {evs:?}"
     );
 }
+
+#[test]
+fn restore_refuses_a_base_region_of_more_blocks_than_a_bitmap_bound() {
+    // Fuzz finding (restore_json): 2^32 - 1 blocks of 4 KiB made restore allocate 4 GiB and walk
+    // every block. The region is refused by the construction-time validation restore re-runs.
+    let h = live();
+    let mut s = h.dev.snapshot();
+    s.config.block_size = 4096;
+    s.config.region_addr = 1 << 30;
+    s.config.region_size = ((1u64 << 32) - 1) * 4096;
+    s.config.region_source = Some(SourceRef {
+        id: SourceId(0),
+        offset: 0,
+    });
+    s.config.requested_size = 0;
+    s.requested_size = 0;
+    s.plugged.clear();
+    match restore(&h, &s) {
+        Err(DeviceError::InvalidConfig { field, .. }) => assert_eq!(field, "region_size"),
+        Err(e) => panic!("refused with {e}, not for its region size"),
+        Ok(_) => panic!("accepted"),
+    }
+}
