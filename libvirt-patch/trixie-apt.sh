@@ -63,10 +63,13 @@ trixie_deb() {
     mkdir -p "$dir" "$dest"
     (
         flock 9
-        [ -f "$dir/sources.list" ] && grep -q '^deb ' "$dir/sources.list" || trixie_apt_setup "$dir" deb
-        local try
+        if ! grep -qs '^deb ' "$dir/sources.list"; then
+            trixie_apt_setup "$dir" deb
+        fi
+        local try lists
         for try in 1 2; do
-            if [ "$try" = 2 ] || ! ls "$dir/state/lists/" 2>/dev/null | grep -q '_Packages'; then
+            lists=("$dir"/state/lists/*_Packages*)
+            if [ "$try" = 2 ] || [ ! -e "${lists[0]}" ]; then
                 trixie_apt "$dir" update > "$log" 2>&1 || { cat "$log" >&2; return 1; }
             fi
             deb=$(trixie_apt "$dir" download --print-uris "$pkg" 2>>"$log" | awk 'END { print $2 }')
