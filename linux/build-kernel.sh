@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the guest kernel of tagmem's Linux tests: Debian trixie's linux-source-6.12, the patch
 # series under patches/ (in directory order), the files under tree/ (if any) copied over the
-# source, and a config made from `make tinyconfig` plus config/guest.config.
+# source, and a config made from `make tinyconfig` plus the fragments config/*.config (in name
+# order: guest.config first, then what a patch series needs, e.g. tagged.config).
 #
 #   build-kernel.sh              -> prints the result directory (see below) on stdout
 #   build-kernel.sh --print-key  -> prints the cache key only (fetches the package if needed)
@@ -21,9 +22,11 @@ cache="${TAGMEM_CACHE:-/var/cache/tagmem}"
 apt_dir="$cache/apt"
 package=linux-source-6.12
 jobs="${TAGMEM_JOBS:-$(nproc)}"
-fragment="$here/config/guest.config"
+# Config fragments, guest.config first, then the others in name order
+mapfile -t fragments < <(echo "$here/config/guest.config";
+    find "$here/config" -maxdepth 1 -name '*.config' ! -name guest.config | LC_ALL=C sort)
 # Bump when the steps below change what they produce from the same inputs.
-recipe=1
+recipe=2
 
 # shellcheck source=../libvirt-patch/trixie-apt.sh
 . "$here/../libvirt-patch/trixie-apt.sh"
@@ -103,7 +106,7 @@ key=$(
         echo "recipe $recipe"
         echo "package $package $version"
         echo "compiler $(gcc --version | head -n1)"
-        echo "config"; cat "$fragment"
+        for f in "${fragments[@]}"; do echo "config ${f#"$here"/}"; cat "$f"; done
         for p in ${patches[@]+"${patches[@]}"}; do echo "patch ${p#"$here"/}"; cat "$p"; done
         if [ -d "$here/tree" ]; then
             (cd "$here/tree" && find . -type f | LC_ALL=C sort | while read -r f; do
@@ -165,11 +168,12 @@ kmake() { make -C "$src" O="$obj" ARCH=x86_64 "$@"; }
 step "configure"
 mkdir -p "$obj"
 kmake tinyconfig > "$dest/config.log" 2>&1 || { cat "$dest/config.log" >&2; die "tinyconfig failed"; }
-"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment" >> "$dest/config.log" 2>&1 \
+"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "${fragments[@]}" >> "$dest/config.log" 2>&1 \
     || { cat "$dest/config.log" >&2; die "merge_config.sh failed"; }
 kmake olddefconfig >> "$dest/config.log" 2>&1 || { cat "$dest/config.log" >&2; die "olddefconfig failed"; }
-# Every line of the fragment must hold in the final config (Kconfig drops what it cannot set)
+# Every line of every fragment must hold in the final config (Kconfig drops what it cannot set)
 bad=0
+for fragment in "${fragments[@]}"; do
 while IFS= read -r line; do
     if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
         name=${BASH_REMATCH[1]} want=${BASH_REMATCH[2]}
@@ -186,7 +190,8 @@ while IFS= read -r line; do
         fi
     fi
 done < "$fragment"
-[ "$bad" = 0 ] || die "config/guest.config does not hold in the final .config (see above; missing dependencies?)"
+done
+[ "$bad" = 0 ] || die "a config fragment does not hold in the final .config (see above; missing dependencies?)"
 log "   $(grep -c '=y$' "$obj/.config") options =y"
 
 step "make -j$jobs bzImage modules"
