@@ -1,14 +1,15 @@
 //! Guest-physical memory layout of the reference VMM and the identity page tables it builds.
 //!
-//! A flat image (the bundled test guest):
+//! A flat image ([`crate::boot::FlatImage`]):
 //!
 //! ```text
 //! 0x0000_0500  GDT (null, 64-bit code 0x08, data 0x10, TSS 0x18)
 //! 0x0000_8000  bottom of the boot stack, which grows down from BOOT_STACK_TOP
-//! 0x0020_0000  guest image load address (the test guest links here)
+//! 0x0020_0000  lowest load address of the image (it must end below the page tables)
 //! 0x0100_0000  page tables: PML4, PDPTs, then one PD per GiB identity-mapped (2 MiB pages)
 //! ...          rest of boot RAM (memslot 0)
-//! 0xd000_0000  MMIO window: test control at its base, virtio-mmio devices above it
+//! 0xd000_0000  MMIO window: room for the caller's devices at its base, virtio-mmio devices
+//!              from VIRTIO_MMIO_BASE on
 //! 4 GiB ...    free for the device's tagged extents, up to the identity-map limit
 //! ```
 //!
@@ -61,7 +62,7 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// First virtio-mmio device window (the test-control device sits at [`MMIO_BASE`]).
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_BASE + 0x10_0000;
 
-/// First port of COM1 (the serial console; the test guest writes its console there too).
+/// First port of COM1 (the serial console; a flat image writes its console there too).
 pub const COM1_PORT: u16 = 0x3f8;
 /// Ports a 16550 UART decodes.
 pub const UART_PORTS: u16 = 8;

@@ -1,21 +1,22 @@
 //! [`Vmm`]: the reference VMM at run time.
 //!
-//! A [`Vm`] running the bundled test guest on a vCPU thread of its own, the tagged virtio-mem
-//! device behind a virtio-mmio transport, the memslot mapper, and an event loop
+//! A [`Vm`] running the guest [`VmmConfig::guest`] names on a vCPU thread of its own, the tagged
+//! virtio-mem device behind a virtio-mmio transport, the memslot mapper, and an event loop
 //! (`event-manager`) that drives the device's offer timers. Every host-side method takes `&self`
 //! and locks what it needs, so a control API can hold an `Arc<Vmm>`.
 //!
-//! The guest idles in `hlt`. Host operations that give the guest something to do (a command, an
-//! offer, a release request, a timer that abandoned a chain) ring a doorbell that runs the vCPU
-//! again; the guest then polls its driver and takes the next command. Commands are queued in the
-//! test-control device and finished when the guest writes their sequence number back, so
-//! [`Vmm::guest_command`] returns the guest's own result line.
+//! A flat image ([`GuestKind::Flat`], e.g. a bare-metal test program) runs without the in-kernel
+//! irqchip: when it halts, the vCPU thread hands out the device's host events and waits for the
+//! doorbell ([`Vmm::ring_doorbell`]). Host operations that give the guest something to do (an
+//! offer, a release request, a timer that abandoned a chain) ring it, and so does whoever drives
+//! a device added with [`Vmm::with_devices`] (e.g. a command queue the guest polls). Such a guest
+//! can be parked at a `hlt` ([`Vmm::pause`], [`Vmm::snapshot`]).
 //!
 //! A Linux guest ([`GuestKind::Linux`]) runs on the in-kernel irqchip instead: its vCPU never
 //! exits on `hlt`, the device interrupts through an irqfd, and queue notifications arrive as
-//! ioeventfds the event loop serves. The doorbell is then a no-op; test-guest commands are
-//! refused ([`VmmError::NotTestGuest`]). The base virtio-mem region ([`crate::hotplug`]) and the
-//! tagged device behave the same for both guests.
+//! ioeventfds the event loop serves. The doorbell is then a no-op, and snapshots are refused
+//! ([`VmmError::NotParkable`]). The base virtio-mem region ([`crate::hotplug`]) and the tagged
+//! device behave the same for both guests.
 //!
 //! Lock order: device transport, then mapper. The vCPU thread never holds one while taking the
 //! other.
@@ -23,14 +24,12 @@
 use crate::backing::Backing;
 use crate::boot::machine::MachineError;
 use crate::boot::GuestKind;
-use crate::bus::Console;
+use crate::bus::{Console, SharedBusDevice};
 use crate::hotplug::{self, HotplugError};
 use crate::layout;
 use crate::legacy::SerialInput;
 use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
-use crate::mmio::{MmioInterrupt, MmioRestoreError, MmioTransport};
-use crate::test_guest::protocol::{CONTROL_BASE, CONTROL_SIZE};
-use crate::test_guest::{image, Command, CommandError, ExtentDetail, GuestView, Policy, Report, TestControl};
+use crate::mmio::{MmioRestoreError, MmioTransport};
 use crate::vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuKicker};
 use crate::vm::{BootMemory, Vm, VmConfig, VmError};
 use event_manager::{
@@ -46,7 +45,6 @@ use tagmem_device::{
     MonotonicClock, OfferReceipt, Perf, SourceId, SourceRef, TaggedMemDevice, TaggedWindow, Target,
     MINIMAL_BASE_REGION_SIZE,
 };
-use uuid::Uuid;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -79,9 +77,6 @@ pub enum VmmError {
     /// A host backing (the base region's memfd) could not be created.
     #[error(transparent)]
     Backing(#[from] crate::backing::BackingError),
-    /// A guest command cannot be encoded.
-    #[error(transparent)]
-    Command(#[from] CommandError),
     /// A snapshot's transport state was rejected.
     #[error(transparent)]
     MmioRestore(#[from] MmioRestoreError),
@@ -108,24 +103,6 @@ pub enum VmmError {
         /// Console output so far.
         console: String,
     },
-    /// The guest did not finish a command in time.
-    #[error("the guest did not finish {cmd:?} within {timeout:?}; console:\n{console}")]
-    CommandTimeout {
-        /// The command.
-        cmd: Command,
-        /// The time allowed.
-        timeout: Duration,
-        /// Console output so far.
-        console: String,
-    },
-    /// The guest finished a command without a result line.
-    #[error("the guest printed no result for {cmd:?}; console:\n{console}")]
-    NoReport {
-        /// The command.
-        cmd: Command,
-        /// Console output so far.
-        console: String,
-    },
     /// The Linux machine could not be assembled (kernel, irqchip, devices).
     #[error(transparent)]
     Machine(#[from] MachineError),
@@ -135,9 +112,15 @@ pub enum VmmError {
     /// A base-region resize was refused.
     #[error("{0}")]
     Resize(String),
-    /// A test-guest command was sent to a guest that is not the test guest.
-    #[error("the guest is not the bundled test guest; it takes no test commands")]
-    NotTestGuest,
+    /// The configuration names nothing to boot ([`GuestKind::Unset`]).
+    #[error("no guest to boot: the configuration names neither a kernel nor a flat image")]
+    NoGuest,
+    /// The vCPU cannot be parked at a `hlt` exit: the guest runs on the in-kernel irqchip, whose
+    /// `hlt` stays inside KVM.
+    #[error(
+        "the guest runs on the in-kernel irqchip: its vCPU never halts to the VMM, so it cannot be parked"
+    )]
+    NotParkable,
     /// The serial output file could not be opened.
     #[error("--serial {path}: {source}")]
     SerialFile {
@@ -146,14 +129,6 @@ pub enum VmmError {
         /// The OS error.
         #[source]
         source: std::io::Error,
-    },
-    /// The guest answered a command with something unexpected (e.g. a `FAULT`).
-    #[error("the guest answered {cmd:?} with {report:?}")]
-    UnexpectedReport {
-        /// The command.
-        cmd: Command,
-        /// Its result.
-        report: Report,
     },
 }
 
@@ -186,7 +161,8 @@ pub enum SerialConfig {
 /// Configuration of a [`Vmm`].
 #[derive(Clone)]
 pub struct VmmConfig {
-    /// What to boot: the test guest (default) or a Linux kernel.
+    /// What to boot: a flat image or a Linux kernel (nothing by default: [`Vmm::new`] refuses
+    /// [`GuestKind::Unset`]).
     pub guest: GuestKind,
     /// A Linux guest's serial console.
     pub serial: SerialConfig,
@@ -202,8 +178,6 @@ pub struct VmmConfig {
     pub clock: Arc<dyn Clock>,
     /// How often the event loop lets the device expire offers.
     pub timer_period: Duration,
-    /// How long [`Vmm::guest_command`] waits for the guest before giving up.
-    pub command_timeout: Duration,
 }
 
 impl std::fmt::Debug for VmmConfig {
@@ -215,7 +189,6 @@ impl std::fmt::Debug for VmmConfig {
             .field("vm", &self.vm)
             .field("device", &self.device)
             .field("timer_period", &self.timer_period)
-            .field("command_timeout", &self.command_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -240,14 +213,13 @@ impl Default for VmmConfig {
             ..DeviceConfig::default()
         };
         VmmConfig {
-            guest: GuestKind::TestGuest,
+            guest: GuestKind::Unset,
             serial: SerialConfig::Null,
             hotplug_size: 0,
             vm,
             device,
             clock: Arc::new(MonotonicClock::default()),
             timer_period: Duration::from_millis(50),
-            command_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -289,8 +261,6 @@ pub(crate) struct Shared {
     extent_sources: Mutex<HashMap<u64, SourceId>>,
     events: Mutex<Vec<HostEvent>>,
     events_added: Condvar,
-    pub(crate) control: Arc<Mutex<TestControl>>,
-    control_done: Arc<Condvar>,
     run: Mutex<RunControl>,
     run_changed: Condvar,
     stop_flag: AtomicBool,
@@ -299,7 +269,12 @@ pub(crate) struct Shared {
     /// for the driver (e.g. [`Vmm::wait_device_ready`]) re-check.
     activity: Condvar,
     activity_lock: Mutex<()>,
+    /// What [`Vmm::on_exit`] asked to run when the vCPU thread ends; `None` once it has run them.
+    exit_hooks: Mutex<Option<Vec<ExitHook>>>,
 }
+
+/// A function [`Vmm::on_exit`] runs with the reason the vCPU thread ended.
+type ExitHook = Box<dyn FnOnce(&str) + Send>;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -503,14 +478,13 @@ struct VcpuThread {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The reference VMM: a running VM with the test guest and the tagged device.
+/// The reference VMM: a running VM with its guest and the tagged device.
 pub struct Vmm {
     shared: Arc<Shared>,
     serial: Option<SerialInput>,
     vcpu: Arc<Mutex<Vcpu>>,
     vcpu_thread: Mutex<Option<VcpuThread>>,
     event_loop: Mutex<Option<EventLoop>>,
-    command_lock: Mutex<()>,
     config: VmmConfig,
     // Declared last: dropped after the threads and the vCPU that use it.
     vm: Vm,
@@ -532,8 +506,6 @@ pub(crate) struct Parts {
     pub(crate) vcpu: Vcpu,
     pub(crate) transport: DeviceTransport,
     pub(crate) backings: BTreeMap<SourceId, BackingEntry>,
-    pub(crate) control: TestControl,
-    pub(crate) control_done: Arc<Condvar>,
     /// What only a Linux guest has.
     pub(crate) linux: Option<LinuxParts>,
 }
@@ -557,15 +529,35 @@ pub enum DeviceWindow {
     },
 }
 
-/// A device the caller adds to the VM (e.g. a test device, a debug port).
+/// A device the caller adds to the VM (e.g. a command queue of a test program, a debug port).
+/// A flat image's free MMIO room is `[layout::MMIO_BASE, layout::VIRTIO_MMIO_BASE)`; the
+/// virtio-mmio devices sit above it.
 pub struct ExtraDevice {
     /// Where it answers.
     pub window: DeviceWindow,
     /// The device.
-    pub device: crate::bus::SharedBusDevice,
+    pub device: SharedBusDevice,
+}
+
+impl ExtraDevice {
+    /// A device answering guest-physical `[base, base + len)` on the MMIO bus.
+    pub fn mmio(base: u64, len: u64, device: SharedBusDevice) -> Self {
+        ExtraDevice {
+            window: DeviceWindow::Mmio { base, len },
+            device,
+        }
+    }
+
+    pub(crate) fn attach(self, vm: &Vm) -> Result<(), VmError> {
+        match self.window {
+            DeviceWindow::Mmio { base, len } => vm.attach_mmio(base, len, self.device),
+            DeviceWindow::Pio { base, len } => vm.attach_pio(base, len, self.device),
+        }
+    }
 }
 
 mod base;
+mod flat;
 mod linux;
 
 pub(crate) use linux::LinuxParts;
@@ -581,9 +573,9 @@ const VCPU_THREAD_LIMIT: RunLimit = RunLimit {
 
 impl Vmm {
     /// Boots a VM with the guest `config.guest` names and the tagged device, and starts the vCPU
-    /// thread and the event loop. The test guest initialises its driver on its own; the device is
-    /// ready for offers once [`Vmm::wait_ready`] returns. A Linux guest boots on its own too; its
-    /// console is [`Vmm::console_lines`] (and `config.serial`).
+    /// thread and the event loop. The device is ready for offers once the guest's driver
+    /// activated it ([`Vmm::wait_device_ready`]). The guest's console is [`Vmm::console`] (and,
+    /// for a Linux guest, `config.serial`).
     pub fn new(config: VmmConfig) -> Result<Vmm, VmmError> {
         Self::with_devices(config, Vec::new())
     }
@@ -593,11 +585,11 @@ impl Vmm {
     pub fn with_devices(mut config: VmmConfig, devices: Vec<ExtraDevice>) -> Result<Vmm, VmmError> {
         let requested = config.device.requested_size;
         hotplug::plan(&mut config.device, config.hotplug_size, requested)?;
-        let parts = match config.guest.clone() {
-            GuestKind::TestGuest => Self::test_guest_parts(&config)?,
-            GuestKind::Linux(boot) => linux::parts(&config, &boot)?,
+        let mut parts = match &config.guest {
+            GuestKind::Unset => return Err(VmmError::NoGuest),
+            GuestKind::Flat(image) => flat::parts(&config, image)?,
+            GuestKind::Linux(boot) => linux::parts(&config, boot)?,
         };
-        let mut parts = parts;
         if let Some(src) = config.device.region_source {
             // The base region's backing (the never-plugged block of a tagged-only device, or
             // `hotplug_size`): sparse, so unplugged memory costs nothing.
@@ -616,39 +608,9 @@ impl Vmm {
             );
         }
         for d in devices {
-            match d.window {
-                DeviceWindow::Mmio { base, len } => parts.vm.attach_mmio(base, len, d.device)?,
-                DeviceWindow::Pio { base, len } => parts.vm.attach_pio(base, len, d.device)?,
-            }
+            d.attach(&parts.vm)?;
         }
         Self::assemble(config, parts)
-    }
-
-    fn test_guest_parts(config: &VmmConfig) -> Result<Parts, VmmError> {
-        let mut vm = Vm::new(config.vm.clone())?;
-        vm.load_image(image::LOAD_ADDR, image::BYTES)?;
-        let backings = BTreeMap::new();
-        let irq = Arc::new(MmioInterrupt::new(None));
-        let clock = Arc::new(GuestClock::new(config.clock.clone()));
-        let device = TaggedMemDevice::new(
-            config.device.clone(),
-            Box::new(vm.mapper()),
-            irq.clone(),
-            clock.clone(),
-        )?;
-        let transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
-        let vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
-        let control_done = Arc::new(Condvar::new());
-        Ok(Parts {
-            vm,
-            clock,
-            vcpu,
-            transport,
-            backings,
-            control: TestControl::new(control_done.clone()),
-            control_done,
-            linux: None,
-        })
     }
 
     /// Attaches the devices and starts the threads.
@@ -659,18 +621,12 @@ impl Vmm {
             vcpu,
             transport,
             backings,
-            control,
-            control_done,
             linux,
         } = parts;
         let transport = Arc::new(Mutex::new(transport));
-        let control = Arc::new(Mutex::new(control));
         let mmio_base = layout::virtio_mmio_addr(0).ok_or(VmError::Layout(
             layout::LayoutError::IdentityLimit(layout::VIRTIO_MMIO_BASE),
         ))?;
-        if linux.is_none() {
-            vm.attach_mmio(CONTROL_BASE, CONTROL_SIZE, control.clone())?;
-        }
         vm.attach_mmio(mmio_base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         // A restored device already holds extents: know their backings from the start.
         let extent_sources = lock(&transport)
@@ -687,14 +643,13 @@ impl Vmm {
             extent_sources: Mutex::new(extent_sources),
             events: Mutex::new(Vec::new()),
             events_added: Condvar::new(),
-            control,
-            control_done,
             run: Mutex::new(RunControl::default()),
             run_changed: Condvar::new(),
             stop_flag: AtomicBool::new(false),
             console: vm.console().clone(),
             activity: Condvar::new(),
             activity_lock: Mutex::new(()),
+            exit_hooks: Mutex::new(Some(Vec::new())),
         });
         let vcpu = Arc::new(Mutex::new(vcpu));
         let event_loop = EventLoop::start(shared.clone(), config.timer_period)?;
@@ -705,7 +660,6 @@ impl Vmm {
             vcpu,
             vcpu_thread: Mutex::new(None),
             event_loop: Mutex::new(Some(event_loop)),
-            command_lock: Mutex::new(()),
             config,
             vm,
         };
@@ -716,9 +670,10 @@ impl Vmm {
         Ok(vmm)
     }
 
-    /// Whether the guest is the bundled test guest (which takes test commands).
-    pub fn is_test_guest(&self) -> bool {
-        self.config.guest == GuestKind::TestGuest
+    /// Whether the vCPU halts to the VMM, so it can be parked at a `hlt` exit for a snapshot
+    /// (a flat image); a guest on the in-kernel irqchip does not.
+    pub fn parks_on_hlt(&self) -> bool {
+        !self.vm.has_irqchip()
     }
 
     /// Waits up to `timeout` until `done` holds for the device (checked whenever the event loop
@@ -976,183 +931,44 @@ impl Vmm {
             .ok_or(VmmError::EventLoop(event_manager::Error::ChannelSend))
     }
 
-    /// Runs a guest command and returns its result line, parsed.
-    pub fn guest_command(&self, cmd: Command) -> Result<Report, VmmError> {
-        let lines = self.command_lines(&cmd)?;
-        lines
-            .iter()
-            .filter_map(|l| Report::parse(l))
-            .next_back()
-            .ok_or_else(|| VmmError::NoReport {
-                cmd,
-                console: self.shared.console.contents(),
-            })
-    }
-
-    /// Runs a guest command and returns every console line printed meanwhile.
-    fn command_lines(&self, cmd: &Command) -> Result<Vec<String>, VmmError> {
-        if !self.is_test_guest() {
-            return Err(VmmError::NotTestGuest);
-        }
-        let _serial = lock(&self.command_lock);
-        let before = self.shared.console.line_count();
-        let seq = lock(&self.shared.control).push(cmd)?;
-        self.shared.ring();
-        let deadline = Instant::now() + self.config.command_timeout;
-        let mut control = lock(&self.shared.control);
-        while control.done() != seq {
-            if let Some(reason) = self.shared.exited() {
-                return Err(VmmError::GuestStopped {
-                    reason,
-                    console: self.shared.console.contents(),
-                });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(VmmError::CommandTimeout {
-                    cmd: cmd.clone(),
-                    timeout: self.config.command_timeout,
-                    console: self.shared.console.contents(),
-                });
-            }
-            control = self
-                .shared
-                .control_done
-                .wait_timeout(control, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(control);
-        self.shared.pump();
-        Ok(self.shared.console.lines_from(before))
-    }
-
-    /// Runs `cmd` and checks its result with `ok`; anything else is [`VmmError::UnexpectedReport`].
-    fn expect<T>(&self, cmd: Command, ok: impl FnOnce(&Report) -> Option<T>) -> Result<T, VmmError> {
-        let report = self.guest_command(cmd.clone())?;
-        ok(&report).ok_or(VmmError::UnexpectedReport { cmd, report })
-    }
-
-    /// The guest's view of its dax devices, parsed from its `DEV` lines.
-    pub fn guest_view(&self) -> Result<GuestView, VmmError> {
-        let lines = self.command_lines(&Command::View)?;
-        GuestView::parse(&lines).ok_or_else(|| VmmError::NoReport {
-            cmd: Command::View,
-            console: self.shared.console.contents(),
-        })
-    }
-
-    /// Makes the guest poll its driver until idle; returns the driver log entries produced.
-    pub fn guest_poll(&self) -> Result<u64, VmmError> {
-        self.expect(Command::Poll, |r| match r {
-            Report::Polled { events } => Some(*events),
-            _ => None,
-        })
-    }
-
-    /// Sets the guest driver's offer policy.
-    pub fn set_policy(&self, policy: Policy) -> Result<(), VmmError> {
-        self.expect(Command::Policy(policy), |r| {
-            matches!(r, Report::Policy { .. }).then_some(())
-        })
-    }
-
-    /// Makes the guest poll its driver on every wake-up (`true`, the default) or only on
-    /// [`Command::Poll`] (to leave offers unanswered).
-    pub fn set_autopoll(&self, on: bool) -> Result<(), VmmError> {
-        self.expect(Command::AutoPoll(on), |r| {
-            (*r == Report::AutoPoll { on }).then_some(())
-        })
-    }
-
-    /// Has the guest release the device `target` names; returns the extents released.
-    pub fn guest_release(&self, target: Target) -> Result<u64, VmmError> {
-        self.expect(Command::Release(target), |r| match r {
-            Report::Released { count } => Some(*count),
-            _ => None,
-        })
-    }
-
-    /// Has the guest read `len` bytes at `gpa`; returns (byte sum, first up-to-8 bytes).
-    pub fn guest_read(&self, gpa: u64, len: u64) -> Result<(u64, Vec<u8>), VmmError> {
-        self.expect(Command::Read { gpa, len }, |r| match r {
-            Report::Read { sum, first, .. } => Some((*sum, first.clone())),
-            _ => None,
-        })
-    }
-
-    /// Has the guest fill `len` bytes at `gpa` with `byte`.
-    pub fn guest_write(&self, gpa: u64, len: u64, byte: u8) -> Result<(), VmmError> {
-        self.expect(Command::Write { gpa, len, byte }, |r| {
-            matches!(r, Report::Wrote { .. }).then_some(())
-        })
-    }
-
-    /// Every extent the guest's driver holds accepted, with its record fields and its device's
-    /// busy and release-requested state.
-    pub fn guest_extents(&self) -> Result<Vec<ExtentDetail>, VmmError> {
-        let lines = self.command_lines(&Command::Extents)?;
-        ExtentDetail::parse_all(&lines).ok_or_else(|| VmmError::NoReport {
-            cmd: Command::Extents,
-            console: self.shared.console.contents(),
-        })
-    }
-
-    /// Has the guest claim the capacity carrying `tag` into its region's seed, as
-    /// `daxctl create-device -r region0 --uuid <tag>` does (SPEC.md T.8; the nil tag claims one
-    /// untagged extent); returns the device's name and size. A claim that finds nothing is
-    /// [`VmmError::UnexpectedReport`] with the guest's `CLAIM error=..` line.
-    pub fn guest_claim(&self, tag: Uuid) -> Result<(String, u64), VmmError> {
-        self.expect(Command::Claim(tag), |r| match r {
-            Report::Claimed { name, size, .. } => Some((name.clone(), *size)),
-            _ => None,
-        })
-    }
-
-    /// Makes the guest's driver claim every accepted group at once (`true`) or leave accepted
-    /// capacity unclaimed until [`Vmm::guest_claim`] (`false`, the default).
-    pub fn set_claim_mode(&self, auto: bool) -> Result<(), VmmError> {
-        self.expect(Command::ClaimMode(auto), |r| {
-            (*r == Report::ClaimMode { auto }).then_some(())
-        })
-    }
-
-    /// Marks the device `target` names busy (`true`) or idle in the guest's driver; returns
-    /// whether the target named a device or tag.
-    pub fn guest_set_busy(&self, target: Target, busy: bool) -> Result<bool, VmmError> {
-        self.expect(Command::Busy { target, busy }, |r| match r {
-            Report::Busy { ok } => Some(*ok),
-            _ => None,
-        })
-    }
-
-    /// Has the guest reset the device and initialise its driver again (as a rebind or kexec
-    /// does); returns the devices and extents the driver holds afterwards, which it learned from
-    /// the device's list of accepted extents.
-    pub fn guest_reinit(&self) -> Result<(u64, u64), VmmError> {
-        self.expect(Command::Reinit, |r| match r {
-            Report::Reinit { devices, extents } => Some((*devices, *extents)),
-            _ => None,
-        })
-    }
-
-    /// Waits until the guest's driver has activated the device (it does so right after boot).
-    pub fn wait_ready(&self) -> Result<(), VmmError> {
-        // The guest initialises its driver before it takes its first command.
-        self.guest_poll()?;
-        if self.device_ready() {
-            Ok(())
-        } else {
-            Err(VmmError::GuestStopped {
-                reason: "the guest driver did not activate the device".into(),
-                console: self.shared.console.contents(),
-            })
-        }
-    }
-
     /// Console lines the guest printed so far.
     pub fn console_lines(&self) -> Vec<String> {
         self.shared.console.lines()
+    }
+
+    /// The guest's console: what a flat image writes to COM1, or a Linux guest's serial output.
+    pub fn console(&self) -> &Arc<Console> {
+        &self.shared.console
+    }
+
+    /// Rings the doorbell: a guest halted in the VMM (a flat image) runs again. Host operations
+    /// that give the guest work ring it themselves; whoever queues work in a device added with
+    /// [`Vmm::with_devices`] rings it too. A guest on the in-kernel irqchip never waits for it.
+    pub fn ring_doorbell(&self) {
+        self.shared.ring();
+    }
+
+    /// Moves the device's host events into the queue [`Vmm::take_host_events`] reads and closes
+    /// per-extent backings no extent uses any more; returns the number of events moved. The vCPU
+    /// thread does this whenever a flat image halts; call it to see at once what the guest's
+    /// requests just produced (e.g. once a command the guest ran is complete).
+    pub fn pump_host_events(&self) -> usize {
+        self.shared.pump()
+    }
+
+    /// Runs `hook` with the reason once the vCPU thread has ended (the guest reset or stopped,
+    /// [`Vmm::shutdown`], a vCPU error), or at once if it has already. Hooks run on the vCPU
+    /// thread after [`Vmm::guest_exited`] reports the reason, e.g. to wake waiters of a device
+    /// the guest will no longer answer.
+    pub fn on_exit(&self, hook: impl FnOnce(&str) + Send + 'static) {
+        let mut hooks = lock(&self.shared.exit_hooks);
+        match hooks.as_mut() {
+            Some(pending) => pending.push(Box::new(hook)),
+            None => {
+                drop(hooks);
+                hook(&self.shared.exited().unwrap_or_default());
+            }
+        }
     }
 
     /// The vCPU's exit counters (waits for a running guest to halt).
@@ -1207,10 +1023,9 @@ impl Vmm {
     /// used for snapshots.
     pub(crate) fn while_parked<R>(&self, f: impl FnOnce(&Vcpu) -> R) -> Result<R, VmmError> {
         // A guest on the in-kernel irqchip never exits on `hlt`, so it never parks.
-        if !self.is_test_guest() {
-            return Err(VmmError::NotTestGuest);
+        if !self.parks_on_hlt() {
+            return Err(VmmError::NotParkable);
         }
-        let _serial = lock(&self.command_lock);
         self.park()?;
         let r = f(&lock(&self.vcpu));
         self.unpark();
@@ -1317,11 +1132,12 @@ fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
             Err(e) => break format!("vCPU error: {e}"),
         }
     };
-    lock(&shared.run).exited = Some(reason);
+    lock(&shared.run).exited = Some(reason.clone());
     shared.run_changed.notify_all();
-    // Wake command waiters: they check `exited` under the control lock.
-    let _control = lock(&shared.control);
-    shared.control_done.notify_all();
+    let hooks = lock(&shared.exit_hooks).take().unwrap_or_default();
+    for hook in hooks {
+        hook(&reason);
+    }
 }
 
 #[cfg(test)]
@@ -1344,5 +1160,12 @@ mod tests {
         assert_eq!(w.addr + w.size, c.vm.identity_limit);
         assert!(w.addr >= layout::MMIO_END && w.addr >= c.vm.boot_ram_size);
         assert!(format!("{c:?}").contains("timer_period"));
+    }
+
+    #[test]
+    fn a_configuration_without_a_guest_is_refused_before_kvm() {
+        assert_eq!(VmmConfig::default().guest, GuestKind::Unset);
+        let err = Vmm::new(VmmConfig::default()).unwrap_err();
+        assert!(matches!(err, VmmError::NoGuest), "{err}");
     }
 }

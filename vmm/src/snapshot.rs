@@ -1,8 +1,10 @@
 //! Snapshot of a running [`Vmm`] and restore into a fresh VM in the same process.
 //!
-//! A [`VmSnapshot`] holds boot RAM, the vCPU's registers (taken while it is parked at a `hlt`
-//! exit, so no exit is half-completed), the virtio-mmio transport's registers, the device's
-//! [`DeviceState`], the test-control counters, the console so far, and the backings table.
+//! A [`VmSnapshot`] of a flat-image guest holds boot RAM, the vCPU's registers (taken while it is
+//! parked at a `hlt` exit, so no exit is half-completed), the virtio-mmio transport's registers,
+//! the device's [`DeviceState`], the console so far, and the backings table. Devices the caller
+//! added ([`Vmm::with_devices`]) keep their own state: the caller captures it beside the snapshot
+//! and attaches them again with [`Vmm::restore_with_devices`].
 //!
 //! Backings travel as **open descriptors**: the snapshot keeps a duplicate of each backing's
 //! descriptor (`dup`), and restore wraps a further duplicate. A memfd has no path to reopen it
@@ -19,13 +21,12 @@ use crate::backing::{Backing, BackingKind};
 use crate::layout;
 use crate::memslot::SharedMapper;
 use crate::mmio::{MmioInterrupt, MmioTransport, MmioTransportState};
-use crate::runtime::{BackingEntry, BackingLifetime, Parts, Vmm, VmmConfig, VmmError};
-use crate::test_guest::{image, TestControl};
+use crate::runtime::{BackingEntry, BackingLifetime, ExtraDevice, Parts, Vmm, VmmConfig, VmmError};
 use crate::vcpu::VcpuState;
 use crate::vm::{Vm, VmConfig};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::{Arc, Condvar};
+use std::sync::Arc;
 use tagmem_device::{DeviceState, GuestClock, SourceId, TaggedMemDevice};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
@@ -63,8 +64,6 @@ pub struct VmSnapshot {
     pub device: DeviceState,
     /// Registered backings.
     pub backings: Vec<BackingRecord>,
-    /// Test-control counters: last sequence number handed out, last one finished.
-    pub control: (u64, u64),
     /// Console output so far.
     pub console: String,
 }
@@ -81,7 +80,8 @@ fn reject(msg: impl Into<String>) -> VmmError {
 }
 
 impl Vmm {
-    /// Parks the guest at its next `hlt` and captures the VM; the guest runs on afterwards.
+    /// Parks the guest at its next `hlt` and captures the VM; the guest runs on afterwards. A
+    /// guest on the in-kernel irqchip cannot be parked ([`VmmError::NotParkable`]).
     pub fn snapshot(&self) -> Result<VmSnapshot, VmmError> {
         let vm_config = self.vm().config().clone();
         let ram_len = usize::try_from(vm_config.boot_ram_size)
@@ -118,11 +118,6 @@ impl Vmm {
                     });
                 }
             }
-            let control = shared
-                .control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .counters();
             Ok(VmSnapshot {
                 vm: vm_config.clone(),
                 boot_ram,
@@ -130,7 +125,6 @@ impl Vmm {
                 transport,
                 device,
                 backings,
-                control,
                 console: shared.console.contents(),
             })
         })?
@@ -139,6 +133,16 @@ impl Vmm {
     /// Builds a fresh VM from `snapshot` (its VM configuration wins over `config.vm`; the
     /// device configuration comes from the snapshot too) and lets the guest continue.
     pub fn restore(config: VmmConfig, snapshot: &VmSnapshot) -> Result<Vmm, VmmError> {
+        Self::restore_with_devices(config, snapshot, Vec::new())
+    }
+
+    /// Like [`Vmm::restore`], with further devices on the VM's buses (as [`Vmm::with_devices`]
+    /// attaches them), holding the state their owner kept beside the snapshot.
+    pub fn restore_with_devices(
+        config: VmmConfig,
+        snapshot: &VmSnapshot,
+        devices: Vec<ExtraDevice>,
+    ) -> Result<Vmm, VmmError> {
         if u64::try_from(snapshot.boot_ram.len()).ok() != Some(snapshot.vm.boot_ram_size) {
             return Err(reject("boot RAM size differs from the VM configuration"));
         }
@@ -171,12 +175,13 @@ impl Vmm {
         )?;
         let mut transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
         transport.restore_transport_state(&snapshot.transport)?;
-        let mut vcpu = vm.create_vcpu(image::ENTRY, layout::BOOT_STACK_TOP)?;
+        // Created where the guest stopped; restoring its registers sets everything else.
+        let mut vcpu = vm.create_vcpu(snapshot.vcpu.regs.rip, layout::BOOT_STACK_TOP)?;
         vcpu.restore_state(&snapshot.vcpu)?;
         vm.console().push(snapshot.console.as_bytes());
-        let control_done = Arc::new(Condvar::new());
-        let mut control = TestControl::new(control_done.clone());
-        control.set_counters(snapshot.control.0, snapshot.control.1);
+        for d in devices {
+            d.attach(&vm)?;
+        }
         let config = VmmConfig {
             vm: snapshot.vm.clone(),
             device: snapshot.device.config.clone(),
@@ -190,8 +195,6 @@ impl Vmm {
                 vcpu,
                 transport,
                 backings: entries,
-                control,
-                control_done,
                 linux: None,
             },
         )
@@ -230,7 +233,6 @@ mod tests {
             transport: MmioTransportState::default(),
             device: device.snapshot(),
             backings: Vec::new(),
-            control: (0, 0),
             console: String::new(),
         };
         let err = Vmm::restore(VmmConfig::default(), &snap).unwrap_err();

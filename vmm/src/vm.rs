@@ -1,8 +1,8 @@
 //! A KVM VM with boot RAM, an MMIO bus, a port-I/O bus and the memslot mapper.
 //!
 //! [`Vm::create`] makes a bare VM: boot RAM in slot 0 and nothing written into it, for a loader
-//! (e.g. [`crate::boot::linux`]) to fill. [`Vm::new`] prepares it for a flat 64-bit image such as
-//! the bundled test guest: GDT, identity page tables, and a transmit-only COM1 console.
+//! (e.g. [`crate::boot::linux`]) to fill. [`Vm::new`] prepares it for a flat 64-bit image
+//! ([`crate::boot::FlatImage`]): GDT, identity page tables, and a transmit-only COM1 console.
 
 use crate::bus::{BusDevice, BusError, Console, DebugConsole, MmioBus};
 use crate::layout::{self, IdentityTables, LayoutError};

@@ -2,7 +2,7 @@
 //! tagged capacity on real KVM, side by side with the base virtio-mem block-plug path on the same
 //! device and guest, and with the raw floor (mmap + one `KVM_SET_USER_MEMORY_REGION`).
 //!
-//! Everything runs in one [`Vmm`] with the bundled test guest, whose reference driver does the
+//! Everything runs in one VMM with the bundled test guest, whose reference driver does the
 //! guest's part. Times are host wall-clock times from the host's request to the guest's report
 //! (its result line), as medians over repeated runs with min and max. See `docs/performance.md`.
 
@@ -22,9 +22,9 @@ use tagmem_device::test_utils::{Harness, NullMapper};
 use tagmem_device::{
     ExtentSpec, HostEvent, Mapping, SourceClass, SourceId, SourceRef, TaggedWindow, Target as Tgt,
 };
+use tagmem_rig::{Command, Report as GuestReport, TestGuestVm};
 use tagmem_vmm::memslot::{KvmMemslotMapper, SlotRegistrar};
-use tagmem_vmm::test_guest::{Command, Report as GuestReport};
-use tagmem_vmm::{Backing, BackingLifetime, Vmm, VmmConfig};
+use tagmem_vmm::{Backing, BackingLifetime, VmmConfig};
 use uuid::Uuid;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -218,7 +218,7 @@ impl SlotRegistrar for NoKvm {
 
 /// The running VMM and the ids handed out so far.
 struct Bench {
-    vmm: Vmm,
+    vmm: TestGuestVm,
     plan: Plan,
     next_id: std::cell::Cell<u64>,
 }
@@ -235,8 +235,7 @@ impl Bench {
             offset: 0,
         });
         config.device.requested_size = 0;
-        config.command_timeout = Duration::from_secs(600);
-        let vmm = Vmm::new(config)?;
+        let vmm = TestGuestVm::new(config)?.with_command_timeout(Duration::from_secs(600));
         vmm.wait_ready()?;
         // Vmm::new registers the base region's backing (BASE_SOURCE, a sparse memfd); mark its
         // first byte so the guest can tell it reads the backing.

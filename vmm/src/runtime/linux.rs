@@ -6,11 +6,10 @@ use super::{lock, Parts, SerialConfig, Shared, Subscriber, Vmm, VmmConfig, VmmEr
 use crate::boot::machine::{self, QueueEvent};
 use crate::boot::LinuxBoot;
 use crate::legacy::{Serial, SerialInput, SerialOutput};
-use crate::test_guest::TestControl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use tagmem_device::GuestClock;
 
 /// The parts of a Linux guest's machine the runtime keeps.
@@ -40,15 +39,12 @@ pub(super) fn parts(config: &VmmConfig, boot: &LinuxBoot) -> Result<Parts, VmmEr
         clock.clone(),
         sink,
     )?;
-    let control_done = Arc::new(Condvar::new());
     Ok(Parts {
         vm: m.vm,
         clock,
         vcpu: m.vcpu,
         transport: m.transport,
         backings: BTreeMap::new(),
-        control: TestControl::new(control_done.clone()),
-        control_done,
         linux: Some(LinuxParts {
             serial: m.serial,
             queue_events: m.queue_events,
@@ -97,7 +93,7 @@ pub(super) fn queue_notify_subscriber(events: Vec<QueueEvent>, shared: Arc<Share
 }
 
 impl Vmm {
-    /// Types `bytes` into a Linux guest's serial console; `false` for the test guest, which has
+    /// Types `bytes` into a Linux guest's serial console; `false` for a flat image, which has
     /// no serial input.
     pub fn serial_input(&self, bytes: &[u8]) -> bool {
         match &self.serial {

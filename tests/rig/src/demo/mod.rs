@@ -1,4 +1,5 @@
-//! `tagmem-vmm demo`: the whole life cycle in one command, narrated by what the guest reports.
+//! The demo (`tagmem-vmm demo`): the whole life cycle in one command, narrated by what the guest
+//! reports.
 //!
 //! Boots a VM with the test guest, hot-adds tagged extents (by default from memfd: an untagged
 //! extent, a tagged group with HMAT-like metadata, a sharable group and a read-only extent), has
@@ -9,27 +10,28 @@
 //! as a table after the hot-add, after the claims and after the release, with a timeline of host
 //! and guest events. Every step is checked; a mismatch ends the demo with an error.
 
-use crate::api::{PreparedChain, TaggedMemoryControl};
-use crate::config::{self, format_size, human_size, OptionError, Resolver, TaggedMemoryConfig};
-use crate::memslot::HostAccess;
+use crate::guest::{GuestError, TestGuestVm};
 use crate::nested::GUEST_REGION;
-use crate::runtime::{Vmm, VmmConfig, VmmError};
-use crate::test_guest::{byte_sum, DevView, GuestView};
+use crate::report::byte_sum;
+use crate::view::{DevView, GuestView};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tagmem_device::{ExtentInfo, ExtentState, HostEvent, Perf, Target};
-use tagmem_lookup::{Flags, SourceClass};
+use tagmem_vmm::api::{PreparedChain, TaggedMemoryControl};
+use tagmem_vmm::config::{human_size, Resolver};
+use tagmem_vmm::memslot::HostAccess;
+use tagmem_vmm::{Vmm, VmmConfig, VmmError};
 use uuid::Uuid;
 
-/// Tag of the built-in group with HMAT-like metadata ("fast memory").
-pub const HBM_TAG: Uuid = Uuid::from_u128(0x6f1c2a9e_0d3b_4c55_9a7e_3b1f00c0ffee);
-/// Tag of the built-in sharable group.
-pub const SHARED_TAG: Uuid = Uuid::from_u128(0x0b7e8c1d_2f3a_4b5c_8d9e_0f1a2b3c4d5e);
-/// Tag of the built-in read-only extent.
-pub const READONLY_TAG: Uuid = Uuid::from_u128(0x3c9d5e7f_8a1b_4c2d_9e0f_a1b2c3d4e5f6);
+mod options;
+mod table;
+
+pub use options::{DemoOptions, HBM_TAG, READONLY_TAG, SHARED_TAG};
+pub use table::render_view;
+
 /// Bytes the host writes into each extent and the guest reads back (the guest is slow at loops).
 pub const PATTERN_BYTES: u64 = 1024;
 /// Bytes the guest probes in released capacity.
@@ -43,6 +45,9 @@ pub enum DemoError {
     /// The VMM failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// A command to the guest failed.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
     /// A host command was refused.
     #[error("{what}: {message}")]
     Host {
@@ -62,80 +67,6 @@ pub enum DemoError {
 fn host_err(what: impl Into<String>) -> impl FnOnce(String) -> DemoError {
     let what = what.into();
     move |message| DemoError::Host { what, message }
-}
-
-/// The extents the demo uses and which groups it updates, poisons and releases.
-#[derive(Clone, Debug)]
-pub struct DemoOptions {
-    configs: Vec<TaggedMemoryConfig>,
-    chains: Vec<Vec<usize>>,
-    metadata_target: Option<Uuid>,
-    release_target: Option<Uuid>,
-}
-
-fn builtin_options() -> Vec<String> {
-    let hmat = "read_latency=80,write_latency=95,read_bandwidth=409600,write_bandwidth=307200";
-    vec![
-        "path=memfd,size=2M,id=scratch".to_string(),
-        format!("tag={HBM_TAG},path=memfd,size=4M,{hmat},node=1,id=hbm0"),
-        format!("tag={HBM_TAG},path=memfd,size=2M,{hmat},node=1,id=hbm1"),
-        format!(
-            "tag={SHARED_TAG},path=memfd,size=2M,shared=on,read_latency=250,write_latency=300,node=2,id=shm0"
-        ),
-        format!(
-            "tag={SHARED_TAG},path=memfd,size=2M,shared=on,read_latency=250,write_latency=300,node=2,id=shm1"
-        ),
-        format!("tag={READONLY_TAG},path=memfd,size=2M,readonly=on,id=ro0"),
-    ]
-}
-
-impl DemoOptions {
-    /// The built-in set: an untagged extent, a two-extent group with HMAT-like metadata, a
-    /// sharable two-extent group and a read-only extent, all on memfd.
-    pub fn builtin() -> Self {
-        let (configs, chains) =
-            config::parse_options(&builtin_options()).expect("the built-in demo options are valid");
-        DemoOptions {
-            configs,
-            chains,
-            metadata_target: Some(HBM_TAG),
-            release_target: Some(SHARED_TAG),
-        }
-    }
-
-    /// Extents from `--tagged-memory` values: the first tag group gets the metadata update, the
-    /// last one is released.
-    pub fn from_options(values: &[String]) -> Result<Self, OptionError> {
-        let (configs, chains) = config::parse_options(values)?;
-        let tags: Vec<Uuid> = chains
-            .iter()
-            .map(|c| configs[c[0]].tag())
-            .filter(|t| !t.is_nil())
-            .collect();
-        Ok(DemoOptions {
-            metadata_target: tags.first().copied(),
-            release_target: tags.last().copied(),
-            configs,
-            chains,
-        })
-    }
-
-    /// The option strings, one per extent, in the `--tagged-memory` syntax.
-    pub fn option_strings(&self) -> Vec<String> {
-        self.configs.iter().map(|c| c.to_option_string()).collect()
-    }
-
-    /// Plans every chain and opens its backings (before the VM starts).
-    pub fn prepare(&self, resolver: &Resolver) -> Result<Vec<PreparedChain>, OptionError> {
-        self.chains
-            .iter()
-            .map(|chain| {
-                let members: Vec<TaggedMemoryConfig> =
-                    chain.iter().map(|&i| self.configs[i].clone()).collect();
-                PreparedChain::prepare(resolver, &members, config::OPTION)
-            })
-            .collect()
-    }
 }
 
 /// What the demo observed, for tests.
@@ -237,11 +168,11 @@ pub fn run(
     };
     let mut checks = 0usize;
 
-    let vmm = Arc::new(Vmm::new(VmmConfig::default())?);
-    tl.vmm = Some(vmm.clone());
+    let vmm = TestGuestVm::new(VmmConfig::default())?;
+    tl.vmm = Some(vmm.vmm().clone());
     vmm.wait_ready()?;
     tl.host("VM booted; the guest's driver negotiated tagged extents")?;
-    let control = TaggedMemoryControl::new(vmm.clone(), resolver);
+    let control = TaggedMemoryControl::new(vmm.vmm().clone(), resolver);
 
     // Hot-add: one chain per tag group, answered by the guest's driver.
     let mut pending: BTreeSet<u64> = BTreeSet::new();
@@ -544,218 +475,9 @@ fn host_write(vmm: &Vmm, e: &ExtentInfo, bytes: &[u8]) -> bool {
     mapper.host_access(e.gpa, &mut data, true) == HostAccess::Done
 }
 
-/// Renders the guest's view as a table: device, tag, size, node, flags, class, performance with
-/// units, extents (`id@gpa+size`) and poison; capacity the region holds unclaimed follows, with
-/// the region's name where a device has its own.
-pub fn render_view(view: &GuestView) -> String {
-    let headers = [
-        "dax", "uuid", "size", "node", "flags", "class", "rd lat", "wr lat", "rd bw", "wr bw", "extents",
-        "poison",
-    ];
-    let unit = |v: u64, u: &str| {
-        if v == 0 {
-            "-".to_string()
-        } else {
-            format!("{v} {u}")
-        }
-    };
-    let rows: Vec<Vec<String>> = view
-        .devices
-        .iter()
-        .chain(&view.unclaimed)
-        .map(|d| {
-            let flags = Flags::from_bits(u32::try_from(d.flags).unwrap_or(u32::MAX)).names();
-            let class = u8::try_from(d.class)
-                .ok()
-                .and_then(SourceClass::from_wire)
-                .map_or_else(|| format!("#{}", d.class), |c| c.as_str().to_string());
-            let extents: Vec<String> = d
-                .extents
-                .iter()
-                .map(|e| format!("{}@{:#x}+{}", e.id, e.gpa, format_size(e.len)))
-                .collect();
-            let poison: Vec<String> = d
-                .poison
-                .iter()
-                .map(|p| format!("{}@{:#x}+{}", p.id, p.offset, format_size(p.len)))
-                .collect();
-            vec![
-                if d.name.is_empty() {
-                    format!("({GUEST_REGION})")
-                } else {
-                    d.name.clone()
-                },
-                d.uuid.to_string(),
-                human_size(d.size),
-                d.node.to_string(),
-                if flags.is_empty() {
-                    "-".into()
-                } else {
-                    flags.join(",")
-                },
-                class,
-                unit(d.read_latency_ns, "ns"),
-                unit(d.write_latency_ns, "ns"),
-                unit(d.read_bandwidth_mbps, "MB/s"),
-                unit(d.write_bandwidth_mbps, "MB/s"),
-                extents.join(" "),
-                if poison.is_empty() {
-                    "-".into()
-                } else {
-                    poison.join(" ")
-                },
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        format!("  {}", padded.join("  ").trim_end())
-    };
-    let mut out = vec![line(headers.to_vec())];
-    out.push(line(
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    ));
-    for row in &rows {
-        out.push(line(row.iter().map(String::as_str).collect()));
-    }
-    if rows.is_empty() {
-        out.push("  (no dax devices)".into());
-    }
-    out.push(format!(
-        "  {} devices, {} groups unclaimed, {} offer chains pending in the driver",
-        view.devices.len(),
-        view.unclaimed.len(),
-        view.pending_chains
-    ));
-    out.join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_guest::{ExtentView, PoisonView};
-
-    #[test]
-    fn builtin_options_form_four_groups() {
-        let o = DemoOptions::builtin();
-        assert_eq!(o.chains, vec![vec![0], vec![1, 2], vec![3, 4], vec![5]]);
-        assert!(o.configs[3].shared && o.configs[5].readonly);
-        let p = o.prepare(&Resolver::new("/nonexistent")).unwrap();
-        assert_eq!(
-            p.iter().map(PreparedChain::len).collect::<Vec<_>>(),
-            vec![1, 2, 2, 1]
-        );
-    }
-
-    #[test]
-    fn user_options_pick_first_and_last_tag_groups() {
-        let a = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
-        let b = "0b7e8c1d-2f3a-4b5c-8d9e-0f1a2b3c4d5e";
-        let o = DemoOptions::from_options(&[
-            "size=2M".into(),
-            format!("tag={a},path=memfd,size=2M"),
-            format!("tag={b},path=memfd,size=2M"),
-        ])
-        .unwrap();
-        assert_eq!(o.metadata_target, Some(a.parse().unwrap()));
-        assert_eq!(o.release_target, Some(b.parse().unwrap()));
-        assert!(DemoOptions::from_options(&["size=3M".into()]).is_err());
-    }
-
-    #[test]
-    fn table_shows_units_flags_and_extents() {
-        let free = DevView {
-            name: String::new(),
-            uuid: SHARED_TAG,
-            size: 2 << 20,
-            node: 2,
-            flags: 1,
-            read_latency_ns: 0,
-            write_latency_ns: 0,
-            read_bandwidth_mbps: 0,
-            write_bandwidth_mbps: 0,
-            class: 4,
-            busy: false,
-            extents: vec![ExtentView {
-                id: 7,
-                gpa: 1 << 33,
-                len: 2 << 20,
-            }],
-            poison: Vec::new(),
-        };
-        let view = GuestView {
-            unclaimed: vec![free],
-            seed: "dax0.2".into(),
-            devices: vec![DevView {
-                name: "dax0.1".into(),
-                uuid: HBM_TAG,
-                size: 6 << 20,
-                node: 1,
-                flags: 3,
-                read_latency_ns: 80,
-                write_latency_ns: 0,
-                read_bandwidth_mbps: 409600,
-                write_bandwidth_mbps: 0,
-                class: 4,
-                busy: false,
-                extents: vec![
-                    ExtentView {
-                        id: 2,
-                        gpa: 1 << 32,
-                        len: 4 << 20,
-                    },
-                    ExtentView {
-                        id: 3,
-                        gpa: (1 << 32) + (4 << 20),
-                        len: 2 << 20,
-                    },
-                ],
-                poison: vec![PoisonView {
-                    id: 3,
-                    offset: 0x10_0000,
-                    len: 4096,
-                }],
-            }],
-            pending_chains: 0,
-        };
-        let t = render_view(&view);
-        let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].trim_start().starts_with("dax "), "{t}");
-        let row = lines[2];
-        for cell in [
-            "dax0.1",
-            "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee",
-            "6 MiB",
-            "sharable,readonly",
-            "file",
-            "80 ns",
-            "409600 MB/s",
-            "2@0x100000000+4M 3@0x100400000+2M",
-            "3@0x100000+4K",
-        ] {
-            assert!(row.contains(cell), "{cell} missing in {row}");
-        }
-        assert!(lines[3].trim_start().starts_with("(region0)  0b7e8c1d"), "{t}");
-        assert!(t.ends_with("1 devices, 1 groups unclaimed, 0 offer chains pending in the driver"));
-        let empty = render_view(&GuestView::default());
-        assert!(empty.contains("(no dax devices)"));
-    }
 
     #[test]
     fn patterns_differ_per_extent() {

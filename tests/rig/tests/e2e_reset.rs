@@ -7,12 +7,12 @@ mod common;
 
 use common::*;
 use tagmem_device::{ExtentState, HostEvent, SourceId, Target};
-use tagmem_vmm::test_guest::{byte_sum, Policy};
-use tagmem_vmm::{BackingLifetime, Vmm};
+use tagmem_rig::{byte_sum, Policy, TestGuestVm};
+use tagmem_vmm::BackingLifetime;
 use uuid::Uuid;
 
 /// Has the guest read `expected.len()` bytes at `gpa`; true if it saw exactly `expected`.
-fn guest_sees(vmm: &Vmm, gpa: u64, expected: &[u8]) -> bool {
+fn guest_sees(vmm: &TestGuestVm, gpa: u64, expected: &[u8]) -> bool {
     let len = u64::try_from(expected.len()).unwrap();
     let (sum, first) = vmm.guest_read(gpa, len).unwrap();
     let n = expected.len().min(8);
@@ -60,7 +60,7 @@ fn guest_relearns_accepted_extents_after_reset_and_reads_the_same_bytes() {
     }
     let view_before = vmm.guest_view().unwrap();
     // Device names are the driver's own and may change; every record field must not.
-    let records = |vmm: &Vmm| {
+    let records = |vmm: &TestGuestVm| {
         let mut v = vmm.guest_extents().unwrap();
         v.iter_mut().for_each(|e| e.device = None);
         v.sort_by_key(|e| e.id);

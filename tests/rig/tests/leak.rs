@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tagmem_vmm::test_guest::Report;
+use tagmem_rig::Report;
 use tagmem_vmm::VmConfig;
 
 #[test]

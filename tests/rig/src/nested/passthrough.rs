@@ -1,287 +1,17 @@
-//! Nested pass-through (SPEC.md T-NEST): an L1 VMM offering VM "L2" the capacity that its own
-//! guest, VM "L1", accepted from L0.
-//!
-//! [`NestedPassthrough`] is the L1 VMM's part. It holds two runtimes: `l1`, the VM whose tagged
-//! device L0 drives (its guest's driver accepts L0's offers), and `l2`, the VM whose tagged device
-//! the L1 VMM drives. For a tag it:
-//! 1. reads the L1 guest driver's report ([`Vmm::guest_extents`]), turns it into dax devices and
-//!    unclaimed capacity ([`tagmem_lookup::DriverDevice::to_dax`], `to_unclaimed`) and resolves
-//!    the tag with [`tagmem_lookup::lookup`], as a lookup on bare metal or in a Linux guest does.
-//!    Capacity L1 accepted but has not claimed is refused ([`NestedError::Unclaimed`]): as on a
-//!    DCD host, only a claimed dax device (`daxctl create-device --uuid`, [`Vmm::guest_claim`])
-//!    can be opened and passed on;
-//! 2. marks the group busy in the L1 guest's driver (T-NEST-2), so a release request from L0 is
-//!    answered RELEASE_BUSY while L2 holds the capacity;
-//! 3. offers L2 one extent per L1 extent, in `seq` order, copying tag, flags, `seq`, performance,
-//!    node and source class (T-NEST-1). Each L2 extent is backed by the L1 guest-physical range of
-//!    its L1 extent: the component resolves that range through L0's memslot mapper to the host
-//!    backing and offset behind it and registers a duplicate of that descriptor with L2's mapper,
-//!    so L0, L1 and L2 share the same host pages. With [`Placement::PreserveAddresses`] (the
-//!    default) an L2 extent is placed at the L1 extent's guest-physical address when that range
-//!    lies in L2's tagged window, so the `mappings` a lookup reports are the same at every level.
-//!
-//! [`NestedPassthrough::cascade_releases`] carries out T-NEST-3: when L0's release request has
-//! reached the L1 guest's driver (which answered RELEASE_BUSY because the group is busy), it
-//! requests release from L2's device, waits for L2's `Released` event (L1's device has unmapped
-//! the capacity from L2 by then), and only then has the L1 guest's driver release the group to L0.
-//!
-//! What this models and what it does not: KVM here cannot run a VM inside a VM, so both VMs are
-//! real KVM VMs of one host process and the "L1 VMM" is this component in that process. The L1
-//! guest-physical view is the one the L1 guest's driver reports; a real L1 VMM would `mmap` the L1
-//! guest's `/dev/daxX.Y` and hand that mapping to its KVM, which ends in the same host pages that
-//! the descriptor and offset used here name. The L1 VMM learns of release requests by asking the
-//! L1 guest (a poll), not from a kernel notification; likewise metadata and poison reach L2 when
-//! [`NestedPassthrough::forward_updates`] polls the L1 guest (T-NEST-4).
+//! The L1 VMM's part of the nested pass-through (see [`crate::nested`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
-
-use tagmem_device::{
-    ControlError, ExtentFlags, ExtentSpec, HostEvent, Perf, SourceClass, SourceId, SourceRef, Target,
+use super::capacity::{capacity_of, driver_groups};
+use super::types::{
+    CascadeStep, Forwarded, NestedError, NestedOffer, PassedExtent, Placement, ViewError,
+    DEFAULT_L2_SOURCE_BASE,
 };
-use tagmem_lookup::{lookup, DaxDevice, DriverDevice, DriverExtent, Found, LookupError, Poison};
+use crate::guest::TestGuestVm;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+use tagmem_device::{ExtentFlags, ExtentSpec, HostEvent, Perf, SourceClass, SourceId, SourceRef, Target};
+use tagmem_lookup::{lookup, DaxDevice, DriverDevice};
+use tagmem_vmm::{Backing, BackingLifetime};
 use uuid::Uuid;
-
-use crate::backing::Backing;
-use crate::runtime::{BackingLifetime, Vmm, VmmError};
-use crate::test_guest::ExtentDetail;
-
-/// `numa_node` a test guest's dax bus would report: the guest has no SRAT, so node 0 is its only
-/// online node and the nearest one to any target node.
-pub const GUEST_NUMA_NODE: i32 = 0;
-
-/// First [`SourceId`] the component registers L2 backings under (the caller's own stay below).
-pub const DEFAULT_L2_SOURCE_BASE: u64 = 0x4e00_0000;
-
-/// Why a guest's dax devices could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ViewError {
-    /// The guest did not report its extents.
-    #[error("reading the guest driver's extents: {0}")]
-    Guest(#[from] VmmError),
-    /// The report does not form valid devices.
-    #[error("building dax devices from the guest driver's extents: {0}")]
-    Lookup(#[from] LookupError),
-}
-
-/// Errors of the nested pass-through; each names the tag.
-#[derive(Debug, thiserror::Error)]
-pub enum NestedError {
-    /// The L1 guest holds no device with this tag (L0 never gave it to L1, or it was released).
-    #[error("tag {0}: the L1 guest holds no capacity with this tag; nothing offered to L2")]
-    TagNotPresent(Uuid),
-    /// The L1 guest accepted the capacity but has not claimed it into a dax device.
-    #[error("tag {tag}: the L1 guest holds it unclaimed in {region}; claim it there first ({claim}); nothing offered to L2")]
-    Unclaimed {
-        /// The tag.
-        tag: Uuid,
-        /// The L1 guest's region holding it.
-        region: String,
-        /// The command that claims it in the L1 guest.
-        claim: String,
-    },
-    /// The L1 guest's lookup finds several devices with this tag.
-    #[error("tag {tag}: the L1 guest reports {count} devices with this tag; nothing offered to L2")]
-    TagAmbiguous {
-        /// The tag.
-        tag: Uuid,
-        /// Devices found.
-        count: usize,
-    },
-    /// L0 asked for the group back already; it must not be passed on (T-NEST-1).
-    #[error("tag {0}: L0 has requested its release from L1; nothing offered to L2")]
-    ReleaseRequested(Uuid),
-    /// The tag is passed through to L2 already.
-    #[error("tag {0}: already passed through to L2")]
-    AlreadyPassed(Uuid),
-    /// The tag is not passed through to L2.
-    #[error("tag {0}: not passed through to L2")]
-    NotPassed(Uuid),
-    /// Reading the L1 or L2 guest's view failed.
-    #[error("tag {tag}: {level} view: {source}")]
-    View {
-        /// The tag.
-        tag: Uuid,
-        /// `L1` or `L2`.
-        level: &'static str,
-        /// What failed.
-        #[source]
-        source: ViewError,
-    },
-    /// An L1 extent's guest-physical range is not (wholly) backed by one L0 host backing.
-    #[error("tag {tag}: extent {extent} (L1 {gpa:#x}+{len:#x}) is not backed by one L0 host backing")]
-    Unbacked {
-        /// The tag.
-        tag: Uuid,
-        /// L1 extent id.
-        extent: u64,
-        /// L1 guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-    },
-    /// Duplicating or registering the host backing for L2 failed.
-    #[error("tag {tag}: giving L0 backing {l0_source:?} to L2: {reason}")]
-    Backing {
-        /// The tag.
-        tag: Uuid,
-        /// The L0 backing.
-        l0_source: SourceId,
-        /// What failed.
-        reason: String,
-    },
-    /// A command to the L1 or L2 guest failed.
-    #[error("tag {tag}: {level} guest: {source}")]
-    Guest {
-        /// The tag.
-        tag: Uuid,
-        /// `L1` or `L2`.
-        level: &'static str,
-        /// The runtime's error.
-        #[source]
-        source: VmmError,
-    },
-    /// The L1 guest's driver did not take or drop the busy mark.
-    #[error("tag {0}: the L1 guest's driver refused to mark it busy or idle")]
-    BusyRefused(Uuid),
-    /// L2's device refused the offer or the release request.
-    #[error("tag {tag}: L2's device: {source}")]
-    Control {
-        /// The tag.
-        tag: Uuid,
-        /// The device's error.
-        #[source]
-        source: ControlError,
-    },
-    /// L2 accepted none of the chain (rejected or dropped); L1 keeps the capacity (T-NEST-5).
-    #[error("tag {tag}: L2 took none of chain {chain_id}: {reason}")]
-    L2Refused {
-        /// The tag.
-        tag: Uuid,
-        /// L2 chain id.
-        chain_id: u64,
-        /// Rejection or drop reason.
-        reason: String,
-    },
-    /// No answer from L2 in time.
-    #[error("tag {tag}: L2 did not {what} within {timeout:?}")]
-    L2Timeout {
-        /// The tag.
-        tag: Uuid,
-        /// What L2 was expected to do.
-        what: &'static str,
-        /// The time allowed.
-        timeout: Duration,
-    },
-    /// L2 released the group but L1's device still maps part of it into L2.
-    #[error("tag {tag}: L2 released extents {extents:?} but they are still mapped into L2")]
-    StillMapped {
-        /// The tag.
-        tag: Uuid,
-        /// L2 extent ids.
-        extents: Vec<u64>,
-    },
-}
-
-/// Where L2 extents go in L2's guest-physical space.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Placement {
-    /// At the L1 extent's guest-physical address when it lies in L2's tagged window, else where
-    /// L2's device chooses.
-    #[default]
-    PreserveAddresses,
-    /// Where L2's device chooses.
-    DeviceChooses,
-}
-
-/// What [`NestedPassthrough::offer_tag`] passed to L2.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NestedOffer {
-    /// The tag.
-    pub tag: Uuid,
-    /// L2 chain id.
-    pub chain_id: u64,
-    /// The extents, in `seq` order.
-    pub extents: Vec<PassedExtent>,
-}
-
-/// One L1 extent passed to L2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PassedExtent {
-    /// Extent id in L1 (assigned by L0's device).
-    pub l1_id: u64,
-    /// L1 guest-physical address.
-    pub l1_gpa: u64,
-    /// Extent id in L2 (assigned by L1's device).
-    pub l2_id: u64,
-    /// L2 guest-physical address.
-    pub l2_gpa: u64,
-    /// Length, bytes.
-    pub len: u64,
-    /// Whether L2 accepted it.
-    pub accepted: bool,
-}
-
-/// One step of a release cascade, in the order they happen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CascadeStep {
-    /// L0's release request reached the L1 guest's driver, which answered RELEASE_BUSY.
-    RequestSeen {
-        /// The tag.
-        tag: Uuid,
-    },
-    /// Release requested from L2's device.
-    L2ReleaseRequested {
-        /// The tag.
-        tag: Uuid,
-        /// L2 extent ids.
-        extents: Vec<u64>,
-    },
-    /// L2's driver deferred the release (the group is busy in L2); L1 keeps answering L0 busy.
-    L2Deferred {
-        /// The tag.
-        tag: Uuid,
-    },
-    /// L2 released the group and L1's device unmapped it from L2.
-    L2Released {
-        /// The tag.
-        tag: Uuid,
-        /// L2 extent ids.
-        extents: Vec<u64>,
-    },
-    /// The L1 guest's driver released the group to L0.
-    L1Released {
-        /// The tag.
-        tag: Uuid,
-        /// Extents L0's device released.
-        count: u64,
-    },
-}
-
-/// An update [`NestedPassthrough::forward_updates`] passed from L1's driver to L2 (T-NEST-4).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Forwarded {
-    /// New performance metadata of an L1 extent, applied to its L2 extent's group.
-    Metadata {
-        /// The tag.
-        tag: Uuid,
-        /// The L2 extent named in the update.
-        l2_extent: u64,
-        /// The new values.
-        perf: Perf,
-    },
-    /// A poisoned range of an L1 extent, reported for its L2 extent at the same offset.
-    Poison {
-        /// The tag.
-        tag: Uuid,
-        /// The L2 extent.
-        l2_extent: u64,
-        /// Offset within the extent.
-        offset: u64,
-        /// Length of the range.
-        length: u64,
-    },
-}
 
 /// What L1's driver had reported for one passed extent when L2 last heard of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,89 +39,10 @@ struct Held {
     released: BTreeSet<u64>,
 }
 
-/// Groups a guest driver's extent report into its claimed devices (in report order: the driver
-/// lists devices in claim order) and its unclaimed groups (one per tag, one per untagged extent,
-/// in acceptance order; `name` empty).
-pub fn driver_groups(details: &[ExtentDetail]) -> (Vec<DriverDevice>, Vec<DriverDevice>) {
-    let mut devices: Vec<DriverDevice> = Vec::new();
-    let mut unclaimed: Vec<DriverDevice> = Vec::new();
-    for e in details {
-        let extent = DriverExtent {
-            id: e.id,
-            start: e.gpa,
-            length: e.len,
-            flags: e.flags,
-            seq: e.seq,
-            node: e.node,
-            source: e.class,
-            perf: tagmem_lookup::Perf::from_record(
-                e.read_latency_ns,
-                e.write_latency_ns,
-                e.read_bandwidth_mbps,
-                e.write_bandwidth_mbps,
-            ),
-            poison: e
-                .poison
-                .iter()
-                .map(|&(offset, length)| Poison { offset, length })
-                .collect(),
-        };
-        // Unclaimed: a tag group collects its extents; every untagged extent stands alone.
-        let list = if e.device.is_some() {
-            &mut devices
-        } else {
-            &mut unclaimed
-        };
-        let same = |d: &DriverDevice| match &e.device {
-            Some(name) => d.name == *name,
-            None => !e.uuid.is_nil() && d.uuid == e.uuid,
-        };
-        match list.iter_mut().find(|d| same(d)) {
-            Some(d) => d.extents.push(extent),
-            None => list.push(DriverDevice {
-                name: e.device.clone().unwrap_or_default(),
-                uuid: e.uuid,
-                extents: vec![extent],
-            }),
-        }
-    }
-    (devices, unclaimed)
-}
-
-/// Region name of the reference driver's tagged device (`tagmem_driver::REGION`).
-pub const GUEST_REGION: &str = "region0";
-
-/// A guest's capacity as its driver reports it, laid out as a Linux guest's sysfs shows it: the
-/// claimed devices ([`DriverDevice::to_dax`], with [`GUEST_NUMA_NODE`] as `numa_node`) and the
-/// capacity its region holds unclaimed ([`DriverDevice::to_unclaimed`]).
-pub fn guest_capacity(vmm: &Vmm) -> Result<Found, ViewError> {
-    let details = vmm.guest_extents()?;
-    capacity_of(&details)
-}
-
-fn capacity_of(details: &[ExtentDetail]) -> Result<Found, ViewError> {
-    let (devices, unclaimed) = driver_groups(details);
-    Ok(Found {
-        devices: devices
-            .iter()
-            .map(|d| d.to_dax(Some(GUEST_NUMA_NODE)))
-            .collect::<Result<_, _>>()?,
-        unclaimed: unclaimed
-            .iter()
-            .map(|d| d.to_unclaimed(GUEST_REGION))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
-/// A guest's claimed dax devices (the `devices` of [`guest_capacity`]).
-pub fn guest_dax_devices(vmm: &Vmm) -> Result<Vec<DaxDevice>, ViewError> {
-    Ok(guest_capacity(vmm)?.devices)
-}
-
 /// The L1 VMM's nested pass-through: see the module documentation.
 pub struct NestedPassthrough<'a> {
-    l1: &'a Vmm,
-    l2: &'a Vmm,
+    l1: &'a TestGuestVm,
+    l2: &'a TestGuestVm,
     placement: Placement,
     next_source: u64,
     held: BTreeMap<Uuid, Held>,
@@ -403,7 +54,7 @@ impl<'a> NestedPassthrough<'a> {
     /// The pass-through from VM `l1` (whose guest receives capacity from L0) to VM `l2`, placing
     /// extents with [`Placement::PreserveAddresses`] and registering L2 backings from
     /// [`DEFAULT_L2_SOURCE_BASE`] on.
-    pub fn new(l1: &'a Vmm, l2: &'a Vmm) -> Self {
+    pub fn new(l1: &'a TestGuestVm, l2: &'a TestGuestVm) -> Self {
         NestedPassthrough {
             l1,
             l2,
@@ -680,7 +331,7 @@ impl<'a> NestedPassthrough<'a> {
         what: &'static str,
         mut pick: impl FnMut(&HostEvent) -> bool,
     ) -> Result<HostEvent, NestedError> {
-        let timeout = self.l2.config().command_timeout;
+        let timeout = self.l2.command_timeout();
         let deadline = Instant::now() + timeout;
         loop {
             self.l2_events.extend(self.l2.take_host_events());

@@ -5,15 +5,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tagmem_device::HostEvent;
+use tagmem_rig::TestGuestVm;
 use tagmem_vmm::api::{self, ApiServer, ApiSocket, TaggedMemoryControl};
 use tagmem_vmm::config::Resolver;
-use tagmem_vmm::{Vmm, VmmConfig};
+use tagmem_vmm::VmmConfig;
 use uuid::Uuid;
 
 const TAG: &str = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
 
 struct Running {
-    vmm: Arc<Vmm>,
+    vmm: TestGuestVm,
     _dir: tempfile::TempDir,
     sock: std::path::PathBuf,
 }
@@ -25,10 +26,10 @@ fn start() -> Option<Running> {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let socket = ApiSocket::bind(&sock).unwrap();
-    let vmm = Arc::new(Vmm::new(VmmConfig::default()).unwrap());
+    let vmm = TestGuestVm::new(VmmConfig::default()).unwrap();
     vmm.wait_ready().unwrap();
     let control = Arc::new(TaggedMemoryControl::new(
-        vmm.clone(),
+        vmm.vmm().clone(),
         Resolver::new("/nonexistent"),
     ));
     vmm.add_subscriber(Arc::new(Mutex::new(ApiServer::new(socket, control).unwrap())))
@@ -47,7 +48,7 @@ fn call(r: &Running, method: &str, path: &str, body: Option<&str>) -> (u16, serd
 }
 
 /// Waits until the guest answered chain `chain_id`; returns the accepted extent ids.
-fn answered(vmm: &Vmm, chain_id: u64) -> Vec<u64> {
+fn answered(vmm: &TestGuestVm, chain_id: u64) -> Vec<u64> {
     for _ in 0..100 {
         for e in vmm.wait_host_events(Duration::from_millis(200)) {
             if let HostEvent::ChainAnswered {

@@ -6,12 +6,13 @@ mod common;
 
 use common::*;
 use tagmem_device::{HostEvent, SourceId, Target};
-use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
+use tagmem_rig::TestGuestVm;
+use tagmem_vmm::{BackingLifetime, VmmConfig};
 use uuid::Uuid;
 
 /// Offers extent `i` on a fresh per-extent memfd, lets the guest accept it, has the host ask for
 /// it back and the guest release it; checks the guest saw the bytes when `probe`.
-fn cycle(vmm: &Vmm, i: u64, probe: bool) {
+fn cycle(vmm: &TestGuestVm, i: u64, probe: bool) {
     let len = 2 * MIB;
     let id = 1000 + i;
     let gpa = 4 * GIB + (i % 8) * 4 * MIB;
@@ -46,8 +47,7 @@ fn thousand_extents_through_the_guest_driver_leak_nothing() {
         return;
     };
     // Quiet driver log: the guest counts its events instead of printing each.
-    vmm.guest_command(tagmem_vmm::test_guest::Command::Verbose(false))
-        .unwrap();
+    vmm.guest_command(tagmem_rig::Command::Verbose(false)).unwrap();
     // Warm up: one full cycle, so lazily created state exists already.
     cycle(&vmm, 0, true);
     let (maps, fds) = (count_maps(), count_fds());

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::os::unix::fs::MetadataExt;
 use tagmem_device::SourceId;
-use tagmem_vmm::test_guest::{byte_sum, Command, Report};
+use tagmem_rig::{byte_sum, Command, Report};
 use tagmem_vmm::{MemslotError, VmConfig};
 
 const WINDOW: u64 = 4 * GIB;

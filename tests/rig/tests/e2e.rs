@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tagmem_device::{ExtentFlags, ExtentState, HostEvent, Perf, SourceId, Target};
-use tagmem_vmm::test_guest::{byte_sum, Command, Policy, Report};
-use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
+use tagmem_rig::{byte_sum, Command, Policy, Report, TestGuestVm};
+use tagmem_vmm::{BackingLifetime, VmmConfig};
 use uuid::Uuid;
 
 /// Bytes probed at each end of a range.
@@ -21,7 +21,7 @@ const UNBACKED: u8 = 0xff;
 
 /// Has the guest read `len` bytes at `gpa` and checks it saw exactly `expected`'s sum and first
 /// bytes.
-fn assert_guest_sees(vmm: &Vmm, gpa: u64, expected: &[u8]) {
+fn assert_guest_sees(vmm: &TestGuestVm, gpa: u64, expected: &[u8]) {
     let len = u64::try_from(expected.len()).unwrap();
     let (sum, first) = vmm.guest_read(gpa, len).unwrap();
     let n = expected.len().min(8);
@@ -34,7 +34,7 @@ fn assert_guest_sees(vmm: &Vmm, gpa: u64, expected: &[u8]) {
 
 /// Probes the first and last [`PROBE`] bytes of `[gpa, gpa + len)`: the guest must read only
 /// the all-ones of unbacked memory, never a byte of a backing.
-fn assert_unbacked(vmm: &Vmm, what: &str, gpa: u64, len: u64) {
+fn assert_unbacked(vmm: &TestGuestVm, what: &str, gpa: u64, len: u64) {
     for at in [gpa, gpa + len - PROBE] {
         let (sum, first) = vmm.guest_read(at, PROBE).unwrap();
         assert_eq!(
@@ -416,13 +416,17 @@ fn snapshot_mid_life_cycle_restores_into_a_fresh_vm_and_the_guest_continues() {
     assert_eq!(states, vec![ExtentState::Accepted, ExtentState::Pending]);
 
     let snap = vmm.snapshot().unwrap();
-    assert_eq!(snap.device.chains.len(), 1);
-    assert_eq!(snap.backings.len(), 3, "the two extents' and the base region's");
+    assert_eq!(snap.vm.device.chains.len(), 1);
+    assert_eq!(
+        snap.vm.backings.len(),
+        3,
+        "the two extents' and the base region's"
+    );
     let lines_before = vmm.console_lines().len();
     vmm.shutdown();
     drop(vmm);
 
-    let vmm = Vmm::restore(config, &snap).unwrap();
+    let vmm = TestGuestVm::restore(config, &snap).unwrap();
     assert_eq!(vmm.console_lines().len(), lines_before);
     assert_eq!(vmm.slots().len(), 1, "the accepted extent is mapped again");
     // The restored guest still has autopoll off: its next poll answers the pending chain.

@@ -3,8 +3,8 @@
 
 use std::os::unix::fs::FileExt;
 use tagmem_device::{Mapping, SourceId, SourceRef};
+use tagmem_rig::TestGuest;
 use tagmem_test_support::kvm_or_skip;
-use tagmem_vmm::test_guest::TestGuest;
 use tagmem_vmm::{Backing, VmConfig};
 
 /// One MiB.
@@ -88,6 +88,7 @@ pub fn us(v: u64) -> usize {
 
 use std::sync::Arc;
 use tagmem_device::{ExtentSpec, SourceClass};
+use tagmem_rig::TestGuestVm;
 use tagmem_vmm::{BackingLifetime, Vmm, VmmConfig};
 use uuid::Uuid;
 
@@ -106,11 +107,11 @@ pub fn manual_config() -> (VmmConfig, Arc<ManualClock>) {
 
 /// Boots the runtime with the test guest and waits for its driver, or prints why the test is
 /// skipped and returns `None`.
-pub fn vmm_or_skip(config: VmmConfig) -> Option<Vmm> {
+pub fn vmm_or_skip(config: VmmConfig) -> Option<TestGuestVm> {
     if !kvm_or_skip() {
         return None;
     }
-    let vmm = Vmm::new(config).expect("start the VMM");
+    let vmm = TestGuestVm::new(config).expect("start the VMM");
     vmm.wait_ready().expect("guest driver activates the device");
     Some(vmm)
 }

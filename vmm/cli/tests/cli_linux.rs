@@ -1,7 +1,7 @@
 //! `tagmem-vmm run --kernel` as a user runs it: the kernel's serial console on standard output,
 //! the VMM's own messages on standard error, `vm.resize` and `vm.memory` through `client`, and
 //! the exit when the guest resets (exit code 0) or on SIGTERM. The kernel is a tiny ELF built
-//! here (`tests/linux/mini_elf.rs`), so only KVM is needed; fails instead of skipping when
+//! here (`vmm/tests/linux/mini_elf.rs`), so only KVM is needed; fails instead of skipping when
 //! `TAGMEM_REQUIRE_KVM=1`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -10,7 +10,7 @@ use tagmem_test_support::kvm_or_skip;
 
 #[allow(dead_code)]
 mod mini_elf {
-    include!("linux/mini_elf.rs");
+    include!("../../tests/linux/mini_elf.rs");
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_tagmem-vmm");

@@ -1,9 +1,10 @@
-//! Builds the bare-metal test guest (`tests/guest`) and turns it into a flat image the VMM embeds.
+//! Builds the bare-metal test guest (`tests/guest`) and turns it into a flat image the rig embeds
+//! and hands the VMM as its boot source.
 //!
 //! The guest is a separate cargo project (outside the workspace) compiled for the host target with
 //! link flags for a freestanding static binary. The loadable segments are then laid out into a flat
 //! image here, in Rust, so no binutils are needed; the load address, entry point and end of the
-//! zero-initialised data are written next to it for the VMM to check against its memory layout.
+//! zero-initialised data are written next to it for the rig to check against the VMM's layout.
 
 use std::env;
 use std::fs;
@@ -45,7 +46,11 @@ const LEAKING_PREFIXES: &[&str] = &[
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let root = manifest_dir.parent().expect("vmm/ has a parent").to_path_buf();
+    let root = manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("tests/rig/ lies two levels below the workspace root")
+        .to_path_buf();
     let guest_dir = root.join("tests/guest");
 
     println!("cargo:rerun-if-changed={}", guest_dir.join("src").display());

@@ -1,7 +1,0 @@
-//! `tagmem-vmm`: the reference VMM's command line (see `tagmem-vmm --help`).
-
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    tagmem_vmm::cli::main()
-}
