@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the kernel's scripts/checkpatch.pl --strict on every patch of the series (patches/*/) and
-# on the C files under smoke/ (and tree/, if any), with the checkpatch of the built source tree.
+# on the C files under smoke/ and tools/ (and tree/, if any), with the checkpatch of the built
+# source tree.
 #
 #   checkpatch.sh [KERNEL_DIR]    KERNEL_DIR: a build-kernel.sh result (default: <cache>/linux/current)
 #
@@ -38,5 +39,5 @@ for p in "$here"/patches/*/[0-9][0-9][0-9][0-9]-*.patch; do
 done
 while IFS= read -r f; do
     run -f "$f"
-done < <(find "$here/smoke" "$here/tree" -name '*.[ch]' 2>/dev/null | sort)
+done < <(find "$here/smoke" "$here/tree" "$here/tools" -name '*.[ch]' 2>/dev/null | sort)
 exit "$status"
