@@ -44,12 +44,42 @@ wait_for() {
     done
 }
 
-nr_extents() { ls -d "$vdev"/tagmem/extent* 2>/dev/null | wc -l; }
+# Shell expansions rather than sed: fewer programs to go wrong under an instruction emulator.
+# Joins its arguments with commas.
+join() {
+    out=""
+    for w in "$@"; do out="$out${out:+,}$w"; done
+    echo "$out"
+}
+ids() {
+    set --
+    for d in "$vdev"/tagmem/extent*; do
+        [ -d "$d" ] && set -- "$@" "${d##*/extent}"
+    done
+    join "$@"
+}
+nr_extents() {
+    n=0
+    for d in "$vdev"/tagmem/extent*; do
+        [ -d "$d" ] && n=$((n + 1))
+    done
+    echo "$n"
+}
 has_extents() { [ "$(nr_extents)" -eq "$1" ]; }
-ids() { ls -d "$vdev"/tagmem/extent* 2>/dev/null | sed 's/.*extent//' | sort -n | tr '\n' ',' | sed 's/,$//'; }
 region() { echo "$vdev/dax_region"; }
-devices() { ls /sys/bus/dax/devices 2>/dev/null | tr '\n' ',' | sed 's/,$//'; }
-word() { tr -s ' \n' ',' < "$1" 2>/dev/null | sed 's/^,//;s/,$//'; }
+devices() {
+    set --
+    for d in /sys/bus/dax/devices/*; do
+        [ -e "$d" ] && set -- "$@" "${d##*/}"
+    done
+    join "$@"
+}
+# The words of file $1, joined with commas.
+word() {
+    read -r line < "$1"
+    # shellcheck disable=SC2086
+    join $line
+}
 
 holder=""
 while read -r cmd a b c; do
