@@ -79,6 +79,19 @@ fn guest_inputs(tmp: &Path) -> Result<(PathBuf, PathBuf, String), String> {
     if !kernel.is_file() {
         return Err(format!("no guest kernel at {}", kernel.display()));
     }
+    // build-kernel.sh keeps the config next to the kernel: one without the series cannot pass.
+    if let Some(config) = kernel
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("config")).ok())
+    {
+        if !config.lines().any(|l| l == "CONFIG_VIRTIO_MEM_TAGGED=y") {
+            return Err(format!(
+                "the guest kernel at {} was built without CONFIG_VIRTIO_MEM_TAGGED \
+                 (linux/patches/10-tagged/, linux/config/guest.config)",
+                kernel.display()
+            ));
+        }
+    }
     let tools = repo_root().join("linux/tools");
     let daxmap = tmp.join("daxmap");
     let status = Command::new("cc")
