@@ -91,7 +91,10 @@ while read -r cmd a b c; do
         extent)
             e=$vdev/tagmem/extent$a
             if [ -d "$e" ]; then
-                poison=$(awk '{printf "%s%s+%s", NR > 1 ? ";" : "", $1, $2}' "$e/poison")
+                poison=""
+                while read -r off len; do
+                    [ -n "$off" ] && poison="$poison${poison:+;}$off+$len"
+                done < "$e/poison"
                 perf=""
                 for p in read_latency write_latency read_bandwidth write_bandwidth; do
                     [ -r "$e/access1/$p" ] && perf="$perf $p=$(cat "$e/access1/$p")"
