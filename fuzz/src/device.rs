@@ -1,0 +1,1115 @@
+//! The device core driven over real guest memory: programs of guest requests (well-formed or
+//! raw descriptor chains), eventq buffers, host commands, resets and snapshot round trips, with
+//! the device's invariants checked after every step.
+//!
+//! A program is a byte string of [`Op`]s ([`Op::decode`] reads one, [`Op::encode`] writes it),
+//! so seed programs are written from meaningful steps and libFuzzer mutates them byte-wise.
+
+use crate::bytes::{Reader, Writer};
+use crate::proto::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tagmem_device::test_utils::{
+    CountingNotifier, FakeMapper, FakeMapperState, Harness, ManualClock, RawQueue, EVT_ADDR, REQ_ADDR, RESP_ADDR,
+};
+use tagmem_device::{
+    DeviceState, ExtentFlags, ExtentInfo, ExtentSpec, ExtentState, HostEvent, Mapping, Perf, SourceClass,
+    SourceId, SourceRef, TaggedMemDevice, Target, VirtioDevice,
+};
+use uuid::Uuid;
+
+/// Most steps of one program (longer inputs are cut).
+pub const MAX_OPS: usize = 48;
+/// Guest memory the harness provides (rings and buffers live in it).
+const MEM_SIZE: u64 = 1 << 20;
+/// Most bytes a raw request or poke writes.
+const MAX_BLOB: usize = 4096;
+
+/// How an extent, chain or tag is picked: an index into what the device holds now, or a raw id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick(pub u8);
+
+/// One extent of an offer, in small units the fuzzer can hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecBits {
+    /// 0: untagged, 1..=4: fixed tags, otherwise a tag made of `raw`.
+    pub tag: u8,
+    /// Length in 2 MiB units (0 stays 0: invalid).
+    pub len_units: u8,
+    /// Backing id (taken modulo 4).
+    pub source: u8,
+    /// Backing offset in 2 MiB units; with the top bit set, a raw misaligned offset.
+    pub offset_units: u16,
+    /// 0: the device places it; 1: at the window start plus `gpa_units` 2 MiB units; 2: raw.
+    pub gpa_mode: u8,
+    /// See `gpa_mode`.
+    pub gpa_units: u16,
+    /// Bit 0 sharable, bit 1 read-only.
+    pub flags: u8,
+    /// Read latency (ns); the other performance values derive from it.
+    pub latency: u16,
+    /// NUMA node.
+    pub node: u16,
+    /// Sequence number in a sharable group.
+    pub seq: u16,
+    /// Source class (taken modulo 5).
+    pub class: u8,
+    /// Raw material for tags and raw addresses.
+    pub raw: u64,
+}
+
+/// One step of a program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// PLUG of `nb` blocks starting `block` blocks into the region (`raw`: `block` is raw).
+    Plug { block: u16, nb: u16, raw: bool },
+    /// UNPLUG, as `Plug`.
+    Unplug { block: u16, nb: u16, raw: bool },
+    /// UNPLUG_ALL.
+    UnplugAll,
+    /// STATE, as `Plug`.
+    State { block: u16, nb: u16, raw: bool },
+    /// ACCEPT of the extents `mask` selects from pending chain `chain`; `twist` bit 0 repeats an
+    /// id, bit 1 adds an unknown id, bit 2 miscounts, bit 3 leaves too little response room.
+    Accept { chain: Pick, mask: u64, twist: u8 },
+    /// RELEASE of accepted extent `extent`; `tag_mode` 0: its tag, 1: a wrong tag, 2: nil.
+    Release { extent: Pick, tag_mode: u8 },
+    /// RELEASE_BUSY, as `Release`.
+    ReleaseBusy { extent: Pick, tag_mode: u8 },
+    /// LIST from `first` for `count` records with `room` writable bytes.
+    List { first: Pick, count: u32, room: u16 },
+    /// Any bytes as a request, with `room` writable bytes after them.
+    RawRequest { bytes: Vec<u8>, room: u16 },
+    /// Descriptors written verbatim into the request queue's table, then `head` published.
+    RawChain { descs: Vec<(u8, u64, u32, u16, u16)>, head: u16 },
+    /// Bytes written into guest memory at `addr` (rings the driver owns, or buffers).
+    Poke { addr: u32, bytes: Vec<u8> },
+    /// `n` eventq buffers of `len` bytes, readable ones when `readable`.
+    PostEvents { n: u8, len: u16, readable: bool },
+    /// A notification of queue `queue`.
+    Notify { queue: u16 },
+    /// The host offers a chain.
+    Offer { specs: Vec<SpecBits> },
+    /// The host asks for the release of a tag group or extent.
+    RequestRelease { target: Pick },
+    /// The host updates metadata.
+    UpdateMetadata { target: Pick, latency: u32 },
+    /// The host reports poison in `extent` at `offset` (4 KiB units) for `pages` pages.
+    Poison { extent: Pick, offset: u32, pages: u32 },
+    /// The host changes the requested size (in blocks; `raw`: bytes).
+    SetRequestedSize { value: u64, raw: bool },
+    /// Time passes, then the timers run.
+    Advance { ms: u32 },
+    /// The driver resets the device (status 0).
+    Reset,
+    /// The driver brings the device up again: features (0: all offered, 1: base only,
+    /// otherwise raw) and fresh queues.
+    Activate { features: u64 },
+    /// Snapshot, restore into a new device, continue with the restored one.
+    SnapshotRestore,
+    /// The driver reads the configuration space.
+    ReadConfig { offset: u8, len: u8 },
+}
+
+const OPS: u8 = 24;
+
+impl Op {
+    /// Reads one step; `allowed` limits the kinds: the first byte names one, and a kind not
+    /// allowed stands for an allowed one (modulo their number).
+    pub fn decode(r: &mut Reader<'_>, allowed: &[u8]) -> Op {
+        let b = r.u8();
+        let kind = if allowed.contains(&b) {
+            b
+        } else {
+            allowed[usize::from(b) % allowed.len()]
+        };
+        let blk = |r: &mut Reader<'_>| (r.u16(), r.u16(), r.u8() & 1 == 1);
+        match kind {
+            0 => {
+                let (block, nb, raw) = blk(r);
+                Op::Plug { block, nb, raw }
+            }
+            1 => {
+                let (block, nb, raw) = blk(r);
+                Op::Unplug { block, nb, raw }
+            }
+            2 => Op::UnplugAll,
+            3 => {
+                let (block, nb, raw) = blk(r);
+                Op::State { block, nb, raw }
+            }
+            4 => Op::Accept {
+                chain: Pick(r.u8()),
+                mask: r.u64(),
+                twist: r.u8(),
+            },
+            5 => Op::Release {
+                extent: Pick(r.u8()),
+                tag_mode: r.u8(),
+            },
+            6 => Op::ReleaseBusy {
+                extent: Pick(r.u8()),
+                tag_mode: r.u8(),
+            },
+            7 => Op::List {
+                first: Pick(r.u8()),
+                count: r.u32(),
+                room: r.u16(),
+            },
+            8 => Op::RawRequest {
+                bytes: r.blob(MAX_BLOB).to_vec(),
+                room: r.u16(),
+            },
+            9 => {
+                let n = r.u8() % 8;
+                let descs = (0..n).map(|_| (r.u8(), r.u64(), r.u32(), r.u16(), r.u16())).collect();
+                Op::RawChain { descs, head: r.u16() }
+            }
+            10 => Op::Poke {
+                addr: r.u32(),
+                bytes: r.blob(MAX_BLOB).to_vec(),
+            },
+            11 => Op::PostEvents {
+                n: r.u8(),
+                len: r.u16(),
+                readable: r.u8() & 1 == 1,
+            },
+            12 => Op::Notify { queue: r.u16() },
+            13 => {
+                let n = 1 + r.u8() % 6;
+                let specs = (0..n)
+                    .map(|_| SpecBits {
+                        tag: r.u8(),
+                        len_units: r.u8(),
+                        source: r.u8(),
+                        offset_units: r.u16(),
+                        gpa_mode: r.u8(),
+                        gpa_units: r.u16(),
+                        flags: r.u8(),
+                        latency: r.u16(),
+                        node: r.u16(),
+                        seq: r.u16(),
+                        class: r.u8(),
+                        raw: r.u64(),
+                    })
+                    .collect();
+                Op::Offer { specs }
+            }
+            14 => Op::RequestRelease { target: Pick(r.u8()) },
+            15 => Op::UpdateMetadata {
+                target: Pick(r.u8()),
+                latency: r.u32(),
+            },
+            16 => Op::Poison {
+                extent: Pick(r.u8()),
+                offset: r.u32(),
+                pages: r.u32(),
+            },
+            17 => Op::SetRequestedSize {
+                value: r.u64(),
+                raw: r.u8() & 1 == 1,
+            },
+            18 => Op::Advance { ms: r.u32() },
+            19 => Op::Reset,
+            20 => Op::Activate { features: r.u64() },
+            21 => Op::SnapshotRestore,
+            _ => Op::ReadConfig {
+                offset: r.u8(),
+                len: r.u8(),
+            },
+        }
+    }
+
+    /// Writes the step so that [`Op::decode`] with every kind allowed reads it back.
+    pub fn encode(&self, w: &mut Writer) {
+        let blk = |w: &mut Writer, k: u8, block: u16, nb: u16, raw: bool| {
+            w.u8(k).u16(block).u16(nb).u8(u8::from(raw));
+        };
+        match self {
+            Op::Plug { block, nb, raw } => blk(w, 0, *block, *nb, *raw),
+            Op::Unplug { block, nb, raw } => blk(w, 1, *block, *nb, *raw),
+            Op::UnplugAll => {
+                w.u8(2);
+            }
+            Op::State { block, nb, raw } => blk(w, 3, *block, *nb, *raw),
+            Op::Accept { chain, mask, twist } => {
+                w.u8(4).u8(chain.0).u64(*mask).u8(*twist);
+            }
+            Op::Release { extent, tag_mode } => {
+                w.u8(5).u8(extent.0).u8(*tag_mode);
+            }
+            Op::ReleaseBusy { extent, tag_mode } => {
+                w.u8(6).u8(extent.0).u8(*tag_mode);
+            }
+            Op::List { first, count, room } => {
+                w.u8(7).u8(first.0).u32(*count).u16(*room);
+            }
+            Op::RawRequest { bytes, room } => {
+                w.u8(8).blob(bytes).u16(*room);
+            }
+            Op::RawChain { descs, head } => {
+                w.u8(9).u8(u8::try_from(descs.len()).expect("at most 7 descriptors"));
+                for &(i, addr, len, flags, next) in descs {
+                    w.u8(i).u64(addr).u32(len).u16(flags).u16(next);
+                }
+                w.u16(*head);
+            }
+            Op::Poke { addr, bytes } => {
+                w.u8(10).u32(*addr).blob(bytes);
+            }
+            Op::PostEvents { n, len, readable } => {
+                w.u8(11).u8(*n).u16(*len).u8(u8::from(*readable));
+            }
+            Op::Notify { queue } => {
+                w.u8(12).u16(*queue);
+            }
+            Op::Offer { specs } => {
+                let n = u8::try_from(specs.len() - 1).expect("1 to 6 extents");
+                w.u8(13).u8(n);
+                for s in specs {
+                    w.u8(s.tag)
+                        .u8(s.len_units)
+                        .u8(s.source)
+                        .u16(s.offset_units)
+                        .u8(s.gpa_mode)
+                        .u16(s.gpa_units)
+                        .u8(s.flags)
+                        .u16(s.latency)
+                        .u16(s.node)
+                        .u16(s.seq)
+                        .u8(s.class)
+                        .u64(s.raw);
+                }
+            }
+            Op::RequestRelease { target } => {
+                w.u8(14).u8(target.0);
+            }
+            Op::UpdateMetadata { target, latency } => {
+                w.u8(15).u8(target.0).u32(*latency);
+            }
+            Op::Poison { extent, offset, pages } => {
+                w.u8(16).u8(extent.0).u32(*offset).u32(*pages);
+            }
+            Op::SetRequestedSize { value, raw } => {
+                w.u8(17).u64(*value).u8(u8::from(*raw));
+            }
+            Op::Advance { ms } => {
+                w.u8(18).u32(*ms);
+            }
+            Op::Reset => {
+                w.u8(19);
+            }
+            Op::Activate { features } => {
+                w.u8(20).u64(*features);
+            }
+            Op::SnapshotRestore => {
+                w.u8(21);
+            }
+            Op::ReadConfig { offset, len } => {
+                w.u8(22).u8(*offset).u8(*len);
+            }
+        }
+    }
+}
+
+/// Every kind of step.
+pub fn all_ops() -> Vec<u8> {
+    (0..OPS - 1).collect()
+}
+
+/// The steps of the raw-queue target: descriptors, pokes, buffers and notifications only.
+pub fn raw_queue_ops() -> Vec<u8> {
+    vec![8, 9, 10, 11, 12]
+}
+
+/// Decodes a whole program.
+pub fn decode_program(data: &[u8], allowed: &[u8]) -> Vec<Op> {
+    let mut r = Reader::new(data);
+    let mut ops = Vec::new();
+    while !r.is_empty() && ops.len() < MAX_OPS {
+        ops.push(Op::decode(&mut r, allowed));
+    }
+    ops
+}
+
+/// Encodes a whole program.
+pub fn encode_program(ops: &[Op]) -> Vec<u8> {
+    let mut w = Writer::default();
+    for op in ops {
+        op.encode(&mut w);
+    }
+    w.out
+}
+
+fn tag_of(sel: u8, raw: u64) -> Uuid {
+    match sel % 8 {
+        0 | 6 => Uuid::nil(),
+        k @ 1..=4 => Uuid::from_u128(0x6f1c_2a9e_0d3b_4c55_9a7e_3b1f_00c0_ff00 + u128::from(k)),
+        _ => Uuid::from_u128(u128::from(raw) << 64 | u128::from(raw.rotate_left(17))),
+    }
+}
+
+impl SpecBits {
+    /// The extent the host offers; `window` is the tagged window's start.
+    pub fn spec(&self, window: u64) -> ExtentSpec {
+        let offset = if self.offset_units & 0x8000 != 0 {
+            self.raw
+        } else {
+            u64::from(self.offset_units % 64) * EXTENT_ALIGN
+        };
+        let source = SourceRef {
+            id: SourceId(1 + u64::from(self.source % 4)),
+            offset,
+        };
+        let lat = u32::from(self.latency);
+        ExtentSpec {
+            gpa: match self.gpa_mode % 4 {
+                1 => Some(window + u64::from(self.gpa_units % 530) * EXTENT_ALIGN),
+                2 => Some(self.raw),
+                _ => None,
+            },
+            flags: ExtentFlags {
+                sharable: self.flags & 1 != 0,
+                readonly: self.flags & 2 != 0,
+            },
+            perf: Perf {
+                read_latency_ns: lat,
+                write_latency_ns: lat.saturating_mul(2),
+                read_bandwidth_mbps: lat.saturating_mul(100),
+                write_bandwidth_mbps: lat.saturating_mul(50),
+            },
+            node: self.node,
+            seq: self.seq,
+            class: match self.class % 5 {
+                0 => SourceClass::Unspecified,
+                1 => SourceClass::CxlDc,
+                2 => SourceClass::SoftReserved,
+                3 => SourceClass::Pmem,
+                _ => SourceClass::File,
+            },
+            ..ExtentSpec::new(
+                tag_of(self.tag, self.raw),
+                u64::from(self.len_units % 9) * EXTENT_ALIGN,
+                source,
+            )
+        }
+    }
+}
+
+/// A device on the test harness, the features its driver negotiated and what the checks track.
+pub struct Rig {
+    /// The harness: guest memory, device, fake mapper, clock, queues.
+    pub h: Harness,
+    /// Eventq buffers posted and not yet used.
+    outstanding_events: usize,
+    /// Extent ids the device reported released (they must never be mapped again).
+    released: Vec<u64>,
+    /// Raw descriptors or pokes changed the rings behind the harness's back: used entries and
+    /// event buffers are only checked for what the device itself guarantees.
+    raw: bool,
+    /// Check the invariants after every step (off only to record states for seeds).
+    pub checks: bool,
+}
+
+fn lock(s: &Arc<Mutex<FakeMapperState>>) -> std::sync::MutexGuard<'_, FakeMapperState> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A mapping normalised for comparison: adjacent ranges of one backing merged.
+fn normalise(mut v: Vec<Mapping>) -> Vec<Mapping> {
+    v.sort_by_key(|m| m.gpa);
+    let mut out: Vec<Mapping> = Vec::new();
+    for m in v {
+        if let Some(last) = out.last_mut() {
+            let joins = last.gpa.checked_add(last.len) == Some(m.gpa)
+                && last.source.id == m.source.id
+                && last.source.offset.checked_add(last.len) == Some(m.source.offset)
+                && last.readonly == m.readonly;
+            if joins {
+                last.len += m.len;
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// The mappings a device state says the guest can reach: plugged blocks and accepted extents.
+pub fn expected_mappings(s: &DeviceState) -> Vec<Mapping> {
+    let bs = s.config.block_size;
+    let mut v = Vec::new();
+    if let Some(src) = s.config.region_source {
+        for &(first, count) in &s.plugged {
+            v.push(Mapping {
+                gpa: s.config.region_addr + first * bs,
+                len: count * bs,
+                source: SourceRef {
+                    id: src.id,
+                    offset: src.offset + first * bs,
+                },
+                readonly: false,
+            });
+        }
+    }
+    for e in s.extents.iter().filter(|e| e.state != ExtentState::Pending) {
+        v.push(Mapping {
+            gpa: e.gpa,
+            len: e.length,
+            source: e.source,
+            readonly: e.flags.readonly,
+        });
+    }
+    normalise(v)
+}
+
+/// Panics unless the mapper holds exactly what `s` says is mapped, and broke no contract.
+pub fn check_mapper(s: &DeviceState, mapper: &Arc<Mutex<FakeMapperState>>, what: &str) {
+    let m = lock(mapper);
+    assert!(
+        m.violations.is_empty(),
+        "{what}: the device broke the mapper contract: {:?}",
+        m.violations
+    );
+    let have = normalise(m.mapped.values().copied().collect());
+    let want = expected_mappings(s);
+    assert_eq!(
+        have, want,
+        "{what}: the guest can reach other memory than the plugged blocks and accepted extents"
+    );
+}
+
+/// Panics unless the extent table of `s` is self-consistent as far as a host can see it.
+pub fn check_table(s: &DeviceState) {
+    let mut by_gpa: Vec<&ExtentInfo> = s.extents.iter().collect();
+    by_gpa.sort_by_key(|e| e.gpa);
+    for w in by_gpa.windows(2) {
+        assert!(
+            w[0].gpa.checked_add(w[0].length).is_some_and(|end| end <= w[1].gpa),
+            "extents {} and {} overlap in the guest",
+            w[0].id,
+            w[1].id
+        );
+    }
+    let window = s.config.tagged;
+    for e in &s.extents {
+        assert!(e.length > 0 && e.length % EXTENT_ALIGN == 0 && e.gpa % EXTENT_ALIGN == 0);
+        let w = window.expect("extents exist only with a tagged window");
+        assert!(
+            e.gpa >= w.addr && e.gpa.checked_add(e.length).is_some_and(|end| end <= w.addr + w.size),
+            "extent {} lies outside the window",
+            e.id
+        );
+        assert!(e.id < s.next_extent_id && e.chain_id < s.next_chain_id);
+        let pending = s.chains.iter().any(|c| c.ids.contains(&e.id));
+        assert_eq!(pending, e.state == ExtentState::Pending, "extent {} chain membership", e.id);
+    }
+    let pending: usize = s.chains.iter().map(|c| c.ids.len()).sum();
+    assert!(pending <= s.config.max_pending as usize, "more extents pending than allowed");
+}
+
+impl Rig {
+    /// A device with every offered feature negotiated, activated on the harness.
+    pub fn tagged() -> Self {
+        Rig {
+            h: Harness::tagged(),
+            outstanding_events: 0,
+            released: Vec::new(),
+            raw: false,
+            checks: true,
+        }
+    }
+
+    /// The device's state now.
+    pub fn state(&self) -> DeviceState {
+        self.h.dev.snapshot()
+    }
+
+    fn window(&self) -> u64 {
+        self.h.dev.config().tagged.map_or(0, |w| w.addr)
+    }
+
+    fn extents(&self) -> Vec<ExtentInfo> {
+        let mut v = self.h.dev.extents();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    fn accepted(&self) -> Vec<ExtentInfo> {
+        self.extents()
+            .into_iter()
+            .filter(|e| e.state != ExtentState::Pending)
+            .collect()
+    }
+
+    fn pending_chains(&self) -> Vec<(u64, Vec<u64>)> {
+        let mut chains: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for e in self.extents().into_iter().filter(|e| e.state == ExtentState::Pending) {
+            chains.entry(e.chain_id).or_default().push(e.id);
+        }
+        chains.into_iter().collect()
+    }
+
+    fn pick_extent(&self, p: Pick) -> Option<ExtentInfo> {
+        let acc = self.accepted();
+        let all = self.extents();
+        match p.0 {
+            0..=127 if !acc.is_empty() => Some(acc[usize::from(p.0) % acc.len()].clone()),
+            128..=191 if !all.is_empty() => Some(all[usize::from(p.0) % all.len()].clone()),
+            _ => None,
+        }
+    }
+
+    fn target(&self, p: Pick) -> Target {
+        match (self.pick_extent(p), p.0 % 2) {
+            (Some(e), 0) if !e.tag.is_nil() => Target::Tag(e.tag),
+            (Some(e), _) => Target::Extent(e.id),
+            (None, 0) => Target::Tag(tag_of(p.0 >> 1, 0)),
+            (None, _) => Target::Extent(u64::from(p.0)),
+        }
+    }
+
+    /// Writes `req` into guest memory, publishes it with `room` writable bytes, notifies, and
+    /// checks the used entry; returns the response bytes (empty when no response was written).
+    fn request(&mut self, req: &[u8], room: u32) -> Vec<u8> {
+        let room = room.min(0x1_0000);
+        self.h.write(REQ_ADDR, req);
+        let len = u32::try_from(req.len()).expect("small request");
+        let head = self
+            .h
+            .reqq
+            .add_chain(&[(REQ_ADDR, len, false), (RESP_ADDR, room, true)]);
+        self.h.dev.queue_notify(GUESTQ);
+        let used = self.h.reqq.take_used();
+        if !self.h.dev.is_active() {
+            assert!(used.is_empty(), "an inactive device used a buffer");
+            return Vec::new();
+        }
+        let size = u32::from(self.h.reqq.size);
+        let mut resp = None;
+        for &(h, n) in &used {
+            assert!(h < size, "used head {h} outside the queue");
+            if h == u32::from(head) {
+                assert!(n <= room, "used length {n} exceeds the writable room {room}");
+                resp = Some(n);
+            }
+        }
+        if self.raw {
+            return resp.map_or_else(Vec::new, |n| self.h.read(RESP_ADDR, n as usize));
+        }
+        assert_eq!(used.len(), 1, "the device must complete the chain it was given");
+        let n = resp.expect("the used entry names the head published");
+        self.h.read(RESP_ADDR, n as usize)
+    }
+
+    fn block_addr(&self, block: u16, raw: bool) -> u64 {
+        let c = self.h.dev.config();
+        if raw {
+            u64::from(block) << 12
+        } else {
+            c.region_addr + u64::from(block % 40) * c.block_size
+        }
+    }
+
+    fn base(&mut self, ty: u16, block: u16, nb: u16, raw: bool) {
+        let addr = self.block_addr(block, raw);
+        let nb = if raw { nb } else { nb % 40 };
+        let req = VirtioMemReq::new(ty, addr, nb);
+        let resp = self.request(req.as_bytes(), BASE_RESP_SIZE as u32);
+        if !resp.is_empty() {
+            let (r, _) = VirtioMemResp::read_from_prefix(&resp).expect("a full base response");
+            assert!(r.resp_type.get() <= 3, "unknown response type");
+        }
+    }
+
+    fn tagged_resp(&self, resp: &[u8]) -> Option<TaggedResp> {
+        if resp.is_empty() {
+            return None;
+        }
+        let (r, _) = TaggedResp::read_from_prefix(resp).expect("a tagged response is 16 bytes");
+        assert!(r.resp_type.get() <= 3, "unknown response type");
+        Some(r)
+    }
+
+    fn tag_for(&self, e: &ExtentInfo, mode: u8) -> [u8; 16] {
+        match mode % 4 {
+            1 => *Uuid::from_u128(e.tag.as_u128() ^ 1).as_bytes(),
+            2 => [0; 16],
+            _ => *e.tag.as_bytes(),
+        }
+    }
+
+    /// Runs one step, then checks the invariants.
+    pub fn step(&mut self, op: &Op) {
+        match op {
+            Op::Plug { block, nb, raw } => self.base(REQ_PLUG, *block, *nb, *raw),
+            Op::Unplug { block, nb, raw } => self.base(REQ_UNPLUG, *block, *nb, *raw),
+            Op::UnplugAll => self.base(REQ_UNPLUG_ALL, 0, 0, false),
+            Op::State { block, nb, raw } => self.base(REQ_STATE, *block, *nb, *raw),
+            Op::Accept { chain, mask, twist } => self.accept(*chain, *mask, *twist),
+            Op::Release { extent, tag_mode } => self.release(REQ_RELEASE, *extent, *tag_mode),
+            Op::ReleaseBusy { extent, tag_mode } => self.release(REQ_RELEASE_BUSY, *extent, *tag_mode),
+            Op::List { first, count, room } => self.list(*first, *count, *room),
+            Op::RawRequest { bytes, room } => {
+                self.request(bytes, u32::from(*room));
+            }
+            Op::RawChain { descs, head } => {
+                self.raw = true;
+                for &(i, addr, len, flags, next) in descs {
+                    self.h.reqq.set_desc(u16::from(i), addr, len, flags, next);
+                }
+                self.h.reqq.publish(*head);
+                self.h.dev.queue_notify(GUESTQ);
+                let size = u32::from(self.h.reqq.size);
+                for (h, _) in self.h.reqq.take_used() {
+                    assert!(h < size, "used head {h} outside the queue");
+                }
+            }
+            Op::Poke { addr, bytes } => self.poke(*addr, bytes),
+            Op::PostEvents { n, len, readable } => self.post_events(*n, *len, *readable),
+            Op::Notify { queue } => self.h.dev.queue_notify(*queue),
+            Op::Offer { specs } => {
+                let window = self.window();
+                let specs: Vec<ExtentSpec> = specs.iter().map(|s| s.spec(window)).collect();
+                if let Ok(r) = self.h.dev.offer(&specs) {
+                    assert_eq!(r.extents.len(), specs.len(), "a receipt for every extent");
+                }
+            }
+            Op::RequestRelease { target } => {
+                let t = self.target(*target);
+                let _ = self.h.dev.request_release(t);
+            }
+            Op::UpdateMetadata { target, latency } => {
+                let t = self.target(*target);
+                let perf = Perf {
+                    read_latency_ns: *latency,
+                    ..Perf::default()
+                };
+                let _ = self.h.dev.update_metadata(t, perf);
+            }
+            Op::Poison { extent, offset, pages } => {
+                let id = self.pick_extent(*extent).map_or(u64::from(extent.0), |e| e.id);
+                let _ = self
+                    .h
+                    .dev
+                    .inject_poison(id, u64::from(*offset) << 12, u64::from(*pages) << 12);
+            }
+            Op::SetRequestedSize { value, raw } => {
+                let size = if *raw {
+                    *value
+                } else {
+                    (value % 40) * self.h.dev.config().block_size
+                };
+                let _ = self.h.dev.set_requested_size(size);
+            }
+            Op::Advance { ms } => {
+                self.h.clock.advance(u64::from(*ms));
+                self.h.dev.poll_timers();
+            }
+            Op::Reset => {
+                self.h.dev.reset();
+                self.outstanding_events = 0;
+            }
+            Op::Activate { features } => self.activate(*features),
+            Op::SnapshotRestore => {
+                if self.checks {
+                    self.snapshot_restore();
+                }
+            }
+            Op::ReadConfig { offset, len } => {
+                let mut buf = vec![0u8; usize::from(*len)];
+                self.h.dev.read_config(u64::from(*offset), &mut buf);
+                self.h.dev.write_config(u64::from(*offset), &buf);
+            }
+        }
+        if self.checks {
+            self.check();
+        } else {
+            self.h.dev.take_host_events();
+        }
+    }
+
+    fn accept(&mut self, chain: Pick, mask: u64, twist: u8) {
+        let chains = self.pending_chains();
+        let (chain_id, ids) = if chains.is_empty() || chain.0 == 255 {
+            (u64::from(chain.0), vec![1, 2])
+        } else {
+            chains[usize::from(chain.0) % chains.len()].clone()
+        };
+        let mut chosen: Vec<u64> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << (i % 64)) != 0)
+            .map(|(_, id)| *id)
+            .collect();
+        if twist & 1 != 0 {
+            if let Some(&first) = chosen.first() {
+                chosen.push(first);
+            }
+        }
+        if twist & 2 != 0 {
+            chosen.push(u64::MAX - u64::from(twist));
+        }
+        let mut count = u32::try_from(chosen.len()).expect("few ids");
+        if twist & 4 != 0 {
+            count = count.wrapping_add(u32::from(twist >> 4) + 1);
+        }
+        let mut req = TaggedReq::new(REQ_ACCEPT, chain_id, [0; 16], count).as_bytes().to_vec();
+        for id in &chosen {
+            req.extend_from_slice(&id.to_le_bytes());
+        }
+        let room = if twist & 8 != 0 { 8 } else { TAGGED_RESP_SIZE as u32 };
+        let resp = self.request(&req, room);
+        if let Some(r) = self.tagged_resp(&resp) {
+            if r.resp_type.get() == 0 {
+                let n = r.value.get() as usize;
+                assert!(n <= chosen.len(), "accepted more extents than the driver named");
+            }
+        }
+    }
+
+    fn release(&mut self, ty: u16, extent: Pick, tag_mode: u8) {
+        let (id, tag) = match self.pick_extent(extent) {
+            Some(e) => (e.id, self.tag_for(&e, tag_mode)),
+            None => (u64::from(extent.0), [tag_mode; 16]),
+        };
+        let req = TaggedReq::new(ty, id, tag, 0);
+        let resp = self.request(req.as_bytes(), TAGGED_RESP_SIZE as u32);
+        self.tagged_resp(&resp);
+    }
+
+    fn list(&mut self, first: Pick, count: u32, room: u16) {
+        let Some(ty) = REQ_LIST else {
+            return;
+        };
+        let first_id = match self.pick_extent(first) {
+            Some(e) if first.0 < 192 => e.id,
+            _ => u64::from(first.0) & 0x3f,
+        };
+        let count = if count & 0x8000_0000 != 0 { count } else { count % 70 };
+        let req = TaggedReq::new(ty, first_id, [0; 16], count);
+        let resp = self.request(req.as_bytes(), u32::from(room));
+        let Some(r) = self.tagged_resp(&resp) else {
+            return;
+        };
+        if r.resp_type.get() != 0 {
+            return;
+        }
+        let n = r.value.get() as usize;
+        assert!(n <= count as usize, "LIST answered more records than asked");
+        assert_eq!(resp.len(), TAGGED_RESP_SIZE + EXTENT_RECORD_SIZE * n, "LIST used length");
+        let accepted = self.accepted();
+        let want: Vec<u64> = accepted
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| *id >= first_id)
+            .take(n)
+            .collect();
+        let got: Vec<u64> = resp[TAGGED_RESP_SIZE..]
+            .chunks_exact(EXTENT_RECORD_SIZE)
+            .map(|c| {
+                ExtentRecord::read_from_bytes(c)
+                    .expect("a record is 80 bytes")
+                    .extent_id
+                    .get()
+            })
+            .collect();
+        assert_eq!(got, want, "LIST must name the accepted extents from {first_id}, ascending");
+    }
+
+    fn poke(&mut self, addr: u32, bytes: &[u8]) {
+        // Everything but the used rings, which belong to the device.
+        let reqq = &self.h.reqq;
+        let evq = &self.h.evq;
+        let addr = u64::from(addr) % MEM_SIZE;
+        let end = (addr + bytes.len() as u64).min(MEM_SIZE);
+        let used = [
+            (reqq.used, reqq.used + 4 + 8 * u64::from(reqq.size) + 2),
+            (evq.used, evq.used + 4 + 8 * u64::from(evq.size) + 2),
+        ];
+        if used.iter().any(|&(s, e)| addr < e && s < end) {
+            return;
+        }
+        self.raw = true;
+        self.h.write(addr, &bytes[..usize::try_from(end - addr).unwrap_or(0)]);
+    }
+
+    fn post_events(&mut self, n: u8, len: u16, readable: bool) {
+        let room = usize::from(self.h.evq.size).saturating_sub(self.outstanding_events);
+        let n = usize::from(n % 16).min(room);
+        for _ in 0..n {
+            let i = self.h.evq.next_free_index();
+            let len = u32::from(len % 512);
+            if readable {
+                // A readable buffer the device must refuse (used length 0).
+                self.h.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, false)]);
+            } else {
+                self.h.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, true)]);
+            }
+            self.outstanding_events += 1;
+        }
+        self.h.dev.queue_notify(EVENTQ);
+    }
+
+    fn activate(&mut self, features: u64) {
+        let offered = self.h.dev.device_features();
+        let features = match features {
+            0 => offered,
+            1 => offered & !(1 << F_TAGGED),
+            f => f,
+        };
+        if self.h.dev.is_active() {
+            return;
+        }
+        self.h.dev.set_driver_features(features);
+        self.h.reqq = RawQueue::new(self.h.mem.clone(), 0, self.h.reqq.size);
+        self.h.evq = RawQueue::new(self.h.mem.clone(), 0x8000, self.h.evq.size);
+        self.outstanding_events = 0;
+        self.raw = false;
+        let queues = vec![self.h.reqq.queue(), self.h.evq.queue()];
+        let _ = self.h.dev.activate(self.h.mem.clone(), queues);
+    }
+
+    fn snapshot_restore(&mut self) {
+        let s = self.state();
+        let (dev, state) = Env::of(&self.h)
+            .restore(&s)
+            .unwrap_or_else(|e| panic!("the device's own snapshot does not restore: {e}\n{s:#?}"));
+        self.h.dev = dev;
+        self.h.mapper = state;
+    }
+
+    /// Drains the event queue and host events and checks what the device did.
+    pub fn check(&mut self) {
+        let size = u32::from(self.h.evq.size);
+        for (head, len) in self.h.evq.take_used() {
+            assert!(head < size, "used head {head} outside the event queue");
+            self.outstanding_events = self.outstanding_events.saturating_sub(1);
+            if len == 0 || self.raw {
+                continue;
+            }
+            assert_eq!(len as usize, EVENT_SIZE, "an event buffer's used length");
+            let bytes = self.h.read(EVT_ADDR + 128 * u64::from(head), EVENT_SIZE);
+            let ev = Event::try_from(bytes.as_slice()).expect("the device wrote a valid event");
+            let state = self.state();
+            if let Event::Offer { chain_id, .. } = ev {
+                assert!(chain_id < state.next_chain_id, "OFFER of a chain never made");
+            }
+        }
+        for e in self.h.dev.take_host_events() {
+            match e {
+                HostEvent::Released { extents } => self.released.extend(extents.iter().map(|(id, _)| *id)),
+                HostEvent::ChainAnswered { accepted, .. } => {
+                    for id in accepted {
+                        assert!(!self.released.contains(&id), "extent {id} accepted after release");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let s = self.state();
+        check_table(&s);
+        check_mapper(&s, &self.h.mapper, "device");
+        for id in &self.released {
+            assert!(
+                !s.extents.iter().any(|e| e.id == *id),
+                "extent {id} was reported released but is still in the table"
+            );
+        }
+        let mut cfg = [0u8; 88];
+        self.h.dev.read_config(0, &mut cfg);
+        let (c, _) = TaggedConfig::read_from_prefix(&cfg[..]).expect("88 bytes");
+        assert_eq!(c.base.plugged_size.get(), self.h.dev.plugged_size(), "config plugged_size");
+        if s.config.tagged.is_some() {
+            let accepted = s.extents.iter().filter(|e| e.state != ExtentState::Pending).count();
+            assert_eq!(c.accepted_extents.get() as usize, accepted, "config accepted_extents");
+        }
+        check_round_trip(&s, &Env::of(&self.h));
+    }
+}
+
+/// What a device is restored with: guest memory, a notifier and a clock.
+#[derive(Clone)]
+pub struct Env {
+    /// Guest memory.
+    pub mem: Arc<vm_memory::GuestMemoryMmap>,
+    /// Interrupts.
+    pub notifier: Arc<CountingNotifier>,
+    /// Time.
+    pub clock: Arc<ManualClock>,
+}
+
+impl Env {
+    /// The harness's memory, notifier and clock.
+    pub fn of(h: &Harness) -> Self {
+        Env {
+            mem: h.mem.clone(),
+            notifier: h.notifier.clone(),
+            clock: h.clock.clone(),
+        }
+    }
+
+    /// 1 MiB of guest memory at 0 (the harness's layout), a counting notifier, a manual clock.
+    pub fn new() -> Self {
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), MEM_SIZE as usize)])
+            .expect("1 MiB of guest memory");
+        Env {
+            mem: Arc::new(mem),
+            notifier: Arc::default(),
+            clock: Arc::default(),
+        }
+    }
+
+    /// Restores `s` with a fresh fake mapper.
+    pub fn restore(
+        &self,
+        s: &DeviceState,
+    ) -> Result<(Device, Arc<Mutex<FakeMapperState>>), tagmem_device::DeviceError> {
+        let (mapper, state) = FakeMapper::new();
+        let dev = TaggedMemDevice::restore(
+            s,
+            Box::new(mapper),
+            self.notifier.clone(),
+            self.clock.clone(),
+            Some(self.mem.clone()),
+        )?;
+        Ok((dev, state))
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+/// The device type the harness hosts.
+pub type Device = TaggedMemDevice<Arc<vm_memory::GuestMemoryMmap>>;
+
+/// Restores `s` (a state a device produced) and checks that the new device maps what `s` says
+/// and snapshots equal to it.
+pub fn check_round_trip(s: &DeviceState, env: &Env) {
+    let (dev, state) = env
+        .restore(s)
+        .unwrap_or_else(|e| panic!("the device's own snapshot does not restore: {e}\n{s:#?}"));
+    check_mapper(s, &state, "restored device");
+    assert_eq!(&dev.snapshot(), s, "a restored device snapshots as the original");
+}
+
+/// The state the raw-queue target starts from: four blocks plugged, a tagged group of two
+/// extents accepted, an untagged extent offered and pending, eight event buffers posted.
+pub fn raw_preset() -> Vec<Op> {
+    let spec = |tag, len_units| SpecBits {
+        tag,
+        len_units,
+        source: tag,
+        offset_units: 0,
+        gpa_mode: 0,
+        gpa_units: 0,
+        flags: 0,
+        latency: 100,
+        node: 1,
+        seq: 0,
+        class: 4,
+        raw: 0,
+    };
+    vec![
+        Op::Plug {
+            block: 0,
+            nb: 4,
+            raw: false,
+        },
+        Op::PostEvents {
+            n: 8,
+            len: 128,
+            readable: false,
+        },
+        Op::Offer {
+            specs: vec![spec(1, 1), spec(1, 2)],
+        },
+        Op::Accept {
+            chain: Pick(0),
+            mask: u64::MAX,
+            twist: 0,
+        },
+        Op::Offer {
+            specs: vec![spec(0, 1)],
+        },
+        Op::PostEvents {
+            n: 8,
+            len: 128,
+            readable: false,
+        },
+    ]
+}
+
+/// Runs a program of raw queue steps on the device left by [`raw_preset`].
+pub fn run_raw(data: &[u8]) {
+    let mut rig = Rig::tagged();
+    for op in raw_preset() {
+        rig.step(&op);
+    }
+    for op in decode_program(data, &raw_queue_ops()) {
+        rig.step(&op);
+    }
+}
+
+/// Runs a program on a fresh tagged device.
+pub fn run(data: &[u8], allowed: &[u8]) {
+    let ops = decode_program(data, allowed);
+    let mut rig = Rig::tagged();
+    for op in &ops {
+        rig.step(op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_encode_and_decode_alike() {
+        let ops = vec![
+            Op::Plug {
+                block: 0,
+                nb: 4,
+                raw: false,
+            },
+            Op::PostEvents {
+                n: 4,
+                len: 128,
+                readable: false,
+            },
+            Op::Offer {
+                specs: vec![SpecBits {
+                    tag: 1,
+                    len_units: 1,
+                    source: 0,
+                    offset_units: 0,
+                    gpa_mode: 0,
+                    gpa_units: 0,
+                    flags: 0,
+                    latency: 80,
+                    node: 1,
+                    seq: 0,
+                    class: 4,
+                    raw: 0,
+                }],
+            },
+            Op::Accept {
+                chain: Pick(0),
+                mask: u64::MAX,
+                twist: 0,
+            },
+            Op::RawChain {
+                descs: vec![(0, 0x2_0000, 24, 1, 1), (1, 0x3_0000, 10, 2, 0)],
+                head: 0,
+            },
+            Op::SnapshotRestore,
+            Op::Reset,
+            Op::Activate { features: 0 },
+        ];
+        let bytes = encode_program(&ops);
+        assert_eq!(decode_program(&bytes, &all_ops()), ops);
+    }
+}
