@@ -6,6 +6,8 @@
 #   fuzz/run.sh                 every target for 60 s
 #   fuzz/run.sh 600 device sysfs   the named targets for 10 minutes each
 #
+# A target with a dictionary of its keywords (dict/<target>.dict) runs with it.
+#
 # Targets run FUZZ_JOBS at a time (default: the number of CPUs), each on one core. Crashing
 # inputs land in artifacts/<target>/; logs and a summary (executions, coverage, corpus) in logs/.
 set -euo pipefail
@@ -36,9 +38,11 @@ run_one() {
     local t=$1
     mkdir -p "corpus/$t" "artifacts/$t"
     # -timeout: an input running longer than 10 s is a hang; -rss_limit_mb: 2 GiB is a leak.
+    local dict=()
+    [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
     cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1
+        -artifact_prefix="artifacts/$t/" "${dict[@]}" >"logs/$t.log" 2>&1
 }
 
 failed=()

@@ -707,8 +707,24 @@ impl Rig {
                 self.h.dev.poll_timers();
             }
             Op::Reset => {
+                // VIRTIO §5.15.5 and the reset decision: memory state survives a reset, and so
+                // do pending chains and ids.
+                let before = self.state();
                 self.h.dev.reset();
                 self.outstanding_events = 0;
+                let after = self.state();
+                assert_eq!(
+                    expected_mappings(&after),
+                    expected_mappings(&before),
+                    "a reset changed what the guest can reach"
+                );
+                assert_eq!(after.extents, before.extents, "a reset changed the extent table");
+                assert_eq!(after.plugged, before.plugged, "a reset changed the plugged blocks");
+                assert_eq!(
+                    (after.next_chain_id, after.next_extent_id),
+                    (before.next_chain_id, before.next_extent_id),
+                    "a reset reuses ids"
+                );
             }
             Op::Activate { features } => self.activate(*features),
             Op::SnapshotRestore => {
@@ -779,9 +795,7 @@ impl Rig {
     }
 
     fn list(&mut self, first: Pick, count: u32, room: u16) {
-        let Some(ty) = REQ_LIST else {
-            return;
-        };
+        let ty = REQ_LIST;
         let first_id = match self.pick_extent(first) {
             Some(e) if first.0 < 192 => e.id,
             _ => u64::from(first.0) & 0x3f,
@@ -862,6 +876,10 @@ impl Rig {
             return;
         }
         self.h.dev.set_driver_features(features);
+        if !self.h.dev.features_ok() {
+            // The transport refuses FEATURES_OK; the driver cannot go on to DRIVER_OK.
+            return;
+        }
         self.h.reqq = RawQueue::new(self.h.mem.clone(), 0, self.h.reqq.size);
         self.h.evq = RawQueue::new(self.h.mem.clone(), 0x8000, self.h.evq.size);
         self.outstanding_events = 0;

@@ -134,6 +134,8 @@ pub enum Mutation {
     NextExtentId(u64),
     /// `config_generation`.
     Generation(u32),
+    /// `replay_pending`.
+    ReplayPending(bool),
 }
 
 fn pick<T>(v: &mut [T], i: u8) -> Option<&mut T> {
@@ -307,6 +309,7 @@ impl Mutation {
             Mutation::NextChainId(v) => s.next_chain_id = *v,
             Mutation::NextExtentId(v) => s.next_extent_id = *v,
             Mutation::Generation(v) => s.config_generation = *v,
+            Mutation::ReplayPending(v) => s.replay_pending = *v,
         }
     }
 }

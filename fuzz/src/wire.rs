@@ -20,6 +20,9 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         Request::ReleaseBusy { extent_id, tag } => TaggedReq::new(REQ_RELEASE_BUSY, extent_id, tag, 0)
             .as_bytes()
             .to_vec(),
+        Request::List { first_id, count } => TaggedReq::new(REQ_LIST, first_id, [0; 16], count)
+            .as_bytes()
+            .to_vec(),
     }
 }
 
