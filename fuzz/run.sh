@@ -19,7 +19,7 @@ jobs=${FUZZ_JOBS:-$(nproc)}
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz"
-    cargo +nightly install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked
 fi
 
 if [ $# -gt 0 ]; then
@@ -29,6 +29,7 @@ else
 fi
 
 start=$(date +%s)
+cargo fmt --manifest-path Cargo.toml -- --check
 echo "== cargo fuzz build (${#targets[@]} targets)"
 cargo +nightly fuzz build
 echo "   built in $(( $(date +%s) - start )) s"

@@ -4,7 +4,9 @@
 use std::fs;
 use std::path::PathBuf;
 use tagmem_fuzz::sysfs::{dump, encode, Entry, Special};
-use tagmem_lookup::fixture::{dcd_host, dcd_host_unclaimed, Dev, Tree, VirtioExtent, MIB2, REGION2_CPU_PERF, TAG_A};
+use tagmem_lookup::fixture::{
+    dcd_host, dcd_host_unclaimed, Dev, Tree, VirtioExtent, MIB2, REGION2_CPU_PERF, TAG_A,
+};
 
 /// A guest of the tagged virtio-mem driver holding [`TAG_A`] unclaimed, with its seed device
 /// and one untagged extent claimed into `dax0.1`.
@@ -60,15 +62,18 @@ fn main() {
     }
     let sysfs = vec![
         ("dcd-host.tree".to_string(), encode(&host)),
-        ("dcd-host-unclaimed.tree".to_string(), encode(&dump(dcd_host_unclaimed().root()))),
+        (
+            "dcd-host-unclaimed.tree".to_string(),
+            encode(&dump(dcd_host_unclaimed().root())),
+        ),
         ("guest.tree".to_string(), encode(&dump(guest().root()))),
         ("uuid-is-dev-zero.tree".to_string(), encode(&hostile)),
         ("size-longer-than-a-page.tree".to_string(), encode(&oversized)),
     ];
     all.push(("sysfs", sysfs));
     for (target, seeds) in all {
+        // Files not generated here (regression inputs) stay.
         let dir = out.join(target);
-        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("seed directory");
         for (name, bytes) in &seeds {
             fs::write(dir.join(name), bytes).expect("seed file");

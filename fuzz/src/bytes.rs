@@ -122,7 +122,11 @@ mod tests {
     #[test]
     fn writer_and_reader_agree() {
         let mut w = Writer::default();
-        w.u8(7).u16(0x1234).u32(0xdead_beef).u64(u64::MAX - 1).blob(b"abc");
+        w.u8(7)
+            .u16(0x1234)
+            .u32(0xdead_beef)
+            .u64(u64::MAX - 1)
+            .blob(b"abc");
         let mut r = Reader::new(&w.out);
         assert_eq!(r.u8(), 7);
         assert_eq!(r.u16(), 0x1234);

@@ -10,7 +10,8 @@ use crate::proto::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tagmem_device::test_utils::{
-    CountingNotifier, FakeMapper, FakeMapperState, Harness, ManualClock, RawQueue, EVT_ADDR, REQ_ADDR, RESP_ADDR,
+    CountingNotifier, FakeMapper, FakeMapperState, Harness, ManualClock, RawQueue, EVT_ADDR, REQ_ADDR,
+    RESP_ADDR,
 };
 use tagmem_device::{
     DeviceState, ExtentFlags, ExtentInfo, ExtentSpec, ExtentState, HostEvent, Mapping, Perf, SourceClass,
@@ -81,7 +82,10 @@ pub enum Op {
     /// Any bytes as a request, with `room` writable bytes after them.
     RawRequest { bytes: Vec<u8>, room: u16 },
     /// Descriptors written verbatim into the request queue's table, then `head` published.
-    RawChain { descs: Vec<(u8, u64, u32, u16, u16)>, head: u16 },
+    RawChain {
+        descs: Vec<(u8, u64, u32, u16, u16)>,
+        head: u16,
+    },
     /// Bytes written into guest memory at `addr` (rings the driver owns, or buffers).
     Poke { addr: u32, bytes: Vec<u8> },
     /// `n` eventq buffers of `len` bytes, readable ones when `readable`.
@@ -162,7 +166,9 @@ impl Op {
             },
             9 => {
                 let n = r.u8() % 8;
-                let descs = (0..n).map(|_| (r.u8(), r.u64(), r.u32(), r.u16(), r.u16())).collect();
+                let descs = (0..n)
+                    .map(|_| (r.u8(), r.u64(), r.u32(), r.u16(), r.u16()))
+                    .collect();
                 Op::RawChain { descs, head: r.u16() }
             }
             10 => Op::Poke {
@@ -248,7 +254,8 @@ impl Op {
                 w.u8(8).blob(bytes).u16(*room);
             }
             Op::RawChain { descs, head } => {
-                w.u8(9).u8(u8::try_from(descs.len()).expect("at most 7 descriptors"));
+                w.u8(9)
+                    .u8(u8::try_from(descs.len()).expect("at most 7 descriptors"));
                 for &(i, addr, len, flags, next) in descs {
                     w.u8(i).u64(addr).u32(len).u16(flags).u16(next);
                 }
@@ -287,7 +294,11 @@ impl Op {
             Op::UpdateMetadata { target, latency } => {
                 w.u8(15).u8(target.0).u32(*latency);
             }
-            Op::Poison { extent, offset, pages } => {
+            Op::Poison {
+                extent,
+                offset,
+                pages,
+            } => {
                 w.u8(16).u8(extent.0).u32(*offset).u32(*pages);
             }
             Op::SetRequestedSize { value, raw } => {
@@ -485,7 +496,9 @@ pub fn check_table(s: &DeviceState) {
     by_gpa.sort_by_key(|e| e.gpa);
     for w in by_gpa.windows(2) {
         assert!(
-            w[0].gpa.checked_add(w[0].length).is_some_and(|end| end <= w[1].gpa),
+            w[0].gpa
+                .checked_add(w[0].length)
+                .is_some_and(|end| end <= w[1].gpa),
             "extents {} and {} overlap in the guest",
             w[0].id,
             w[1].id
@@ -496,16 +509,27 @@ pub fn check_table(s: &DeviceState) {
         assert!(e.length > 0 && e.length % EXTENT_ALIGN == 0 && e.gpa % EXTENT_ALIGN == 0);
         let w = window.expect("extents exist only with a tagged window");
         assert!(
-            e.gpa >= w.addr && e.gpa.checked_add(e.length).is_some_and(|end| end <= w.addr + w.size),
+            e.gpa >= w.addr
+                && e.gpa
+                    .checked_add(e.length)
+                    .is_some_and(|end| end <= w.addr + w.size),
             "extent {} lies outside the window",
             e.id
         );
         assert!(e.id < s.next_extent_id && e.chain_id < s.next_chain_id);
         let pending = s.chains.iter().any(|c| c.ids.contains(&e.id));
-        assert_eq!(pending, e.state == ExtentState::Pending, "extent {} chain membership", e.id);
+        assert_eq!(
+            pending,
+            e.state == ExtentState::Pending,
+            "extent {} chain membership",
+            e.id
+        );
     }
     let pending: usize = s.chains.iter().map(|c| c.ids.len()).sum();
-    assert!(pending <= s.config.max_pending as usize, "more extents pending than allowed");
+    assert!(
+        pending <= s.config.max_pending as usize,
+        "more extents pending than allowed"
+    );
 }
 
 impl Rig {
@@ -544,7 +568,11 @@ impl Rig {
 
     fn pending_chains(&self) -> Vec<(u64, Vec<u64>)> {
         let mut chains: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for e in self.extents().into_iter().filter(|e| e.state == ExtentState::Pending) {
+        for e in self
+            .extents()
+            .into_iter()
+            .filter(|e| e.state == ExtentState::Pending)
+        {
             chains.entry(e.chain_id).or_default().push(e.id);
         }
         chains.into_iter().collect()
@@ -687,7 +715,11 @@ impl Rig {
                 };
                 let _ = self.h.dev.update_metadata(t, perf);
             }
-            Op::Poison { extent, offset, pages } => {
+            Op::Poison {
+                extent,
+                offset,
+                pages,
+            } => {
                 let id = self.pick_extent(*extent).map_or(u64::from(extent.0), |e| e.id);
                 let _ = self
                     .h
@@ -719,7 +751,10 @@ impl Rig {
                     "a reset changed what the guest can reach"
                 );
                 assert_eq!(after.extents, before.extents, "a reset changed the extent table");
-                assert_eq!(after.plugged, before.plugged, "a reset changed the plugged blocks");
+                assert_eq!(
+                    after.plugged, before.plugged,
+                    "a reset changed the plugged blocks"
+                );
                 assert_eq!(
                     (after.next_chain_id, after.next_extent_id),
                     (before.next_chain_id, before.next_extent_id),
@@ -770,11 +805,17 @@ impl Rig {
         if twist & 4 != 0 {
             count = count.wrapping_add(u32::from(twist >> 4) + 1);
         }
-        let mut req = TaggedReq::new(REQ_ACCEPT, chain_id, [0; 16], count).as_bytes().to_vec();
+        let mut req = TaggedReq::new(REQ_ACCEPT, chain_id, [0; 16], count)
+            .as_bytes()
+            .to_vec();
         for id in &chosen {
             req.extend_from_slice(&id.to_le_bytes());
         }
-        let room = if twist & 8 != 0 { 8 } else { TAGGED_RESP_SIZE as u32 };
+        let room = if twist & 8 != 0 {
+            8
+        } else {
+            TAGGED_RESP_SIZE as u32
+        };
         let resp = self.request(&req, room);
         if let Some(r) = self.tagged_resp(&resp) {
             if r.resp_type.get() == 0 {
@@ -800,7 +841,11 @@ impl Rig {
             Some(e) if first.0 < 192 => e.id,
             _ => u64::from(first.0) & 0x3f,
         };
-        let count = if count & 0x8000_0000 != 0 { count } else { count % 70 };
+        let count = if count & 0x8000_0000 != 0 {
+            count
+        } else {
+            count % 70
+        };
         let req = TaggedReq::new(ty, first_id, [0; 16], count);
         let resp = self.request(req.as_bytes(), u32::from(room));
         let Some(r) = self.tagged_resp(&resp) else {
@@ -811,7 +856,11 @@ impl Rig {
         }
         let n = r.value.get() as usize;
         assert!(n <= count as usize, "LIST answered more records than asked");
-        assert_eq!(resp.len(), TAGGED_RESP_SIZE + EXTENT_RECORD_SIZE * n, "LIST used length");
+        assert_eq!(
+            resp.len(),
+            TAGGED_RESP_SIZE + EXTENT_RECORD_SIZE * n,
+            "LIST used length"
+        );
         let accepted = self.accepted();
         let want: Vec<u64> = accepted
             .iter()
@@ -828,7 +877,10 @@ impl Rig {
                     .get()
             })
             .collect();
-        assert_eq!(got, want, "LIST must name the accepted extents from {first_id}, ascending");
+        assert_eq!(
+            got, want,
+            "LIST must name the accepted extents from {first_id}, ascending"
+        );
     }
 
     fn poke(&mut self, addr: u32, bytes: &[u8]) {
@@ -845,7 +897,8 @@ impl Rig {
             return;
         }
         self.raw = true;
-        self.h.write(addr, &bytes[..usize::try_from(end - addr).unwrap_or(0)]);
+        self.h
+            .write(addr, &bytes[..usize::try_from(end - addr).unwrap_or(0)]);
     }
 
     fn post_events(&mut self, n: u8, len: u16, readable: bool) {
@@ -856,9 +909,13 @@ impl Rig {
             let len = u32::from(len % 512);
             if readable {
                 // A readable buffer the device must refuse (used length 0).
-                self.h.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, false)]);
+                self.h
+                    .evq
+                    .add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, false)]);
             } else {
-                self.h.evq.add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, true)]);
+                self.h
+                    .evq
+                    .add_chain(&[(EVT_ADDR + 128 * u64::from(i), len, true)]);
             }
             self.outstanding_events += 1;
         }
@@ -937,10 +994,22 @@ impl Rig {
         let mut cfg = [0u8; 88];
         self.h.dev.read_config(0, &mut cfg);
         let (c, _) = TaggedConfig::read_from_prefix(&cfg[..]).expect("88 bytes");
-        assert_eq!(c.base.plugged_size.get(), self.h.dev.plugged_size(), "config plugged_size");
+        assert_eq!(
+            c.base.plugged_size.get(),
+            self.h.dev.plugged_size(),
+            "config plugged_size"
+        );
         if s.config.tagged.is_some() {
-            let accepted = s.extents.iter().filter(|e| e.state != ExtentState::Pending).count();
-            assert_eq!(c.accepted_extents.get() as usize, accepted, "config accepted_extents");
+            let accepted = s
+                .extents
+                .iter()
+                .filter(|e| e.state != ExtentState::Pending)
+                .count();
+            assert_eq!(
+                c.accepted_extents.get() as usize,
+                accepted,
+                "config accepted_extents"
+            );
         }
         check_round_trip(&s, &Env::of(&self.h));
     }
@@ -969,8 +1038,9 @@ impl Env {
 
     /// 1 MiB of guest memory at 0 (the harness's layout), a counting notifier, a manual clock.
     pub fn new() -> Self {
-        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), MEM_SIZE as usize)])
-            .expect("1 MiB of guest memory");
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), MEM_SIZE as usize)])
+                .expect("1 MiB of guest memory");
         Env {
             mem: Arc::new(mem),
             notifier: Arc::default(),

@@ -38,7 +38,10 @@ impl ApiBackend for Echo {
             let name = c.id.clone().unwrap_or_else(|| format!("_tagmem{id}"));
             rows.push(ExtentRow {
                 name: name.clone(),
-                path: c.path.as_ref().map_or_else(|| "memfd".into(), |p| p.display().to_string()),
+                path: c
+                    .path
+                    .as_ref()
+                    .map_or_else(|| "memfd".into(), |p| p.display().to_string()),
                 info: ExtentInfo {
                     id,
                     chain_id: 1,
@@ -100,7 +103,10 @@ impl ApiBackend for Echo {
 /// Checks an answer: a known status, and what the CLI reads back is what was sent.
 fn check_answer(r: &HttpResponse) {
     assert!(
-        matches!(r.status, 200 | 204 | 400 | 404 | 405 | 408 | 409 | 413 | 431 | 500 | 503),
+        matches!(
+            r.status,
+            200 | 204 | 400 | 404 | 405 | 408 | 409 | 413 | 431 | 500 | 503
+        ),
         "unexpected status {}",
         r.status
     );

@@ -15,7 +15,10 @@ fn check_one(value: &str) {
             assert_eq!(c.to_string(), printed);
             let again = TaggedMemoryConfig::parse(&printed)
                 .unwrap_or_else(|e| panic!("{value:?} prints as {printed:?}, which does not parse: {e}"));
-            assert_eq!(again, c, "{value:?} prints as {printed:?}, which means something else");
+            assert_eq!(
+                again, c,
+                "{value:?} prints as {printed:?}, which means something else"
+            );
             let json = serde_json::to_string(&c).expect("a config encodes as JSON");
             let back: TaggedMemoryConfig = serde_json::from_str(&json).expect("and decodes");
             assert_eq!(back, c, "the JSON form {json} means something else");
@@ -30,7 +33,10 @@ fn check_one(value: &str) {
     }
     if let Ok(a) = ApiSocketConfig::parse(value) {
         assert!(API_SOCKET_MODES.contains(&a.mode));
-        assert!(!a.path.as_os_str().is_empty(), "{value:?} gives an empty socket path");
+        assert!(
+            !a.path.as_os_str().is_empty(),
+            "{value:?} gives an empty socket path"
+        );
     }
     if let Ok(n) = parse_size("size", value) {
         assert_eq!(parse_size("size", &format_size(n)).ok(), Some(n), "{value:?}");
@@ -53,11 +59,20 @@ pub fn check(data: &[u8]) {
         let mut last_first = None;
         for chain in &chains {
             assert!(!chain.is_empty());
-            assert!(last_first < Some(chain[0]), "chains come in the order of their first extent");
+            assert!(
+                last_first < Some(chain[0]),
+                "chains come in the order of their first extent"
+            );
             last_first = Some(chain[0]);
             let tag = configs[chain[0]].tag();
-            assert!(!tag.is_nil() || chain.len() == 1, "an untagged extent is a chain of its own");
-            assert!(chain.windows(2).all(|w| w[0] < w[1]), "a chain keeps the order given");
+            assert!(
+                !tag.is_nil() || chain.len() == 1,
+                "an untagged extent is a chain of its own"
+            );
+            assert!(
+                chain.windows(2).all(|w| w[0] < w[1]),
+                "a chain keeps the order given"
+            );
             for &i in chain {
                 assert!(!seen[i], "extent {i} is in two chains");
                 seen[i] = true;

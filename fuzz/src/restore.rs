@@ -3,7 +3,7 @@
 //! device it accepts must hold a consistent table, map exactly what the state says, and snapshot
 //! to a state that restores again to the same device.
 
-use crate::device::{check_mapper, check_round_trip, check_table, decode_program, all_ops, Env, Rig};
+use crate::device::{all_ops, check_mapper, check_round_trip, check_table, decode_program, Env, Rig};
 use crate::proto::*;
 use arbitrary::{Arbitrary, Unstructured};
 use tagmem_device::{DeviceState, ExtentFlags, ExtentState, SourceId, TaggedWindow, VirtioDevice};

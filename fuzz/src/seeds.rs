@@ -42,11 +42,19 @@ fn accept_all() -> Op {
 }
 
 fn plug(block: u16, nb: u16) -> Op {
-    Op::Plug { block, nb, raw: false }
+    Op::Plug {
+        block,
+        nb,
+        raw: false,
+    }
 }
 
 fn state(block: u16, nb: u16) -> Op {
-    Op::State { block, nb, raw: false }
+    Op::State {
+        block,
+        nb,
+        raw: false,
+    }
 }
 
 /// Programs of the `device` target, by name.
@@ -75,16 +83,10 @@ pub fn device_programs() -> Vec<(&'static str, Vec<Op>)> {
         (
             "base-requested-size",
             vec![
-                Op::SetRequestedSize {
-                    value: 8,
-                    raw: false,
-                },
+                Op::SetRequestedSize { value: 8, raw: false },
                 plug(0, 8),
                 plug(8, 1),
-                Op::SetRequestedSize {
-                    value: 0,
-                    raw: false,
-                },
+                Op::SetRequestedSize { value: 0, raw: false },
                 Op::UnplugAll,
                 Op::ReadConfig { offset: 0, len: 88 },
             ],
@@ -378,7 +380,9 @@ fn desc_bytes(descs: &[(u64, u32, u16, u16)]) -> Vec<u8> {
 }
 
 fn plug_req() -> Vec<u8> {
-    VirtioMemReq::new(REQ_PLUG, (1 << 30) + (8 << 21), 1).as_bytes().to_vec()
+    VirtioMemReq::new(REQ_PLUG, (1 << 30) + (8 << 21), 1)
+        .as_bytes()
+        .to_vec()
 }
 
 /// Programs of the `queue` target (run after [`raw_preset`]), by name.
@@ -393,7 +397,10 @@ pub fn queue_programs() -> Vec<(&'static str, Vec<Op>)> {
             "request-in-two-descriptors",
             vec![
                 poke_req.clone(),
-                chain(vec![(0, REQ, 24, QUEUE_DESC_F_NEXT, 1), (1, RESP, 10, QUEUE_DESC_F_WRITE, 0)]),
+                chain(vec![
+                    (0, REQ, 24, QUEUE_DESC_F_NEXT, 1),
+                    (1, RESP, 10, QUEUE_DESC_F_WRITE, 0),
+                ]),
             ],
         ),
         (
@@ -444,7 +451,10 @@ pub fn queue_programs() -> Vec<(&'static str, Vec<Op>)> {
             "readable-after-writable",
             vec![
                 poke_req.clone(),
-                chain(vec![(0, RESP, 10, QUEUE_DESC_F_WRITE | QUEUE_DESC_F_NEXT, 1), (1, REQ, 24, 0, 0)]),
+                chain(vec![
+                    (0, RESP, 10, QUEUE_DESC_F_WRITE | QUEUE_DESC_F_NEXT, 1),
+                    (1, REQ, 24, 0, 0),
+                ]),
             ],
         ),
         (
@@ -477,20 +487,14 @@ pub fn queue_programs() -> Vec<(&'static str, Vec<Op>)> {
                 },
                 Op::Poke {
                     addr: 0x9000,
-                    bytes: [0u16, 3, 0, 1]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
+                    bytes: [0u16, 3, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect(),
                 },
                 Op::Notify { queue: EVENTQ },
             ],
         ),
         (
             "unknown-queue",
-            vec![
-                Op::Notify { queue: 2 },
-                Op::Notify { queue: u16::MAX },
-            ],
+            vec![Op::Notify { queue: 2 }, Op::Notify { queue: u16::MAX }],
         ),
     ]
 }
@@ -527,7 +531,10 @@ pub fn restore_json() -> Seeds {
         for op in &ops {
             rig.step(op);
         }
-        out.push((format!("{name}.json"), serde_json::to_vec(&rig.state()).expect("JSON")));
+        out.push((
+            format!("{name}.json"),
+            serde_json::to_vec(&rig.state()).expect("JSON"),
+        ));
     }
     out
 }
@@ -574,13 +581,31 @@ pub fn wire() -> Seeds {
     cfg.max_pending = 100.into();
     cfg.offer_timeout_ms = 20_000.into();
     let v: Vec<(&str, Vec<u8>)> = vec![
-        ("req-plug", VirtioMemReq::new(REQ_PLUG, 1 << 30, 4).as_bytes().to_vec()),
-        ("req-unplug", VirtioMemReq::new(REQ_UNPLUG, 1 << 30, 1).as_bytes().to_vec()),
-        ("req-unplug-all", VirtioMemReq::new(REQ_UNPLUG_ALL, 0, 0).as_bytes().to_vec()),
-        ("req-state", VirtioMemReq::new(REQ_STATE, 1 << 30, 32).as_bytes().to_vec()),
+        (
+            "req-plug",
+            VirtioMemReq::new(REQ_PLUG, 1 << 30, 4).as_bytes().to_vec(),
+        ),
+        (
+            "req-unplug",
+            VirtioMemReq::new(REQ_UNPLUG, 1 << 30, 1).as_bytes().to_vec(),
+        ),
+        (
+            "req-unplug-all",
+            VirtioMemReq::new(REQ_UNPLUG_ALL, 0, 0).as_bytes().to_vec(),
+        ),
+        (
+            "req-state",
+            VirtioMemReq::new(REQ_STATE, 1 << 30, 32).as_bytes().to_vec(),
+        ),
         ("req-accept", accept),
-        ("req-release", TaggedReq::new(REQ_RELEASE, 3, tag, 0).as_bytes().to_vec()),
-        ("req-release-busy", TaggedReq::new(REQ_RELEASE_BUSY, 3, tag, 0).as_bytes().to_vec()),
+        (
+            "req-release",
+            TaggedReq::new(REQ_RELEASE, 3, tag, 0).as_bytes().to_vec(),
+        ),
+        (
+            "req-release-busy",
+            TaggedReq::new(REQ_RELEASE_BUSY, 3, tag, 0).as_bytes().to_vec(),
+        ),
         (
             "evt-offer",
             ev(Event::Offer {

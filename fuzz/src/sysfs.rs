@@ -144,13 +144,22 @@ pub fn dump(root: &Path) -> Vec<Entry> {
             .unwrap_or_default();
         names.sort();
         for p in names {
-            let rel = p.strip_prefix(root).expect("inside the root").as_os_str().as_bytes().to_vec();
-            let Ok(meta) = fs::symlink_metadata(&p) else { continue };
+            let rel = p
+                .strip_prefix(root)
+                .expect("inside the root")
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let Ok(meta) = fs::symlink_metadata(&p) else {
+                continue;
+            };
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&p).expect("a symlink");
                 match target.strip_prefix(root) {
                     Ok(t) => out.push(Entry::Link(rel, t.as_os_str().as_bytes().to_vec())),
-                    Err(_) if target == Path::new("/dev/zero") => out.push(Entry::Special(rel, Special::Zero)),
+                    Err(_) if target == Path::new("/dev/zero") => {
+                        out.push(Entry::Special(rel, Special::Zero))
+                    }
                     Err(_) => out.push(Entry::Special(rel, Special::Null)),
                 }
             } else if meta.is_dir() {
@@ -202,7 +211,11 @@ pub fn check(data: &[u8]) {
     let entries = decode(data);
     let dir = tempfile::Builder::new()
         .prefix("tagmem-fuzz-")
-        .tempdir_in(if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
+        .tempdir_in(if Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        })
         .or_else(|_| tempfile::tempdir())
         .expect("a temporary directory");
     let root = dir.path();
@@ -216,12 +229,20 @@ pub fn check(data: &[u8]) {
     serde_json::from_str::<serde_json::Value>(&json).expect("the listing is JSON");
     let _ = output::found_table(&found);
     for d in &found.devices {
-        assert!(d.mappings.iter().all(|m| m.size > 0), "{}: an empty mapping", d.chardev);
+        assert!(
+            d.mappings.iter().all(|m| m.size > 0),
+            "{}: an empty mapping",
+            d.chardev
+        );
         if !d.mappings.is_empty() {
             let sum = d.mappings.iter().try_fold(0u64, |s, m| s.checked_add(m.size));
             assert_eq!(sum, Some(d.size), "{}: mappings cover the size", d.chardev);
         }
-        assert_eq!(src.read_device(&d.chardev).as_ref().ok(), Some(d), "a device reads alike twice");
+        assert_eq!(
+            src.read_device(&d.chardev).as_ref().ok(),
+            Some(d),
+            "a device reads alike twice"
+        );
     }
     let tags: Vec<uuid::Uuid> = found
         .devices
@@ -233,8 +254,14 @@ pub fn check(data: &[u8]) {
     for tag in tags.iter().take(8) {
         let hit = lookup(&src, tag).expect("a tree that lists can be searched");
         assert!(!hit.is_empty(), "tag {tag} is listed but not found");
-        assert!(hit.devices.iter().all(|d| d.has_tag(tag) && found.devices.contains(d)));
-        assert!(hit.unclaimed.iter().all(|u| u.has_tag(tag) && found.unclaimed.contains(u)));
+        assert!(hit
+            .devices
+            .iter()
+            .all(|d| d.has_tag(tag) && found.devices.contains(d)));
+        assert!(hit
+            .unclaimed
+            .iter()
+            .all(|u| u.has_tag(tag) && found.unclaimed.contains(u)));
         let _ = output::found_json_string(&hit);
     }
     assert!(lookup(&src, &uuid::Uuid::nil()).expect("nil").is_empty());
@@ -259,7 +286,10 @@ mod tests {
         let entries = vec![
             Entry::Dir(b"sys/bus/dax/devices".to_vec()),
             Entry::File(b"sys/devices/dax0.0/size".to_vec(), b"2097152\n".to_vec()),
-            Entry::Link(b"sys/bus/dax/devices/dax0.0".to_vec(), b"sys/devices/dax0.0".to_vec()),
+            Entry::Link(
+                b"sys/bus/dax/devices/dax0.0".to_vec(),
+                b"sys/devices/dax0.0".to_vec(),
+            ),
             Entry::Special(b"sys/devices/dax0.0/uuid".to_vec(), Special::Zero),
         ];
         assert_eq!(decode(&encode(&entries)), entries);
@@ -269,6 +299,9 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         build(b.path(), &dumped);
         assert_eq!(dump(b.path()), dumped);
-        assert!(dumped.contains(&Entry::Special(b"sys/devices/dax0.0/uuid".to_vec(), Special::Zero)));
+        assert!(dumped.contains(&Entry::Special(
+            b"sys/devices/dax0.0/uuid".to_vec(),
+            Special::Zero
+        )));
     }
 }

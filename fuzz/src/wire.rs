@@ -12,11 +12,15 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
             VirtioMemReq::new(REQ_UNPLUG, addr, nb_blocks).as_bytes().to_vec()
         }
         Request::UnplugAll => VirtioMemReq::new(REQ_UNPLUG_ALL, 0, 0).as_bytes().to_vec(),
-        Request::State { addr, nb_blocks } => VirtioMemReq::new(REQ_STATE, addr, nb_blocks).as_bytes().to_vec(),
+        Request::State { addr, nb_blocks } => {
+            VirtioMemReq::new(REQ_STATE, addr, nb_blocks).as_bytes().to_vec()
+        }
         Request::Accept { chain_id, count } => TaggedReq::new(REQ_ACCEPT, chain_id, [0; 16], count)
             .as_bytes()
             .to_vec(),
-        Request::Release { extent_id, tag } => TaggedReq::new(REQ_RELEASE, extent_id, tag, 0).as_bytes().to_vec(),
+        Request::Release { extent_id, tag } => {
+            TaggedReq::new(REQ_RELEASE, extent_id, tag, 0).as_bytes().to_vec()
+        }
         Request::ReleaseBusy { extent_id, tag } => TaggedReq::new(REQ_RELEASE_BUSY, extent_id, tag, 0)
             .as_bytes()
             .to_vec(),
@@ -34,7 +38,11 @@ pub fn check(data: &[u8]) {
             assert!(n <= data.len(), "parse claims more bytes than it was given");
             let again = encode_request(&req);
             assert_eq!(again.len(), n, "the parsed size is the message's size");
-            assert_eq!(Request::parse(&again), Ok((req, n)), "re-encoded request parses alike");
+            assert_eq!(
+                Request::parse(&again),
+                Ok((req, n)),
+                "re-encoded request parses alike"
+            );
             assert_eq!(req.response_size() > BASE_RESP_SIZE, req.is_tagged());
             // The type and fields sit where the parse read them.
             assert_eq!(&again[..2], &data[..2]);
@@ -50,7 +58,11 @@ pub fn check(data: &[u8]) {
     match Event::try_from(data) {
         Ok(ev) => {
             let m = EventMsg::from(&ev);
-            assert_eq!(Event::try_from(m.as_bytes()), Ok(ev), "re-encoded event parses alike");
+            assert_eq!(
+                Event::try_from(m.as_bytes()),
+                Ok(ev),
+                "re-encoded event parses alike"
+            );
             assert_eq!(&m.as_bytes()[..2], &data[..2], "event type");
         }
         Err(WireError::TooShort { need, got }) => assert!(need == EVENT_SIZE && got < need),
@@ -63,7 +75,11 @@ pub fn check(data: &[u8]) {
     if let Ok((r, _)) = ExtentRecord::read_from_prefix(data) {
         assert_eq!(r.as_bytes(), &data[..EXTENT_RECORD_SIZE]);
         let flags = tagmem_device::ExtentFlags::from_bits(r.flags.get());
-        assert_eq!(flags.bits(), r.flags.get() & 3, "known flag bits survive a round trip");
+        assert_eq!(
+            flags.bits(),
+            r.flags.get() & 3,
+            "known flag bits survive a round trip"
+        );
         let class = tagmem_device::SourceClass::from_wire(r.source);
         let back = tagmem_device::SourceClass::from_wire(class.to_wire());
         assert_eq!(back, class);
