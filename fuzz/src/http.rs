@@ -9,11 +9,29 @@ use tagmem_vmm::api::{
     ApiRequest, ExtentRow, HttpResponse, PingInfo, MAX_BODY_BYTES, MAX_HEAD_BYTES,
 };
 use tagmem_vmm::config::TaggedMemoryConfig;
+use tagmem_vmm::hotplug::BaseMemory;
 
 /// A backend that answers from what it was asked: an offer becomes the extent table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Echo {
     rows: Mutex<Vec<ExtentRow>>,
+    base: Mutex<BaseMemory>,
+}
+
+impl Default for Echo {
+    fn default() -> Self {
+        Echo {
+            rows: Mutex::default(),
+            base: Mutex::new(BaseMemory {
+                boot_size: 64 << 20,
+                region_addr: 0xe000_0000,
+                hotplug_size: 1 << 30,
+                block_size: 128 << 20,
+                requested_size: 0,
+                plugged_size: 0,
+            }),
+        }
+    }
 }
 
 impl ApiBackend for Echo {
@@ -97,6 +115,19 @@ impl ApiBackend for Echo {
 
     fn tagged_memory(&self) -> Vec<ExtentRow> {
         self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn resize(&self, desired_ram: u64) -> Result<(), ApiError> {
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        let requested = base.requested_for(desired_ram).map_err(ApiError::BadRequest)?;
+        assert!(requested <= base.hotplug_size && requested % base.block_size == 0);
+        assert_eq!(base.boot_size + requested, desired_ram);
+        base.requested_size = requested;
+        Ok(())
+    }
+
+    fn memory(&self) -> Result<BaseMemory, ApiError> {
+        Ok(*self.base.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -29,7 +29,8 @@ fn check_one(value: &str) {
         }
     }
     if let Ok(m) = MemoryConfig::parse(value) {
-        assert!(m.size > 0 && m.size % (2 << 20) == 0);
+        assert!(m.size.is_none_or(|s| s > 0 && s % (2 << 20) == 0));
+        assert!(m.hotplug_size % (128 << 20) == 0 && m.hotplugged_size % (128 << 20) == 0);
     }
     if let Ok(a) = ApiSocketConfig::parse(value) {
         assert!(API_SOCKET_MODES.contains(&a.mode));

@@ -672,6 +672,9 @@ pub fn http() -> Seeds {
         ),
         ("release-extent", put("/api/v1/vm.release-tagged-memory", r#"{"extent_id": 7}"#)),
         ("release-both", put("/api/v1/vm.release-tagged-memory", &format!(r#"{{"tag": "{tag}", "extent_id": 7}}"#))),
+        ("resize", put("/api/v1/vm.resize", r#"{"desired_ram": 805306368}"#)),
+        ("resize-not-a-block", put("/api/v1/vm.resize", r#"{"desired_ram": 805306369}"#)),
+        ("memory", get("/api/v1/vm.memory")),
         ("wrong-method", get("/api/v1/vm.add-tagged-memory")),
         ("unknown-path", get("/api/v1/vm.info?x=1")),
         (
@@ -711,6 +714,7 @@ pub fn option() -> Seeds {
         ),
         ("not-a-multiple", "size=3M".into()),
         ("memory", "size=128M".into()),
+        ("memory-hotplug", "size=512M,hotplug_size=1G,hotplugged_size=256M".into()),
         ("api-socket", "path=/run/tagmem/vm0.sock,mode=0660".into()),
         ("api-socket-bare", "/tmp/tagmem.sock".into()),
     ];
