@@ -341,6 +341,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         }
         self.blocks.requested_size = size;
         self.bump_config();
+        self.metrics.config_interrupts.inc();
         self.notifier.signal_config_change();
         Ok(())
     }
@@ -421,6 +422,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             used = true;
         }
         if used && self.queues[0].needs_notification(&*m).unwrap_or(true) {
+            self.metrics.guestq_interrupts.inc();
             self.notifier.signal_used_queue(wire::VIRTIO_MEM_GUESTQ);
         }
     }
@@ -507,7 +509,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 let Some(m) = self.base_mapping(r.first, r.count) else {
                     return (ERR, 0);
                 };
-                if self.mapper.map(&m).is_err() {
+                if self.map_counted(&m).is_err() {
                     self.metrics.map_failures.inc();
                     return (BUSY, 0);
                 }
@@ -525,7 +527,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 let Some(m) = self.base_mapping(r.first, r.count) else {
                     return (ERR, 0);
                 };
-                if self.mapper.unmap(&m).is_err() {
+                if self.unmap_counted(&m).is_err() {
                     self.metrics.map_failures.inc();
                     return (BUSY, 0);
                 }
@@ -556,7 +558,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             let Some(m) = self.base_mapping(r.first, r.count) else {
                 continue;
             };
-            if self.mapper.unmap(&m).is_ok() {
+            if self.unmap_counted(&m).is_ok() {
                 self.blocks.set(r, false);
             } else {
                 self.metrics.map_failures.inc();
@@ -639,21 +641,18 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             Ok(p) => p,
             Err(r) => return (wire::VIRTIO_MEM_RESP_ERROR, r, 0),
         };
-        for (i, (_, m)) in plan.accepted.iter().enumerate() {
-            if let Err(e) = self.mapper.map(m) {
-                self.metrics.map_failures.inc();
-                for (_, done) in &plan.accepted[..i] {
-                    // Best effort: the chain is dropped whole, so nothing of it may stay mapped.
-                    let _ = self.mapper.unmap(done);
-                }
-                let extents = self.table.drop_chain(chain_id, false);
-                self.host_events.push(HostEvent::ChainDropped {
-                    chain_id,
-                    extents,
-                    reason: format!("mapping failed: {e}"),
-                });
-                return (wire::VIRTIO_MEM_RESP_ERROR, reason::MAP_FAILED, 0);
-            }
+        // One mapper call for the whole chain: the mapper merges neighbours before it creates
+        // memslots, and on error leaves nothing of the chain mapped ([T-ACCEPT-5]).
+        let maps: Vec<Mapping> = plan.accepted.iter().map(|(_, m)| *m).collect();
+        if let Err(e) = self.map_batch_counted(&maps) {
+            self.metrics.map_failures.inc();
+            let extents = self.table.drop_chain(chain_id, false);
+            self.host_events.push(HostEvent::ChainDropped {
+                chain_id,
+                extents,
+                reason: format!("mapping failed: {e}"),
+            });
+            return (wire::VIRTIO_MEM_RESP_ERROR, reason::MAP_FAILED, 0);
         }
         self.table.commit_accept(&plan);
         let accepted: Vec<u64> = plan.accepted.iter().map(|(id, _)| *id).collect();
@@ -676,14 +675,10 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             .filter_map(|id| self.table.extents.get(id))
             .map(mapping_of)
             .collect();
-        for (i, m) in maps.iter().enumerate() {
-            if self.mapper.unmap(m).is_err() {
-                self.metrics.map_failures.inc();
-                for done in &maps[..i] {
-                    let _ = self.mapper.map(done);
-                }
-                return Err(());
-            }
+        // One mapper call for the whole group; on error it stays mapped and accepted.
+        if self.unmap_batch_counted(&maps).is_err() {
+            self.metrics.map_failures.inc();
+            return Err(());
         }
         let removed = self.table.commit_release(group);
         self.metrics.extents_released.add(removed.len() as u64);
@@ -732,6 +727,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             used = true;
         }
         if used && self.queues[1].needs_notification(&*m).unwrap_or(true) {
+            self.metrics.eventq_interrupts.inc();
             self.notifier.signal_used_queue(wire::VIRTIO_MEM_EVENTQ);
         }
     }
@@ -755,17 +751,29 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         c
     }
 
+    fn map_counted(&mut self, m: &Mapping) -> Result<(), crate::mapper::MapperError> {
+        self.metrics.map_calls.inc();
+        self.mapper.map(m)
+    }
+
+    fn unmap_counted(&mut self, m: &Mapping) -> Result<(), crate::mapper::MapperError> {
+        self.metrics.unmap_calls.inc();
+        self.mapper.unmap(m)
+    }
+
+    fn map_batch_counted(&mut self, maps: &[Mapping]) -> Result<(), crate::mapper::MapperError> {
+        self.metrics.map_calls.inc();
+        self.mapper.map_batch(maps)
+    }
+
+    fn unmap_batch_counted(&mut self, maps: &[Mapping]) -> Result<(), crate::mapper::MapperError> {
+        self.metrics.unmap_calls.inc();
+        self.mapper.unmap_batch(maps)
+    }
+
     /// Maps every range or none of them.
     pub(crate) fn map_all(&mut self, maps: &[Mapping]) -> Result<(), DeviceError> {
-        for (i, m) in maps.iter().enumerate() {
-            if let Err(e) = self.mapper.map(m) {
-                for done in &maps[..i] {
-                    let _ = self.mapper.unmap(done);
-                }
-                return Err(DeviceError::RestoreMap(e));
-            }
-        }
-        Ok(())
+        self.map_batch_counted(maps).map_err(DeviceError::RestoreMap)
     }
 
     /// Takes the queues the driver set up, checked against guest memory; no replay, no events
@@ -889,8 +897,11 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         }
         self.expire_chains();
         match index {
-            wire::VIRTIO_MEM_GUESTQ => self.process_guestq(),
-            wire::VIRTIO_MEM_EVENTQ => {}
+            wire::VIRTIO_MEM_GUESTQ => {
+                self.metrics.guestq_notifies.inc();
+                self.process_guestq()
+            }
+            wire::VIRTIO_MEM_EVENTQ => self.metrics.eventq_notifies.inc(),
             _ => return,
         }
         self.deliver_events();

@@ -55,11 +55,45 @@ pub struct MapperError {
 /// mapped; `unmap` only for ranges that are wholly mapped (possibly a sub-range of one earlier
 /// `map`, or spanning several). After `unmap` returns `Ok`, the guest must no longer reach the
 /// bytes. The device changes its own state only after the call succeeded.
+///
+/// The device hands over related ranges together: the accepted extents of a chain in one
+/// [`MemoryMapper::map_batch`], a released group in one [`MemoryMapper::unmap_batch`]. A mapper
+/// that can do better than one range at a time (merge neighbours into one KVM memslot, delete a
+/// slot once) overrides them; the defaults call `map` and `unmap` per range.
 pub trait MemoryMapper: Send {
     /// Maps `m`; on error nothing of `m` may stay mapped.
     fn map(&mut self, m: &Mapping) -> Result<(), MapperError>;
     /// Unmaps `m`.
     fn unmap(&mut self, m: &Mapping) -> Result<(), MapperError>;
+
+    /// Maps every range of `maps` (disjoint, in any order) or none: on error nothing of them may
+    /// stay mapped. The default maps them one by one and unmaps what it mapped if one fails.
+    fn map_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        for (i, m) in maps.iter().enumerate() {
+            if let Err(e) = self.map(m) {
+                for done in &maps[..i] {
+                    let _ = self.unmap(done);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps every range of `maps` (disjoint, each wholly mapped) or, on error, as many as it
+    /// can restore none of: after `Ok` the guest reaches none of them. The default unmaps them
+    /// one by one and maps back what it unmapped if one fails.
+    fn unmap_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        for (i, m) in maps.iter().enumerate() {
+            if let Err(e) = self.unmap(m) {
+                for done in &maps[..i] {
+                    let _ = self.map(done);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Raises the device's interrupts on whatever transport hosts it.

@@ -59,4 +59,18 @@ pub struct DeviceMetrics {
     pub bad_event_buffers: Counter,
     /// Mapper calls that failed.
     pub map_failures: Counter,
+    /// Driver notifications (kicks) of the guest-request queue.
+    pub guestq_notifies: Counter,
+    /// Driver notifications (kicks) of the event queue.
+    pub eventq_notifies: Counter,
+    /// Used-buffer notifications the device raised for the guest-request queue.
+    pub guestq_interrupts: Counter,
+    /// Used-buffer notifications the device raised for the event queue.
+    pub eventq_interrupts: Counter,
+    /// Configuration-change notifications the device raised.
+    pub config_interrupts: Counter,
+    /// Calls into the mapper that map (one call may map many ranges).
+    pub map_calls: Counter,
+    /// Calls into the mapper that unmap (one call may unmap many ranges).
+    pub unmap_calls: Counter,
 }

@@ -624,3 +624,24 @@ fn bad_event_buffers_do_not_lose_events() {
     h.post_event_buffers(1, 128);
     assert_eq!(offers(&h.events()), vec![(1, false, 1)]);
 }
+
+/// A chain's accepted extents reach the mapper in one call, a released group in one call, and
+/// the driver's kicks and the device's notifications are counted per queue.
+#[test]
+fn a_chain_is_one_mapper_call_and_a_group_release_another() {
+    let mut h = Harness::tagged();
+    h.post_event_buffers(8, 128);
+    let m = h.dev.metrics();
+    h.dev
+        .offer(&[spec(0xb, 0, MB2), spec(0xb, MB2, MB2), spec(0xb, 2 * MB2, MB2)])
+        .unwrap();
+    h.events();
+    let (maps, unmaps, kicks) = (m.map_calls.get(), m.unmap_calls.get(), m.guestq_notifies.get());
+    assert_eq!(accept(&mut h, 1, &[1, 2, 3]), (ACK, reason::NONE, 3));
+    assert_eq!(m.map_calls.get() - maps, 1, "one mapper call for the chain");
+    assert_eq!(m.guestq_notifies.get() - kicks, 1);
+    assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 3 * MB2);
+    assert_eq!(release(&mut h, 1, 0xb), (ACK, reason::NONE, 3));
+    assert_eq!(m.unmap_calls.get() - unmaps, 1, "one mapper call for the group");
+    assert_eq!(h.mapper.lock().unwrap().mapped_bytes(), 0);
+}

@@ -19,6 +19,15 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick") || env_flag("TAGMEM_BENCH_QUICK");
     let docs = args.iter().any(|a| a == "--docs") || env_flag("TAGMEM_BENCH_DOCS");
+    if let Some(i) = args.iter().position(|a| a == "--counts-child") {
+        // The counts run under callgrind that `suite::counts::take` starts.
+        let dir = args.get(i + 1).map(PathBuf::from).unwrap_or_default();
+        if let Err(e) = suite::counts::child(quick, &dir) {
+            eprintln!("tagmem benchmark counts run failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = manifest
         .parent()
@@ -31,7 +40,13 @@ fn main() {
             .unwrap_or_else(|| root.join("target"))
             .join("tagmem-bench")
     };
-    match suite::run(&suite::Options { quick, out_dir }) {
+    let options = suite::Options {
+        quick,
+        out_dir,
+        counts: suite::CountsMode::Callgrind,
+        counts_only: args.iter().any(|a| a == "--counts-only"),
+    };
+    match suite::run(&options) {
         Ok(_) => {}
         Err(e) => {
             eprintln!("tagmem benchmark failed: {e}");

@@ -1,29 +1,37 @@
 //! [`KvmMemslotMapper`]: the device's [`MemoryMapper`] over KVM user memory regions.
 //!
-//! Mapped guest ranges are kept as *runs*: maximal stretches that are contiguous in guest-physical
-//! space, come from one backing at contiguous offsets and share the read-only flag. Each run is one
-//! KVM memslot over its own host `mmap` of exactly its backing range (`MAP_SHARED`, so every
-//! mapping of a backing sees the same pages). Mapping next to a compatible run merges with it;
-//! unmapping part of a run splits it. KVM cannot resize a slot, so both replace slots: the new host
-//! mappings are made first, then the old slots are deleted and the new ones created back to back,
-//! and only then are the old host mappings released. A vCPU that touches a moved range in that
-//! instant exits to the VMM, which serves the access from the host mapping under the mapper's lock
-//! (see [`KvmMemslotMapper::host_access`]), so the guest never sees the gap.
+//! Every registered backing is mapped into the host once, whole (`MAP_SHARED`), when it is
+//! registered, as QEMU maps a memory backend; memslots point into that mapping, so mapping and
+//! unmapping guest ranges never calls `mmap` or `munmap`. Mapped guest ranges are kept as
+//! *runs*, each one KVM memslot. A batch of maps (the accepted extents of one chain) is merged
+//! before any slot is created: neighbours that continue one another in guest and backing space
+//! with the same flags become one run. Runs mapped earlier are never grown: KVM cannot resize a
+//! slot, and deleting and re-creating an ever larger one per extent is what made hot-add cost
+//! grow with what was already mapped. Unmapping part of a run splits it: the old slot is deleted
+//! and the pieces it keeps are created back to back. A vCPU that touches such a piece in that
+//! instant exits to the VMM, which serves the access from the host mapping under the mapper's
+//! lock (see [`KvmMemslotMapper::host_access`]), so the guest never sees the gap.
 //!
-//! Unmapping what one `map` mapped (an extent) must never fail for lack of slots, or capacity
+//! Unmapping what one map mapped (an extent) must never fail for lack of slots, or capacity
 //! the device wants gone would stay reachable. Each run remembers the *units* it was merged from
-//! (the ranges of the `map` calls, as later unmaps trimmed them); removing whole units from a run
-//! of `u` units leaves at most `ceil(u / 2)` runs. The mapper counts every run at that worst case
-//! and refuses a `map` that would take the count past the slot limit, so an unmap of whole units
+//! (the mapped ranges, as later unmaps trimmed them); removing whole units from a run of `u`
+//! units leaves at most `ceil(u / 2)` runs. The mapper counts every run at that worst case and
+//! refuses a map that would take the count past the slot limit, so an unmap of whole units
 //! always finds its slots. Only an unmap that cuts a unit in two (a base-region UNPLUG of part of
 //! a PLUG) can still be refused, and the device answers it BUSY.
 
+mod batch;
+mod host;
+mod stats;
+
+pub use stats::MapperStats;
+
 use crate::backing::{Backing, PAGE_SIZE};
+use host::HostMapping;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tagmem_device::{MapperError, Mapping, MemoryMapper, SourceId};
 
@@ -152,76 +160,6 @@ pub trait SlotRegistrar: Send {
     unsafe fn set_region(&self, region: kvm_userspace_memory_region) -> Result<(), kvm_ioctls::Error>;
 }
 
-/// A host `mmap` of a backing range; unmapped on drop.
-#[derive(Debug)]
-struct HostMapping {
-    addr: NonNull<libc::c_void>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value alone; moving the owner to
-// another thread does not create aliasing the owner did not already have.
-unsafe impl Send for HostMapping {}
-
-impl HostMapping {
-    fn new(
-        backing: &Backing,
-        id: SourceId,
-        offset: u64,
-        len: u64,
-        writable: bool,
-    ) -> Result<Self, MemslotError> {
-        let ulen = usize::try_from(len).map_err(|_| MemslotError::TooLarge(len))?;
-        let off = libc::off_t::try_from(offset).map_err(|_| MemslotError::TooLarge(offset))?;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot replace existing memory; the fd
-        // is open for the backing's lifetime (the mapper keeps it registered while mapped) and the
-        // range was bounds- and alignment-checked against the backing by `validate`.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ulen,
-                prot,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                backing.raw_fd(),
-                off,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(MemslotError::Mmap {
-                id,
-                offset,
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let addr = NonNull::new(addr).ok_or(MemslotError::Mmap {
-            id,
-            offset,
-            len,
-            source: io::Error::other("mmap returned null"),
-        })?;
-        Ok(HostMapping { addr, len: ulen })
-    }
-
-    fn host_addr(&self) -> u64 {
-        self.addr.as_ptr() as u64
-    }
-}
-
-impl Drop for HostMapping {
-    fn drop(&mut self) {
-        // SAFETY: `addr`/`len` describe a mapping this value created and alone owns; KVM no longer
-        // refers to it because a run's HostMapping is dropped only after its slot was deleted
-        // (or was never created).
-        let _ = unsafe { libc::munmap(self.addr.as_ptr(), self.len) };
-    }
-}
-
 /// A run to be created: guest range, backing range and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RunSpec {
@@ -245,17 +183,28 @@ impl RunSpec {
             && self.readonly == next.readonly
             && self.offset.checked_add(self.len) == Some(next.offset)
     }
+
+    fn of(m: &Mapping) -> RunSpec {
+        RunSpec {
+            gpa: m.gpa,
+            len: m.len,
+            source: m.source.id,
+            offset: m.source.offset,
+            readonly: m.readonly,
+        }
+    }
 }
 
-/// A live run: one KVM memslot and the host mapping it points to.
+/// A live run: one KVM memslot over part of its backing's host mapping.
 #[derive(Debug)]
 struct Run {
     slot: u32,
     spec: RunSpec,
-    /// Lengths of the units (ranges of `map` calls) the run was merged from, in guest order;
-    /// they sum to `spec.len`.
+    /// Lengths of the units (the ranges of the maps) the run was made of, in guest order; they
+    /// sum to `spec.len`.
     units: Vec<u64>,
-    host: HostMapping,
+    /// Host address of the run's first byte, inside its backing's [`HostMapping`].
+    host: u64,
 }
 
 /// Slots a run of `units` units may come to need when whole units are unmapped from it.
@@ -263,34 +212,13 @@ fn worst_case_slots(units: usize) -> usize {
     units.div_ceil(2)
 }
 
-impl Run {
-    /// Its units before guest address `at`, the last one cut at `at`.
-    fn units_before(&self, at: u64) -> Vec<u64> {
-        let mut out = Vec::new();
-        let mut pos = self.spec.gpa;
-        for &u in &self.units {
-            if pos >= at {
-                break;
-            }
-            out.push(u.min(at - pos));
-            pos += u;
-        }
-        out
-    }
-
-    /// Its units after guest address `at`, the first one cut at `at`.
-    fn units_after(&self, at: u64) -> Vec<u64> {
-        let mut out = Vec::new();
-        let mut pos = self.spec.gpa;
-        for &u in &self.units {
-            let end = pos + u;
-            if end > at {
-                out.push(end - pos.max(at));
-            }
-            pos = end;
-        }
-        out
-    }
+/// A registered backing, its host mapping and how many runs use it.
+#[derive(Debug)]
+struct Registered {
+    // Declared first: unmapped before the backing's descriptor is closed.
+    host: Option<HostMapping>,
+    backing: Backing,
+    runs: usize,
 }
 
 /// Public view of one memslot the mapper holds.
@@ -324,14 +252,16 @@ pub enum HostAccess {
 /// [`MemoryMapper`] over KVM user memory regions. See the module documentation.
 pub struct KvmMemslotMapper {
     registrar: Box<dyn SlotRegistrar>,
-    backings: BTreeMap<SourceId, Backing>,
+    // Declared before `backings`: runs (which point into backings' host mappings) go first.
     runs: BTreeMap<u64, Run>,
+    backings: BTreeMap<SourceId, Registered>,
     /// Sum of [`worst_case_slots`] over the runs: what the mapper keeps available.
     reserved_slots: usize,
     free_slots: Vec<u32>,
     next_slot: u32,
     slot_ids: Range<u32>,
     reserved: Vec<Range<u64>>,
+    stats: MapperStats,
 }
 
 impl std::fmt::Debug for KvmMemslotMapper {
@@ -350,36 +280,65 @@ impl KvmMemslotMapper {
     pub fn new(registrar: Box<dyn SlotRegistrar>, slot_ids: Range<u32>, reserved: Vec<Range<u64>>) -> Self {
         KvmMemslotMapper {
             registrar,
-            backings: BTreeMap::new(),
             runs: BTreeMap::new(),
+            backings: BTreeMap::new(),
             reserved_slots: 0,
             free_slots: Vec::new(),
             next_slot: slot_ids.start,
             slot_ids,
             reserved,
+            stats: MapperStats::default(),
         }
     }
 
-    /// Registers a backing under `id`.
+    /// Registers a backing under `id` and maps it whole into the host's address space (once:
+    /// every memslot over it points into that mapping).
     pub fn register_backing(&mut self, id: SourceId, backing: Backing) -> Result<(), MemslotError> {
         if self.backings.contains_key(&id) {
             return Err(MemslotError::DuplicateBacking(id));
         }
-        self.backings.insert(id, backing);
+        let host = if backing.size() > 0 {
+            self.stats.mmaps += 1;
+            Some(HostMapping::whole(&backing, id)?)
+        } else {
+            None
+        };
+        self.backings.insert(
+            id,
+            Registered {
+                host,
+                backing,
+                runs: 0,
+            },
+        );
         Ok(())
     }
 
-    /// Unregisters a backing no mapping uses any more and hands it back.
+    /// Unregisters a backing no mapping uses any more, unmaps it from the host and hands it
+    /// back.
     pub fn unregister_backing(&mut self, id: SourceId) -> Result<Backing, MemslotError> {
-        if self.runs.values().any(|r| r.spec.source == id) {
+        let r = self.backings.get(&id).ok_or(MemslotError::UnknownBacking(id))?;
+        if r.runs > 0 {
             return Err(MemslotError::BackingInUse(id));
         }
-        self.backings.remove(&id).ok_or(MemslotError::UnknownBacking(id))
+        let r = self
+            .backings
+            .remove(&id)
+            .ok_or(MemslotError::UnknownBacking(id))?;
+        if r.host.is_some() {
+            self.stats.munmaps += 1;
+        }
+        Ok(r.backing)
     }
 
     /// The registered backing `id`.
     pub fn backing(&self, id: SourceId) -> Option<&Backing> {
-        self.backings.get(&id)
+        self.backings.get(&id).map(|r| &r.backing)
+    }
+
+    /// What the mapper asked of KVM and of the host kernel so far.
+    pub fn stats(&self) -> MapperStats {
+        self.stats
     }
 
     /// Number of memslots in use.
@@ -413,112 +372,98 @@ impl KvmMemslotMapper {
             .collect()
     }
 
-    /// Maps `m` (see [`MemoryMapper::map`]), merging with compatible neighbours.
+    /// Maps `m` (see [`MemoryMapper::map`]) as one memslot of its own.
     pub fn map_range(&mut self, m: &Mapping) -> Result<(), MemslotError> {
-        let end = self.validate(m)?;
-        if self
-            .runs
-            .range(..end)
-            .next_back()
-            .is_some_and(|(_, r)| r.spec.end() > m.gpa)
-        {
-            return Err(MemslotError::Overlap {
+        self.map_ranges(std::slice::from_ref(m))
+    }
+
+    /// Maps every range of `maps` or none (see [`MemoryMapper::map_batch`]): neighbours within
+    /// the batch are merged first, and each merged run becomes one new memslot. Runs mapped
+    /// earlier are left alone, even when adjacent: growing one would mean deleting and
+    /// re-creating its slot.
+    pub fn map_ranges(&mut self, maps: &[Mapping]) -> Result<(), MemslotError> {
+        let mut specs = Vec::with_capacity(maps.len());
+        for m in maps {
+            let end = self.validate(m)?;
+            let overlap = MemslotError::Overlap {
                 gpa: m.gpa,
                 len: m.len,
+            };
+            if self
+                .runs
+                .range(..end)
+                .next_back()
+                .is_some_and(|(_, r)| r.spec.end() > m.gpa)
+            {
+                return Err(overlap);
+            }
+            specs.push(RunSpec::of(m));
+        }
+        specs.sort_unstable_by_key(|s| s.gpa);
+        if let Some(w) = specs.windows(2).find(|w| w[0].end() > w[1].gpa) {
+            return Err(MemslotError::Overlap {
+                gpa: w[1].gpa,
+                len: w[1].len,
             });
         }
-        let new = RunSpec {
-            gpa: m.gpa,
-            len: m.len,
-            source: m.source.id,
-            offset: m.source.offset,
-            readonly: m.readonly,
-        };
-        let left = self
-            .runs
-            .range(..m.gpa)
-            .next_back()
-            .filter(|(_, r)| r.spec.continues_into(&new))
-            .map(|(k, _)| *k);
-        let right = self
-            .runs
-            .get(&end)
-            .filter(|r| new.continues_into(&r.spec))
-            .map(|r| r.spec.gpa);
-        let mut merged = new;
-        if let Some(l) = left.and_then(|k| self.runs.get(&k)) {
-            merged.gpa = l.spec.gpa;
-            merged.offset = l.spec.offset;
-        }
-        let merged_end = right
-            .and_then(|k| self.runs.get(&k))
-            .map_or(end, |r| r.spec.end());
-        merged.len = merged_end - merged.gpa;
-        let mut units: Vec<u64> = left.map(|k| self.runs[&k].units.clone()).unwrap_or_default();
-        units.push(m.len);
-        if let Some(k) = right {
-            units.extend_from_slice(&self.runs[&k].units);
-        }
-        let old: Vec<u64> = left.into_iter().chain(right).collect();
-        self.replace(&old, &[(merged, units)])
+        let new = batch::merge(&specs);
+        self.replace(&[], &new)
     }
 
     /// Unmaps `m` (see [`MemoryMapper::unmap`]), splitting runs it covers partly.
     pub fn unmap_range(&mut self, m: &Mapping) -> Result<(), MemslotError> {
-        let end = m.end().filter(|_| m.len > 0).ok_or(MemslotError::BadRange {
-            gpa: m.gpa,
-            len: m.len,
-        })?;
-        let not_mapped = MemslotError::NotMapped {
-            gpa: m.gpa,
-            len: m.len,
-        };
-        // Runs overlapping [gpa, end): the one starting at or before gpa, then those inside.
-        let first = self.runs.range(..=m.gpa).next_back().map(|(k, _)| *k);
-        let old: Vec<u64> = first
-            .into_iter()
-            .chain(self.runs.range(m.gpa..end).map(|(k, _)| *k))
-            .filter(|k| self.runs[k].spec.end() > m.gpa)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut cursor = m.gpa;
-        for k in &old {
-            let r = &self.runs[k].spec;
-            if r.gpa > cursor {
-                return Err(not_mapped);
+        self.unmap_ranges(std::slice::from_ref(m))
+    }
+
+    /// Unmaps every range of `maps` or none (see [`MemoryMapper::unmap_batch`]): each run the
+    /// batch touches is deleted once, and only the pieces it keeps are created again (none when
+    /// the batch takes whole runs).
+    pub fn unmap_ranges(&mut self, maps: &[Mapping]) -> Result<(), MemslotError> {
+        let mut ranges = Vec::with_capacity(maps.len());
+        for m in maps {
+            let end = m.end().filter(|_| m.len > 0).ok_or(MemslotError::BadRange {
+                gpa: m.gpa,
+                len: m.len,
+            })?;
+            ranges.push((m.gpa, end));
+        }
+        let first = maps.first().map_or((0, 0), |m| (m.gpa, m.len));
+        let not_mapped = |(gpa, len)| MemslotError::NotMapped { gpa, len };
+        let cuts = batch::union(ranges).ok_or(not_mapped(first))?;
+        // Runs overlapping each cut, which must cover it without a gap.
+        let mut old: Vec<u64> = Vec::new();
+        for &(a, b) in &cuts {
+            let first = self.runs.range(..=a).next_back().map(|(k, _)| *k);
+            let mut cursor = a;
+            let keys = first
+                .into_iter()
+                .chain(self.runs.range(a.saturating_add(1)..b).map(|(k, _)| *k));
+            for k in keys {
+                let r = &self.runs[&k].spec;
+                if r.end() <= a {
+                    continue;
+                }
+                if r.gpa > cursor {
+                    return Err(not_mapped((a, b - a)));
+                }
+                cursor = r.end();
+                if old.last() != Some(&k) {
+                    old.push(k);
+                }
             }
-            cursor = r.end();
+            if cursor < b {
+                return Err(not_mapped((a, b - a)));
+            }
         }
-        if old.is_empty() || cursor < end {
-            return Err(not_mapped);
-        }
-        let mut keep = Vec::new();
-        let head_run = &self.runs[&old[0]];
-        let head = &head_run.spec;
-        if head.gpa < m.gpa {
-            keep.push((
-                RunSpec {
-                    len: m.gpa - head.gpa,
-                    ..*head
-                },
-                head_run.units_before(m.gpa),
-            ));
-        }
-        let tail_run = &self.runs[&old[old.len() - 1]];
-        let tail = &tail_run.spec;
-        if tail.end() > end {
-            let cut = end - tail.gpa;
-            keep.push((
-                RunSpec {
-                    gpa: end,
-                    len: tail.len - cut,
-                    offset: tail.offset + cut,
-                    ..*tail
-                },
-                tail_run.units_after(end),
-            ));
-        }
+        old.sort_unstable();
+        old.dedup();
+        let keep: Vec<(RunSpec, Vec<u64>)> = old
+            .iter()
+            .flat_map(|k| {
+                let r = &self.runs[k];
+                batch::keep(&r.spec, &r.units, &cuts)
+            })
+            .collect();
         self.replace(&old, &keep)
     }
 
@@ -542,17 +487,15 @@ impl KvmMemslotMapper {
                 result = HostAccess::ReadOnlyWriteDropped;
                 continue;
             }
-            let Ok(off) = usize::try_from(addr - run.spec.gpa) else {
-                return HostAccess::Unmapped;
-            };
-            // SAFETY: addr lies in [run.gpa, run.end) (checked by the filter above), so `off` is
-            // below the mapping's length; the mapping stays alive while `self` is borrowed.
-            let p = unsafe { run.host.addr.as_ptr().cast::<u8>().add(off) };
+            let p = (run.host + (addr - run.spec.gpa)) as *mut u8;
             if write {
-                // SAFETY: `p` is inside a live writable mapping (the run is not read-only).
+                // SAFETY: addr lies in [run.gpa, run.end) (checked by the filter above), so `p`
+                // lies in the run's part of its backing's host mapping, which stays mapped while
+                // the run exists (a backing with runs cannot be unregistered) and `self` is
+                // borrowed; the run is not read-only, so its backing was mapped writable.
                 unsafe { p.write_volatile(*byte) };
             } else {
-                // SAFETY: `p` is inside a live readable mapping.
+                // SAFETY: as above, for a read of a live readable mapping.
                 *byte = unsafe { p.read_volatile() };
             }
         }
@@ -566,7 +509,11 @@ impl KvmMemslotMapper {
             len: m.len,
         })?;
         let id = m.source.id;
-        let backing = self.backings.get(&id).ok_or(MemslotError::UnknownBacking(id))?;
+        let backing = self
+            .backings
+            .get(&id)
+            .map(|r| &r.backing)
+            .ok_or(MemslotError::UnknownBacking(id))?;
         let align = backing.alignment().max(PAGE_SIZE);
         if m.gpa % align != 0 || m.len % align != 0 || m.source.offset % align != 0 {
             return Err(MemslotError::Unaligned {
@@ -602,12 +549,37 @@ impl KvmMemslotMapper {
         Ok(end)
     }
 
+    /// Host address of backing range `spec`, inside its backing's host mapping.
+    fn host_of(&self, spec: &RunSpec) -> Result<u64, MemslotError> {
+        self.backings
+            .get(&spec.source)
+            .and_then(|r| r.host.as_ref())
+            .map(|h| h.addr_of(spec.offset))
+            .ok_or(MemslotError::UnknownBacking(spec.source))
+    }
+
+    /// One counted `KVM_SET_USER_MEMORY_REGION`; `len` is the size of the slot created or
+    /// deleted.
+    ///
+    /// # Safety
+    /// As [`SlotRegistrar::set_region`].
+    unsafe fn set_region(
+        &mut self,
+        r: kvm_userspace_memory_region,
+        len: u64,
+    ) -> Result<(), kvm_ioctls::Error> {
+        // SAFETY: the caller's contract is the registrar's.
+        let res = unsafe { self.registrar.set_region(r) };
+        self.stats.region_call(r.memory_size > 0, len, res.is_ok());
+        res
+    }
+
     /// Replaces the runs keyed `old` by runs `new` with their units (which cover no other run's
     /// range).
     ///
-    /// Order: the slot reservation is checked, host mappings for `new` are made (nothing changes
-    /// if either fails), then the old slots are deleted and the new ones created back to back,
-    /// then the old host mappings are released. A KVM failure rolls back to the old slots.
+    /// Order: the slot reservation is checked (nothing changes if it fails), then the old slots
+    /// are deleted and the new ones created back to back. A KVM failure rolls back to the old
+    /// slots. No host mapping changes: every slot points into its backing's mapping.
     fn replace(&mut self, old: &[u64], new: &[(RunSpec, Vec<u64>)]) -> Result<(), MemslotError> {
         let freed: usize = old
             .iter()
@@ -621,48 +593,37 @@ impl KvmMemslotMapper {
                 limit: self.slot_limit(),
             });
         }
-        let mut hosts = Vec::with_capacity(new.len());
-        for (spec, _) in new {
-            let backing = self
-                .backings
-                .get(&spec.source)
-                .ok_or(MemslotError::UnknownBacking(spec.source))?;
-            hosts.push(HostMapping::new(
-                backing,
-                spec.source,
-                spec.offset,
-                spec.len,
-                !spec.readonly,
-            )?);
-        }
-        // Slot numbers: the replaced runs' first, then the free list, then fresh ones. The limit
-        // check above guarantees fresh numbers stay inside `slot_ids`.
-        let mut ids: Vec<u32> = old.iter().map(|k| self.runs[k].slot).collect();
-        ids.reverse();
-        let mut taken_free = 0;
-        let mut taken_fresh = 0;
-        let mut new_ids = Vec::with_capacity(new.len());
-        for _ in new {
-            let id = if let Some(id) = ids.pop() {
-                id
-            } else if let Some(&id) = self.free_slots.iter().rev().nth(taken_free) {
-                taken_free += 1;
-                id
-            } else {
-                taken_fresh += 1;
-                self.next_slot + (taken_fresh - 1)
-            };
-            new_ids.push(id);
-        }
-
-        let old_regions: Vec<_> = old
+        let hosts = new
             .iter()
-            .map(|k| region(&self.runs[k].spec, self.runs[k].slot, &self.runs[k].host))
+            .map(|(spec, _)| self.host_of(spec))
+            .collect::<Result<Vec<u64>, _>>()?;
+        // Slot numbers: the replaced runs' first, then the top of the free list, then fresh
+        // ones. The limit check above guarantees fresh numbers stay inside `slot_ids`.
+        let reused: Vec<u32> = old.iter().map(|k| self.runs[k].slot).collect();
+        let wanted = new.len().saturating_sub(reused.len());
+        let from_free = wanted.min(self.free_slots.len());
+        let fresh = wanted - from_free;
+        let free_top = &self.free_slots[self.free_slots.len() - from_free..];
+        let fresh_ids = (0..fresh).map(|i| self.next_slot + i as u32);
+        let new_ids: Vec<u32> = reused
+            .iter()
+            .copied()
+            .chain(free_top.iter().rev().copied())
+            .chain(fresh_ids)
+            .take(new.len())
             .collect();
-        for (i, r) in old_regions.iter().enumerate() {
+
+        let old_regions: Vec<(kvm_userspace_memory_region, u64)> = old
+            .iter()
+            .map(|k| {
+                let r = &self.runs[k];
+                (region(&r.spec, r.slot, r.host), r.spec.len)
+            })
+            .collect();
+        for (i, (r, len)) in old_regions.iter().enumerate() {
             // SAFETY: a deletion (memory_size 0) makes KVM drop its reference; no host memory is
             // handed to KVM.
-            if let Err(source) = unsafe { self.registrar.set_region(delete_region(r.slot)) } {
+            if let Err(source) = unsafe { self.set_region(delete_region(r.slot), *len) } {
                 let rollback = self.restore(&old_regions[..i]);
                 return Err(MemslotError::Kvm {
                     slot: r.slot,
@@ -673,16 +634,18 @@ impl KvmMemslotMapper {
                 });
             }
         }
-        for (i, (((spec, _), host), &slot)) in new.iter().zip(&hosts).zip(&new_ids).enumerate() {
+        for (i, (((spec, _), &host), &slot)) in new.iter().zip(&hosts).zip(&new_ids).enumerate() {
             let reg = region(spec, slot, host);
-            // SAFETY: `host` maps exactly `spec.len` bytes (HostMapping::new) and is kept in the
-            // new Run until that slot is deleted; its guest range overlaps no live slot because
-            // the replaced slots were deleted above and `new` covers no other run's range.
-            if let Err(source) = unsafe { self.registrar.set_region(reg) } {
+            // SAFETY: `host` points at `spec.offset` inside the whole-backing mapping, and
+            // `validate` checked `spec.offset + spec.len` against the backing's size; the
+            // mapping lives until the backing is unregistered, which cannot happen while a run
+            // uses it. The guest range overlaps no live slot: the replaced slots were deleted
+            // above and `new` covers no other run's range.
+            if let Err(source) = unsafe { self.set_region(reg, spec.len) } {
                 let mut rollback = String::new();
-                for s in &new_ids[..i] {
+                for (s, (done, _)) in new_ids[..i].iter().zip(new) {
                     // SAFETY: deletion only; see above.
-                    if let Err(e) = unsafe { self.registrar.set_region(delete_region(*s)) } {
+                    if let Err(e) = unsafe { self.set_region(delete_region(*s), done.len) } {
                         rollback.push_str(&format!("; deleting new slot {s} failed: {e}"));
                     }
                 }
@@ -697,15 +660,21 @@ impl KvmMemslotMapper {
             }
         }
 
-        // Commit: KVM now refers only to the new mappings, so dropping the old runs munmaps them.
+        // Commit.
         for k in old {
-            self.runs.remove(k);
+            if let Some(r) = self.runs.remove(k) {
+                if let Some(b) = self.backings.get_mut(&r.spec.source) {
+                    b.runs -= 1;
+                }
+            }
         }
-        let used_free: Vec<u32> = self.free_slots.iter().rev().take(taken_free).copied().collect();
-        self.free_slots.retain(|s| !used_free.contains(s));
-        self.next_slot += taken_fresh;
-        self.free_slots.extend(ids);
+        self.free_slots.truncate(self.free_slots.len() - from_free);
+        self.next_slot += fresh as u32;
+        self.free_slots.extend(reused.iter().skip(new.len()));
         for (((spec, units), host), slot) in new.iter().zip(hosts).zip(new_ids) {
+            if let Some(b) = self.backings.get_mut(&spec.source) {
+                b.runs += 1;
+            }
             self.runs.insert(
                 spec.gpa,
                 Run {
@@ -722,15 +691,18 @@ impl KvmMemslotMapper {
 
     /// Re-creates deleted slots after a failed replacement; returns a description of failures.
     /// A slot that cannot be restored is forgotten so the bookkeeping matches KVM.
-    fn restore(&mut self, regions: &[kvm_userspace_memory_region]) -> String {
+    fn restore(&mut self, regions: &[(kvm_userspace_memory_region, u64)]) -> String {
         let mut failures = String::new();
-        for r in regions {
-            // SAFETY: `r` was built from a live Run whose host mapping is still owned by
-            // `self.runs` (the replacement did not commit), so the memory stays mapped.
-            if let Err(e) = unsafe { self.registrar.set_region(*r) } {
+        for (r, len) in regions {
+            // SAFETY: `r` was built from a live Run, which still points into its backing's host
+            // mapping (the replacement did not commit), so the memory stays mapped.
+            if let Err(e) = unsafe { self.set_region(*r, *len) } {
                 failures.push_str(&format!("; restoring slot {} failed ({e}): range lost", r.slot));
                 if let Some(lost) = self.runs.remove(&r.guest_phys_addr) {
                     self.reserved_slots -= worst_case_slots(lost.units.len());
+                    if let Some(b) = self.backings.get_mut(&lost.spec.source) {
+                        b.runs -= 1;
+                    }
                 }
                 self.free_slots.push(r.slot);
             }
@@ -739,13 +711,13 @@ impl KvmMemslotMapper {
     }
 }
 
-fn region(spec: &RunSpec, slot: u32, host: &HostMapping) -> kvm_userspace_memory_region {
+fn region(spec: &RunSpec, slot: u32, host: u64) -> kvm_userspace_memory_region {
     kvm_userspace_memory_region {
         slot,
         flags: if spec.readonly { KVM_MEM_READONLY } else { 0 },
         guest_phys_addr: spec.gpa,
         memory_size: spec.len,
-        userspace_addr: host.host_addr(),
+        userspace_addr: host,
     }
 }
 
@@ -759,21 +731,29 @@ fn delete_region(slot: u32) -> kvm_userspace_memory_region {
     }
 }
 
+fn mapper_error(m: Option<&Mapping>, e: MemslotError) -> MapperError {
+    MapperError {
+        gpa: m.map_or(0, |m| m.gpa),
+        len: m.map_or(0, |m| m.len),
+        reason: e.to_string(),
+    }
+}
+
 impl MemoryMapper for KvmMemslotMapper {
     fn map(&mut self, m: &Mapping) -> Result<(), MapperError> {
-        self.map_range(m).map_err(|e| MapperError {
-            gpa: m.gpa,
-            len: m.len,
-            reason: e.to_string(),
-        })
+        self.map_range(m).map_err(|e| mapper_error(Some(m), e))
     }
 
     fn unmap(&mut self, m: &Mapping) -> Result<(), MapperError> {
-        self.unmap_range(m).map_err(|e| MapperError {
-            gpa: m.gpa,
-            len: m.len,
-            reason: e.to_string(),
-        })
+        self.unmap_range(m).map_err(|e| mapper_error(Some(m), e))
+    }
+
+    fn map_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        self.map_ranges(maps).map_err(|e| mapper_error(maps.first(), e))
+    }
+
+    fn unmap_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        self.unmap_ranges(maps).map_err(|e| mapper_error(maps.first(), e))
     }
 }
 
@@ -802,6 +782,14 @@ impl MemoryMapper for SharedMapper {
 
     fn unmap(&mut self, m: &Mapping) -> Result<(), MapperError> {
         self.lock().unmap(m)
+    }
+
+    fn map_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        self.lock().map_batch(maps)
+    }
+
+    fn unmap_batch(&mut self, maps: &[Mapping]) -> Result<(), MapperError> {
+        self.lock().unmap_batch(maps)
     }
 }
 
@@ -875,20 +863,29 @@ mod tests {
             let r = slots[&s.slot];
             assert_eq!((r.guest_phys_addr, r.memory_size), (s.gpa, s.len));
         }
-        let specs: Vec<_> = m.runs.values().map(|r| r.spec).collect();
-        for w in specs.windows(2) {
-            assert!(!w[0].continues_into(&w[1]), "uncoalesced neighbours {w:?}");
+        let mut uses: BTreeMap<SourceId, usize> = BTreeMap::new();
+        for r in m.runs.values() {
+            *uses.entry(r.spec.source).or_default() += 1;
+        }
+        for (id, b) in &m.backings {
+            assert_eq!(b.runs, uses.get(id).copied().unwrap_or(0), "run count of {id:?}");
         }
     }
 
     #[test]
-    fn adjacent_maps_coalesce_and_middle_unmap_splits() {
+    fn adjacent_maps_of_one_batch_coalesce_and_middle_unmap_splits() {
         let (mut m, kvm) = mapper(8);
         let base = 1 << 32;
-        m.map_range(&mp(base, 2 * MIB, 0)).unwrap();
-        m.map_range(&mp(base + 4 * MIB, 2 * MIB, 4 * MIB)).unwrap();
-        assert_eq!(m.slot_count(), 2);
-        m.map_range(&mp(base + 2 * MIB, 2 * MIB, 2 * MIB)).unwrap();
+        // In any order, one batch: one slot, one creation, no host mapping made.
+        let before = m.stats();
+        m.map_ranges(&[
+            mp(base + 4 * MIB, 2 * MIB, 4 * MIB),
+            mp(base, 2 * MIB, 0),
+            mp(base + 2 * MIB, 2 * MIB, 2 * MIB),
+        ])
+        .unwrap();
+        let d = m.stats().since(&before);
+        assert_eq!((d.slots_created, d.slots_deleted, d.mmaps), (1, 0, 0));
         assert_eq!(m.slot_count(), 1);
         assert_eq!(m.slots()[0].len, 6 * MIB);
         check_consistent(&m, &kvm);
@@ -1022,10 +1019,10 @@ mod tests {
         let (mut m, kvm) = mapper(3);
         let base = 1 << 32;
         // Three extents merge into one slot; a fourth sits apart.
-        for i in 0..3 {
-            m.map_range(&mp(base + i * 2 * MIB, 2 * MIB, i * 2 * MIB))
-                .unwrap();
-        }
+        let three: Vec<Mapping> = (0..3)
+            .map(|i| mp(base + i * 2 * MIB, 2 * MIB, i * 2 * MIB))
+            .collect();
+        m.map_ranges(&three).unwrap();
         m.map_range(&mp(base + 16 * MIB, 2 * MIB, 16 * MIB)).unwrap();
         assert_eq!((m.slot_count(), m.reserved_slots()), (2, 3));
         // Map separate extents until the mapper refuses.
@@ -1065,9 +1062,8 @@ mod tests {
     fn reservation_covers_every_whole_unit_unmap_order() {
         let (mut m, kvm) = mapper(4);
         let base = 1 << 32;
-        for i in 0..7 {
-            m.map_range(&mp(base + i * MIB, MIB, i * MIB)).unwrap();
-        }
+        let seven: Vec<Mapping> = (0..7).map(|i| mp(base + i * MIB, MIB, i * MIB)).collect();
+        m.map_ranges(&seven).unwrap();
         assert_eq!((m.slot_count(), m.reserved_slots()), (1, 4));
         assert!(matches!(
             m.map_range(&mp(base + 32 * MIB, MIB, 32 * MIB)),
@@ -1091,15 +1087,82 @@ mod tests {
     fn failed_create_rolls_back() {
         let (mut m, kvm) = mapper(8);
         let base = 1 << 32;
-        m.map_range(&mp(base, MIB, 0)).unwrap();
+        m.map_ranges(&[mp(base, MIB, 0), mp(base + MIB, MIB, MIB)])
+            .unwrap();
         let before = m.slots();
-        // The merge deletes the old slot, then creation fails: the old slot must come back.
+        // The split deletes the old slot, then creating the kept piece fails: the old slot must
+        // come back whole.
         kvm.fail_create_at
             .store(kvm.creates.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
-        let err = m.map_range(&mp(base + MIB, MIB, MIB)).unwrap_err();
+        let err = m.unmap_range(&mp(base + MIB, MIB, MIB)).unwrap_err();
         assert!(matches!(err, MemslotError::Kvm { .. }), "{err}");
         assert_eq!(m.slots(), before);
         check_consistent(&m, &kvm);
+        // A batch whose second run fails leaves nothing of the batch mapped.
+        kvm.fail_create_at
+            .store(kvm.creates.load(Ordering::SeqCst) + 2, Ordering::SeqCst);
+        let err = m
+            .map_ranges(&[
+                mp(base + 8 * MIB, MIB, 8 * MIB),
+                mp(base + 16 * MIB, MIB, 16 * MIB),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, MemslotError::Kvm { .. }), "{err}");
+        assert_eq!(m.slots(), before);
+        check_consistent(&m, &kvm);
+    }
+
+    /// A run mapped earlier is never grown: an adjacent map is a slot of its own, and no slot
+    /// is deleted to make it.
+    #[test]
+    fn adjacent_map_never_recreates_an_existing_slot() {
+        let (mut m, kvm) = mapper(8);
+        let base = 1 << 32;
+        m.map_range(&mp(base, 2 * MIB, 0)).unwrap();
+        let before = m.stats();
+        m.map_range(&mp(base + 2 * MIB, 2 * MIB, 2 * MIB)).unwrap();
+        let d = m.stats().since(&before);
+        assert_eq!((d.slots_created, d.slots_deleted, d.set_region_calls), (1, 0, 1));
+        assert_eq!(m.slot_count(), 2);
+        check_consistent(&m, &kvm);
+        // Releasing both in one batch deletes each slot once and creates none.
+        let before = m.stats();
+        m.unmap_ranges(&[mp(base + 2 * MIB, 2 * MIB, 2 * MIB), mp(base, 2 * MIB, 0)])
+            .unwrap();
+        let d = m.stats().since(&before);
+        assert_eq!((d.slots_created, d.slots_deleted), (0, 2));
+        assert_eq!(d.bytes_deleted, 4 * MIB);
+        check_consistent(&m, &kvm);
+        // Unmapping twice in one batch, or what is not mapped, is refused.
+        assert!(matches!(
+            m.unmap_ranges(&[mp(base, 2 * MIB, 0)]),
+            Err(MemslotError::NotMapped { .. })
+        ));
+    }
+
+    /// The backing is mapped into the host once, at registration, and unmapped at
+    /// unregistration; mapping and unmapping guest ranges makes no host mapping.
+    #[test]
+    fn backings_are_mapped_once_whole() {
+        let (mut m, _kvm) = mapper(8);
+        assert_eq!((m.stats().mmaps, m.stats().munmaps), (1, 0));
+        let base = 1 << 32;
+        for i in 0..4 {
+            m.map_range(&mp(base + i * 4 * MIB, 2 * MIB, i * 2 * MIB))
+                .unwrap();
+        }
+        m.unmap_range(&mp(base, 2 * MIB, 0)).unwrap();
+        assert_eq!((m.stats().mmaps, m.stats().munmaps), (1, 0));
+        assert!(matches!(
+            m.unregister_backing(SRC),
+            Err(MemslotError::BackingInUse(_))
+        ));
+        for i in 1..4 {
+            m.unmap_range(&mp(base + i * 4 * MIB, 2 * MIB, i * 2 * MIB))
+                .unwrap();
+        }
+        m.unregister_backing(SRC).unwrap();
+        assert_eq!((m.stats().mmaps, m.stats().munmaps), (1, 1));
     }
 
     #[test]

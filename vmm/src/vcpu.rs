@@ -157,6 +157,21 @@ pub struct ExitStats {
     pub slot_race_accesses: u64,
     /// Last unbacked guest address accessed.
     pub last_unmapped: Option<u64>,
+    /// Exits by kind: port I/O.
+    pub port_io: u64,
+    /// Exits by kind: MMIO (bus devices, racing or unbacked accesses).
+    pub mmio: u64,
+    /// Of [`ExitStats::mmio`], accesses to the virtio-mmio transports' window.
+    pub virtio_mmio: u64,
+    /// Exits by kind: `hlt`.
+    pub hlt: u64,
+    /// Exits by kind: anything else (signal kicks, shutdown, errors).
+    pub other: u64,
+}
+
+/// Whether `addr` lies in the virtio-mmio transports' window (above the test-control device).
+fn in_virtio_window(addr: u64) -> bool {
+    (layout::VIRTIO_MMIO_BASE..layout::MMIO_END).contains(&addr)
 }
 
 /// Registers a vCPU starts with: 64-bit long mode on the page tables at `cr3`.
@@ -364,6 +379,15 @@ impl Vcpu {
             };
             exits += 1;
             self.stats.exits += 1;
+            match &exit {
+                VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => self.stats.port_io += 1,
+                VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => {
+                    self.stats.mmio += 1;
+                    self.stats.virtio_mmio += u64::from(in_virtio_window(*addr));
+                }
+                VcpuExit::Hlt => self.stats.hlt += 1,
+                _ => self.stats.other += 1,
+            }
             match exit {
                 VcpuExit::IoOut(port, data) => {
                     completing = true;

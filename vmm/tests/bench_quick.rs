@@ -14,6 +14,8 @@ fn quick_benchmark_completes_and_emits_every_row() {
     let options = suite::Options {
         quick: true,
         out_dir: out.path().to_path_buf(),
+        counts: suite::CountsMode::InProcess,
+        counts_only: false,
     };
     let Some(report) = suite::run(&options).expect("the quick benchmark runs") else {
         return;
@@ -22,6 +24,20 @@ fn quick_benchmark_completes_and_emits_every_row() {
     for id in suite::expected_rows() {
         assert!(ids.contains(&id.as_str()), "row {id} missing from the report");
     }
+    let counted: Vec<&str> = report.counts.iter().map(|r| r.id.as_str()).collect();
+    for id in suite::counts::count_rows() {
+        assert!(
+            counted.contains(&id.as_str()),
+            "count row {id} missing from the report"
+        );
+    }
+    assert!(
+        report
+            .counts
+            .iter()
+            .all(|r| r.values.iter().any(Option::is_some) || !r.note.is_empty()),
+        "a count row that was not measured must say why"
+    );
     assert!(
         report
             .rows

@@ -882,19 +882,34 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
     /// are logged as [`DriverEvent::Protocol`]; only a broken eventq is an error.
     pub fn poll(&mut self) -> Result<usize, DriverError> {
         let mut handled = 0;
-        while handled < MAX_EVENTS_PER_POLL {
+        let mut reposted = false;
+        let r = self.drain_eventq(&mut handled, &mut reposted);
+        // One notification for every buffer given back in this poll (a whole chain's), not one
+        // per event: the device finds them in the avail ring either way.
+        if reposted {
+            self.transport.notify(VIRTIO_MEM_EVENTQ);
+        }
+        r?;
+        self.retry_deferred();
+        Ok(handled)
+    }
+
+    /// The event loop of [`TagMemDriver::poll`]: takes used event buffers, gives each back to
+    /// the device (`reposted` set once one was) and handles its event.
+    fn drain_eventq(&mut self, handled: &mut usize, reposted: &mut bool) -> Result<(), DriverError> {
+        while *handled < MAX_EVENTS_PER_POLL {
             let Some(q) = self.eventq.as_mut() else { break };
             let used = match q.pop_used(&self.dma) {
                 Ok(Some(u)) => u,
                 Ok(None) => break,
                 Err(QueueError::BadUsedId(id)) => {
                     self.push_log(DriverEvent::Protocol(QueueError::BadUsedId(id).into()));
-                    handled += 1;
+                    *handled += 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            handled += 1;
+            *handled += 1;
             let Some(buf) = self
                 .event_bufs
                 .get_mut(usize::from(used.head))
@@ -906,7 +921,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
             self.dma.read(buf, &mut bytes);
             let head = q.add(&self.dma, &[], &[event_buf(buf)])?;
             self.event_bufs[usize::from(head)] = Some(buf);
-            self.transport.notify(VIRTIO_MEM_EVENTQ);
+            *reposted = true;
             if usize::try_from(used.len).ok() != Some(VIRTIO_MEM_EVENT_SIZE) {
                 self.push_log(DriverEvent::Protocol(DriverError::EventLength(used.len)));
                 continue;
@@ -916,8 +931,7 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
                 Err(w) => self.push_log(DriverEvent::Protocol(DriverError::BadEvent(w))),
             }
         }
-        self.retry_deferred();
-        Ok(handled)
+        Ok(())
     }
 
     fn handle_event(&mut self, e: Event) {
@@ -1417,6 +1431,8 @@ mod tests {
         responder: Responder,
         /// Events waiting for an eventq buffer: bytes and the used length to report.
         events: VecDeque<(Vec<u8>, u32)>,
+        /// Notifications received, per queue.
+        notifies: [u32; 2],
     }
 
     fn ack_all() -> Responder {
@@ -1474,6 +1490,7 @@ mod tests {
                 held: Vec::new(),
                 responder: ack_all(),
                 events: VecDeque::new(),
+                notifies: [0; 2],
             }
         }
 
@@ -1561,6 +1578,9 @@ mod tests {
         }
         fn set_queue_ready(&mut self, _queue: u16) {}
         fn notify(&mut self, queue: u16) {
+            if let Some(n) = self.notifies.get_mut(usize::from(queue)) {
+                *n += 1;
+            }
             if queue == VIRTIO_MEM_GUESTQ {
                 while let Some((head, descs)) = self.queues[0].as_mut().unwrap().pop_avail(&*self.mem) {
                     let mut bytes = Vec::new();
@@ -1706,6 +1726,23 @@ mod tests {
             }]
         );
         assert_eq!(d.poll(), Ok(0));
+    }
+
+    /// A chain is one eventq notification (all its buffers given back at once) and one ACCEPT,
+    /// however many extents it has.
+    #[test]
+    fn a_chain_costs_one_eventq_notification_and_one_accept() {
+        let mut d = ready();
+        let recs: Vec<ExtentRecord> = (0..5u16)
+            .map(|i| rec(u64::from(i) + 1, u64::from(i), 0, 0, 0))
+            .collect();
+        offer(&mut d, 1, &recs);
+        let before = d.transport().notifies;
+        d.poll().unwrap();
+        let after = d.transport().notifies;
+        assert_eq!(after[1] - before[1], 1, "eventq notifications for a chain of 5");
+        assert_eq!(after[0] - before[0], 1, "guestq notifications (the one ACCEPT)");
+        assert_eq!(accepts(&d), vec![(1, vec![1, 2, 3, 4, 5])]);
     }
 
     #[test]

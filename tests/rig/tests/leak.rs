@@ -32,8 +32,7 @@ fn thousand_map_unmap_cycles_leak_nothing() {
         let b = mapping(gpa + 2 * MIB, 2 * MIB, 1, off + 2 * MIB, i % 3 == 0);
         let mapper = g.vm.mapper();
         let mut m = mapper.lock();
-        m.map_range(&a).unwrap();
-        m.map_range(&b).unwrap();
+        m.map_ranges(&[a, b]).unwrap();
         assert_eq!(m.slot_count(), 1);
         // Split off the first half, then remove the rest.
         m.unmap_range(&a).unwrap();

@@ -9,7 +9,9 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+pub mod callgrind;
 mod chart;
+pub mod counts;
 mod machine;
 pub mod report;
 
@@ -78,6 +80,16 @@ const BASE_SOURCE: SourceId = SourceId(1);
 /// First byte of every backing, checked by the guest's read.
 const MARKER: u8 = 0x5a;
 
+/// How the hardware-independent counts are taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CountsMode {
+    /// In a child process under `valgrind --tool=callgrind` (host instructions included), or in
+    /// this process without instructions when valgrind is missing or fails.
+    Callgrind,
+    /// In this process, without host instructions (e.g. inside `cargo test`).
+    InProcess,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -85,6 +97,10 @@ pub struct Options {
     pub quick: bool,
     /// Where the JSON and the chart go.
     pub out_dir: PathBuf,
+    /// How to take the counts.
+    pub counts: CountsMode,
+    /// Take the counts only (no timed measurements).
+    pub counts_only: bool,
 }
 
 /// Sizes, counts and budgets of one run.
@@ -225,11 +241,20 @@ struct Bench {
 
 impl Bench {
     fn start(plan: Plan) -> Res<Bench> {
+        Self::start_with(plan, None, BASE_SIZE)
+    }
+
+    /// Starts the VMM; `timer_period` overrides how often the event loop polls offer timers
+    /// (the counts run sets it long, so no timer tick lands inside a counted operation).
+    fn start_with(plan: Plan, timer_period: Option<Duration>, base_size: u64) -> Res<Bench> {
         let mut config = VmmConfig::default();
+        if let Some(p) = timer_period {
+            config.timer_period = p;
+        }
         config.device.tagged = Some(WINDOW);
         config.device.block_size = BLOCK;
         config.device.region_addr = BASE_GPA;
-        config.device.region_size = BASE_SIZE;
+        config.device.region_size = base_size;
         config.device.region_source = Some(SourceRef {
             id: BASE_SOURCE,
             offset: 0,
@@ -1341,14 +1366,16 @@ fn fit_xy(pts: &[(f64, f64)]) -> (f64, f64) {
 
 /// Row ids every run emits, measured or not.
 pub fn expected_rows() -> Vec<String> {
-    let mut v = [
-        "context.roundtrip",
-        "context.exits_roundtrip",
-        "context.exits_tagged",
-        "context.exits_base",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut v = counts::goal_rows();
+    v.extend(
+        [
+            "context.roundtrip",
+            "context.exits_roundtrip",
+            "context.exits_tagged",
+            "context.exits_base",
+        ]
+        .map(String::from),
+    );
     for p in [
         "hotadd.floor",
         "hotadd.tagged",
@@ -1420,6 +1447,23 @@ pub fn run(opts: &Options) -> Res<Option<Report>> {
         ),
     ];
     let step = |what: &str| eprintln!("[{:>6.1} s] {what}", start.elapsed().as_secs_f64());
+    step("counts (VM exits, notifications, memslots, host mappings, instructions)");
+    let (rows, note) = counts::take(opts.quick, &opts.counts)?;
+    counts::goals(&mut rep, &rows);
+    rep.counts = rows;
+    rep.counts_note = note;
+    if opts.counts_only {
+        println!(
+            "counts per operation ({})\n{}",
+            rep.counts_note,
+            counts::text(&rep.counts)
+        );
+        println!("{}", rep.table());
+        std::fs::create_dir_all(&opts.out_dir)?;
+        let json = opts.out_dir.join("counts.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&rep.to_json())? + "\n")?;
+        return Ok(Some(rep));
+    }
     let bench = Bench::start(plan)?;
     step("context");
     bench.context(&mut rep)?;
@@ -1443,6 +1487,11 @@ pub fn run(opts: &Options) -> Res<Option<Report>> {
     std::fs::write(&json, serde_json::to_string_pretty(&rep.to_json())? + "\n")?;
     let svg = opts.out_dir.join("performance.svg");
     std::fs::write(&svg, chart::svg(&rep, &SIZES, &levels))?;
+    println!(
+        "counts per operation ({})\n{}",
+        rep.counts_note,
+        counts::text(&rep.counts)
+    );
     println!("{}", rep.table());
     let notes = rep.notes();
     if !notes.is_empty() {

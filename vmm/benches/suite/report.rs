@@ -88,6 +88,7 @@ impl Unit {
             Unit::BytesPerSec if v < 1e7 => format!("{:.2} MB/s", v / 1e6),
             Unit::BytesPerSec => format!("{:.0} MB/s", v / 1e6),
             Unit::Bytes => format!("{v:.0} B"),
+            Unit::Count if v != v.trunc() && v.abs() < 100.0 => format!("{v:.2}"),
             Unit::Count => format!("{v:.0}"),
             Unit::Ratio if v < 10.0 => format!("{v:.2}"),
             Unit::Ratio => format!("{v:.0}"),
@@ -138,6 +139,8 @@ pub enum Target {
     AtMost(f64),
     /// At least this.
     AtLeast(f64),
+    /// Exactly this.
+    Exactly(f64),
 }
 
 impl Target {
@@ -146,6 +149,7 @@ impl Target {
             Target::None => String::new(),
             Target::AtMost(v) => format!("<= {}", unit.fmt(v)),
             Target::AtLeast(v) => format!(">= {}", unit.fmt(v)),
+            Target::Exactly(v) => format!("= {}", unit.fmt(v)),
         }
     }
 
@@ -154,6 +158,7 @@ impl Target {
             Target::None => Status::Info,
             Target::AtMost(t) if v <= t => Status::Pass,
             Target::AtLeast(t) if v >= t => Status::Pass,
+            Target::Exactly(t) if v == t => Status::Pass,
             _ => Status::Miss,
         }
     }
@@ -172,6 +177,10 @@ pub struct Report {
     pub wall_secs: f64,
     /// Sample sizes and other parameters worth stating.
     pub params: Vec<(String, String)>,
+    /// The hardware-independent counts, per operation.
+    pub counts: Vec<super::counts::CountRow>,
+    /// How the counts (in particular the host instructions) were taken.
+    pub counts_note: String,
 }
 
 impl Report {
@@ -317,6 +326,9 @@ impl Report {
             )
         };
         json!({
+            "counts_columns": super::counts::COLUMNS.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "counts_note": self.counts_note,
+            "counts": self.counts,
             "mode": self.mode,
             "wall_seconds": self.wall_secs,
             "machine": kv(&self.machine),

@@ -1,0 +1,799 @@
+//! Counts that carry over to any host (issue 14): per operation and per extent, for the tagged
+//! path and the base block-plug path, the VM exits by kind, queue notifications, memslot and
+//! host-mapping calls and bytes, and the VMM process's host instructions.
+//!
+//! Every count is a difference of counters the VMM keeps anyway (the vCPU's exit statistics,
+//! the device's metrics, the memslot mapper's statistics) taken with the guest idle before and
+//! after the operation. Host instructions come from callgrind: the bench binary runs this part
+//! once more under `valgrind --tool=callgrind` as a child and brackets each operation with
+//! client requests (`callgrind`); without valgrind the column says why it is empty.
+
+use super::report::Report;
+use super::*;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use tagmem_vmm::memslot::MapperStats;
+use tagmem_vmm::vcpu::ExitStats;
+
+/// Columns of the counts table: key and heading.
+pub const COLUMNS: [(&str, &str); 16] = [
+    ("exits", "VM exits"),
+    ("exits_virtio", "virtio-mmio"),
+    ("exits_control", "test-control MMIO"),
+    ("exits_port", "port I/O"),
+    ("exits_hlt", "hlt"),
+    ("guestq_kicks", "guestq kicks"),
+    ("eventq_kicks", "eventq kicks"),
+    ("interrupts", "device interrupts"),
+    ("map_calls", "mapper calls"),
+    ("set_region", "SET_USER_MEMORY_REGION"),
+    ("slots_created", "memslots created"),
+    ("slots_deleted", "memslots deleted"),
+    ("bytes_created", "memslot bytes created"),
+    ("bytes_deleted", "memslot bytes deleted"),
+    ("mmaps", "mmap + munmap"),
+    ("instructions", "host instructions"),
+];
+
+/// Index of column `key`.
+pub fn col(key: &str) -> usize {
+    COLUMNS.iter().position(|c| c.0 == key).unwrap_or(0)
+}
+
+/// One measured operation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CountRow {
+    /// Stable key (`counts.<path>.<what>`), also the callgrind dump label.
+    pub id: String,
+    /// What was done.
+    pub label: String,
+    /// `tagged` or `base`.
+    pub path: String,
+    /// Extents (tagged) or PLUG requests (base) the operation covers; per-extent columns divide
+    /// by it.
+    pub units: u64,
+    /// One value per [`COLUMNS`] entry, for the whole operation; `None` where not measured.
+    pub values: Vec<Option<f64>>,
+    /// How it was measured, or why it was not.
+    pub note: String,
+}
+
+impl CountRow {
+    /// Value of column `key` for the whole operation.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.values.get(col(key)).copied().flatten()
+    }
+
+    /// Value of column `key` per unit.
+    pub fn per_unit(&self, key: &str) -> Option<f64> {
+        self.get(key).map(|v| v / self.units.max(1) as f64)
+    }
+}
+
+/// Every counter, read with the guest idle.
+#[derive(Clone, Copy, Debug)]
+struct Snap {
+    exits: ExitStats,
+    dev: [u64; 6],
+    mapper: MapperStats,
+}
+
+fn format_count(v: f64) -> String {
+    if v.is_nan() {
+        return "-".into();
+    }
+    if v != v.trunc() && v.abs() < 100.0 {
+        return format!("{v:.2}");
+    }
+    let n = v.round() as i128;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// A byte count in binary units.
+fn format_bytes(v: f64) -> String {
+    if v <= 0.0 {
+        return "0".into();
+    }
+    let (d, u) = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (1024, "KiB")]
+        .into_iter()
+        .find(|(d, _)| v >= *d as f64)
+        .unwrap_or((1, "B"));
+    let x = v / d as f64;
+    if x == x.trunc() {
+        format!("{x:.0} {u}")
+    } else {
+        format!("{x:.1} {u}")
+    }
+}
+
+fn cell(key: &str, v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if key.starts_with("bytes") => format_bytes(v),
+        Some(v) => format_count(v),
+    }
+}
+
+/// The counts as a Markdown table: one line per operation, then per unit for chains.
+pub fn markdown(rows: &[CountRow]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "| operation | path |");
+    for (_, h) in COLUMNS {
+        let _ = write!(out, " {h} |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---|---|");
+    for _ in COLUMNS {
+        let _ = write!(out, "--:|");
+    }
+    let _ = writeln!(out);
+    for r in rows {
+        let _ = write!(out, "| {} | {} |", r.label, r.path);
+        for (k, _) in COLUMNS {
+            let _ = write!(out, " {} |", cell(k, r.get(k)));
+        }
+        let _ = writeln!(out);
+        if r.units > 1 && r.values.iter().any(Option::is_some) {
+            let _ = write!(out, "| ↳ per {} | |", unit_name(r));
+            for (k, _) in COLUMNS {
+                let _ = write!(out, " {} |", cell(k, r.per_unit(k)));
+            }
+            let _ = writeln!(out);
+        }
+    }
+    out
+}
+
+fn unit_name(r: &CountRow) -> &'static str {
+    if r.path == "base" {
+        "request"
+    } else {
+        "extent"
+    }
+}
+
+/// The counts as printed: one block per operation.
+pub fn text(rows: &[CountRow]) -> String {
+    let mut out = String::new();
+    let w = COLUMNS.iter().map(|c| c.1.len()).max().unwrap_or(10);
+    for r in rows {
+        let _ = writeln!(out, "{} [{}]", r.label, r.path);
+        if r.values.iter().all(Option::is_none) {
+            let _ = writeln!(out, "    not measured: {}", r.note);
+            continue;
+        }
+        for (k, h) in COLUMNS {
+            let per = if r.units > 1 {
+                format!("  ({} per {})", cell(k, r.per_unit(k)), unit_name(r))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "    {h:<w$}  {:>16}{per}", cell(k, r.get(k)));
+        }
+    }
+    out
+}
+
+impl Bench {
+    fn snap(&self) -> Snap {
+        // Taking the vCPU's statistics waits for a running guest to halt.
+        let exits = self.vmm.exit_stats();
+        let m = self.vmm.with_device(|d| d.metrics());
+        let dev = [
+            m.guestq_notifies.get(),
+            m.eventq_notifies.get(),
+            m.guestq_interrupts.get() + m.eventq_interrupts.get() + m.config_interrupts.get(),
+            m.map_calls.get() + m.unmap_calls.get(),
+            0,
+            0,
+        ];
+        let mapper = self.vmm.mapper().lock().stats();
+        Snap { exits, dev, mapper }
+    }
+
+    /// Runs `op` between two snapshots (and callgrind dumps labelled `id`); returns the values.
+    fn counted(&self, id: &str, op: impl FnOnce() -> Res<()>) -> Res<Vec<Option<f64>>> {
+        let a = self.snap();
+        callgrind::zero();
+        op()?;
+        let b = self.snap();
+        callgrind::dump(id);
+        let e = |f: fn(&ExitStats) -> u64| Some(f(&b.exits).saturating_sub(f(&a.exits)) as f64);
+        let d = |i: usize| Some(b.dev[i].saturating_sub(a.dev[i]) as f64);
+        let m = b.mapper.since(&a.mapper);
+        let control = |s: &ExitStats| s.mmio.saturating_sub(s.virtio_mmio);
+        Ok(vec![
+            e(|s| s.exits),
+            e(|s| s.virtio_mmio),
+            e(control),
+            e(|s| s.port_io),
+            e(|s| s.hlt),
+            d(0),
+            d(1),
+            d(2),
+            d(3),
+            Some(m.set_region_calls as f64),
+            Some(m.slots_created as f64),
+            Some(m.slots_deleted as f64),
+            Some(m.bytes_created as f64),
+            Some(m.bytes_deleted as f64),
+            Some((m.mmaps + m.munmaps) as f64),
+            None,
+        ])
+    }
+
+    /// Waits for the guest's answer to chain `chain_id`; fails if it rejected anything.
+    fn wait_answered(&self, chain_id: u64) -> Res<()> {
+        loop {
+            let events = self.vmm.wait_host_events(Duration::from_secs(120));
+            if events.is_empty() {
+                return Err(format!("chain {chain_id} not answered within 120 s").into());
+            }
+            for e in events {
+                match e {
+                    HostEvent::ChainAnswered {
+                        chain_id: c,
+                        rejected,
+                        ..
+                    } if c == chain_id => {
+                        if !rejected.is_empty() {
+                            return Err(format!("the guest rejected {rejected:?}").into());
+                        }
+                        return Ok(());
+                    }
+                    HostEvent::ChainDropped { reason, .. } => {
+                        return Err(format!("chain dropped: {reason}").into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Registers a backing for `chain` and offers it, counted from the registration to the
+    /// guest idle after its ACCEPT; then checks (uncounted) that the guest reads the marker at
+    /// `check`.
+    fn count_offer(
+        &self,
+        id: &str,
+        backing: Backing,
+        chain: &[ExtentSpec],
+        check: u64,
+    ) -> Res<Vec<Option<f64>>> {
+        let src = chain[0].source.id;
+        let _ = self.vmm.take_host_events();
+        let v = self.counted(id, || {
+            self.vmm
+                .register_backing(src, backing, BackingLifetime::PerExtent)?;
+            let r = self.vmm.offer(chain)?;
+            self.wait_answered(r.chain_id)
+        })?;
+        self.read_marker(check)?;
+        Ok(v)
+    }
+
+    /// Requests the release of `tag` (`n` extents), counted until the guest is idle after its
+    /// RELEASE (the device unmapped it and the runtime closed its backing).
+    fn count_release(&self, id: &str, tag: Uuid, n: usize) -> Res<Vec<Option<f64>>> {
+        let _ = self.vmm.take_host_events();
+        self.counted(id, || {
+            self.vmm.request_release(Tgt::Tag(tag))?;
+            self.wait_released(n)
+        })
+    }
+
+    /// A chain of `k` 2 MiB extents of one fresh memfd at `gpa`, back to back or 4 MiB apart.
+    fn chain_specs(&self, k: u64, spaced: bool, gpa: u64) -> Res<(Backing, Vec<ExtentSpec>, Uuid, u64)> {
+        let id = SourceId(self.id());
+        let tag = Uuid::from_u128(u128::from(id.0));
+        let stride = if spaced { 2 * BLOCK } else { BLOCK };
+        let b = memfd(k * BLOCK, Some((k - 1) * BLOCK))?;
+        let specs = (0..k)
+            .map(|i| -> Res<ExtentSpec> {
+                Ok(spec(
+                    tag,
+                    id,
+                    i * BLOCK,
+                    gpa + i * stride,
+                    BLOCK,
+                    u16::try_from(i)?,
+                ))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        Ok((b, specs, tag, gpa + (k - 1) * stride))
+    }
+
+    /// The base path: the host raises the requested size to `size`, the guest plugs it in
+    /// requests of one 128 MiB memory block (or one request below that), up to `per_command`
+    /// requests per guest command; counted until the guest is idle. Then unplugs it all, counted
+    /// separately. Returns (plug, unplug, requests), or why it stopped.
+    fn count_base(
+        &self,
+        size: u64,
+        budget: Duration,
+    ) -> Res<Result<(Vec<Option<f64>>, Vec<Option<f64>>, u64), String>> {
+        let (requests, blocks) = if size <= MEMORY_BLOCK {
+            (1, size / BLOCK)
+        } else {
+            (size / MEMORY_BLOCK, MEMORY_BLOCK / BLOCK)
+        };
+        let step = blocks * BLOCK;
+        let per_command = 1024;
+        let label = fmt_bytes(size).replace(' ', "");
+        let start = Instant::now();
+        let mut stopped = None;
+        let plug = self.counted(&format!("counts.base.plug.{label}"), || {
+            self.vmm.with_device(|d| d.set_requested_size(size))?;
+            let mut done = 0;
+            while done < requests {
+                let n = per_command.min(requests - done);
+                match self.vmm.guest_command(Command::BasePlug {
+                    addr: BASE_GPA + done * step,
+                    requests: n,
+                    blocks,
+                })? {
+                    GuestReport::Plugged { acked, .. } if acked == n => {}
+                    other => return Err(format!("base plug: {other:?}").into()),
+                }
+                done += n;
+                if done < requests && start.elapsed() > budget {
+                    stopped = Some(format!(
+                        "infeasible in the {} s budget: {done} of {requests} requests done",
+                        budget.as_secs()
+                    ));
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        let unplug = self.counted(&format!("counts.base.unplug.{label}"), || {
+            match self.vmm.guest_command(Command::BaseUnplugAll)? {
+                GuestReport::Unplugged { resp: 0 } => {}
+                other => return Err(format!("base unplug: {other:?}").into()),
+            }
+            self.vmm.with_device(|d| d.set_requested_size(0))?;
+            Ok(())
+        })?;
+        if !self.vmm.slots().is_empty() {
+            return Err("base region still mapped after UNPLUG_ALL".into());
+        }
+        Ok(match stopped {
+            Some(why) => Err(why),
+            None => Ok((plug, unplug, requests)),
+        })
+    }
+
+    /// Measures the count rows of `part` (see the module documentation).
+    pub fn counts(&self, part: Part) -> Res<Vec<CountRow>> {
+        let mut rows = Vec::new();
+        let quick = self.plan.quick;
+        let row =
+            |id: &str, label: &str, path: &str, units: u64, values: Vec<Option<f64>>, note: &str| CountRow {
+                id: id.into(),
+                label: label.into(),
+                path: path.into(),
+                units,
+                values,
+                note: note.into(),
+            };
+        let skipped = |id: &str, label: &str, path: &str, units: u64, why: &str| CountRow {
+            id: id.into(),
+            label: label.into(),
+            path: path.into(),
+            units,
+            values: vec![None; COLUMNS.len()],
+            note: why.into(),
+        };
+        let wanted = |size: u64| match part {
+            Part::All => true,
+            Part::Small => size <= SMALL_LIMIT,
+            Part::Large => size > SMALL_LIMIT,
+        };
+        // Hot-add and release of one extent.
+        for (size, l) in [(2 * MIB, "2MiB"), (TIB, "1TiB")] {
+            if !wanted(size) {
+                continue;
+            }
+            let (hid, hl) = (
+                format!("counts.tagged.hotadd.{l}"),
+                format!("hot-add 1 extent of {}", fmt_bytes(size)),
+            );
+            let (rid, rl) = (
+                format!("counts.tagged.release.{l}"),
+                format!("release 1 extent of {}", fmt_bytes(size)),
+            );
+            if quick && size > 2 * MIB {
+                rows.push(skipped(&hid, &hl, "tagged", 1, "quick mode"));
+                rows.push(skipped(&rid, &rl, "tagged", 1, "quick mode"));
+                continue;
+            }
+            let id = SourceId(self.id());
+            let tag = Uuid::from_u128(u128::from(id.0));
+            let chain = [spec(tag, id, 0, SWEEP_GPA, size, 0)];
+            let v = self.count_offer(&hid, memfd(size, None)?, &chain, SWEEP_GPA)?;
+            rows.push(row(
+                &hid,
+                &hl,
+                "tagged",
+                1,
+                v,
+                "from registering the backing and the offer to the guest idle after its ACCEPT",
+            ));
+            let v = self.count_release(&rid, tag, 1)?;
+            rows.push(row(&rid, &rl, "tagged", 1, v, "from the release request to the guest idle after its RELEASE; includes closing the per-extent backing"));
+        }
+        // Base path.
+        let budget = if quick {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(300)
+        };
+        for (size, l) in [(2 * MIB, "2MiB"), (4 * GIB, "4GiB"), (TIB, "1TiB")] {
+            if !wanted(size) {
+                continue;
+            }
+            let (pid, pl) = (
+                format!("counts.base.plug.{l}"),
+                format!("plug {} (base)", fmt_bytes(size)),
+            );
+            let (uid, ul) = (
+                format!("counts.base.unplug.{l}"),
+                format!("unplug all {} (base)", fmt_bytes(size)),
+            );
+            let req = if size <= MEMORY_BLOCK {
+                1
+            } else {
+                size / MEMORY_BLOCK
+            };
+            if quick && size > 2 * MIB {
+                rows.push(skipped(&pid, &pl, "base", req, "quick mode"));
+                rows.push(skipped(&uid, &ul, "base", req, "quick mode"));
+                continue;
+            }
+            match self.count_base(size, budget)? {
+                Ok((p, u, n)) => {
+                    let note = "from raising requested_size to the guest idle after its last PLUG: \
+                                BASE_PLUG guest commands of up to 1,024 PLUG requests each, so the \
+                                port I/O column includes one result line per command";
+                    rows.push(row(&pid, &pl, "base", n, p, note));
+                    rows.push(row(
+                        &uid,
+                        &ul,
+                        "base",
+                        n,
+                        u,
+                        "one UNPLUG_ALL guest command (its result line included)",
+                    ));
+                }
+                Err(why) => {
+                    rows.push(skipped(&pid, &pl, "base", req, &why));
+                    rows.push(skipped(&uid, &ul, "base", req, &why));
+                }
+            }
+        }
+        if part == Part::Large {
+            return Ok(rows);
+        }
+        // Chains of 100.
+        for (spaced, what) in [(false, "contiguous"), (true, "spaced")] {
+            let id = format!("counts.tagged.chain100.{what}");
+            let label = format!("chain of 100 x 2 MiB, {what}");
+            let (b, specs, tag, last) = self.chain_specs(100, spaced, CHAIN_GPA)?;
+            let v = self.count_offer(&id, b, &specs, last)?;
+            let note = if spaced {
+                "4 MiB apart: one memslot per extent is the least possible"
+            } else {
+                "back to back in guest and backing space"
+            };
+            rows.push(row(&id, &label, "tagged", 100, v, note));
+            let rid = format!("counts.tagged.release100.{what}");
+            let v = self.count_release(&rid, tag, 100)?;
+            rows.push(row(
+                &rid,
+                &format!("release the chain of 100, {what}"),
+                "tagged",
+                100,
+                v,
+                "one tag group",
+            ));
+        }
+        // One more extent with n present.
+        let levels: &[u64] = if quick { &[10] } else { &[10, 1_000, 10_000] };
+        let mut present = 0;
+        for &n in &[10u64, 1_000, 10_000] {
+            let id = format!("counts.tagged.present.{n}");
+            let label = format!("hot-add 1 more extent, {n} present");
+            if !levels.contains(&n) {
+                rows.push(skipped(&id, &label, "tagged", 1, "quick mode"));
+                continue;
+            }
+            while present < n {
+                let k = 100.min(n - present);
+                let (b, specs, _, last) = self.chain_specs(k, true, SCALE_GPA + present * 2 * BLOCK)?;
+                let src = specs[0].source.id;
+                self.vmm.register_backing(src, b, BackingLifetime::PerExtent)?;
+                let r = self.vmm.offer(&specs)?;
+                self.wait_answered(r.chain_id)?;
+                self.read_marker(last)?;
+                present += k;
+            }
+            let (b, specs, tag, last) = self.chain_specs(1, true, PROBE_GPA)?;
+            let v = self.count_offer(&id, b, &specs, last)?;
+            rows.push(row(&id, &label, "tagged", 1, v, "2 MiB, spaced from the others"));
+            self.release(tag, 1)?;
+        }
+        Ok(rows)
+    }
+}
+
+/// Which count rows a run takes: callgrind's address space holds at most 32 GiB of mappings, so
+/// the 1 TiB rows run natively, without instruction counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Everything.
+    All,
+    /// Operations on at most [`SMALL_LIMIT`] bytes.
+    Small,
+    /// The rest.
+    Large,
+}
+
+/// Largest operation the callgrind run takes.
+const SMALL_LIMIT: u64 = 4 * GIB;
+/// Base region of the callgrind run's VMM (its backing is mapped whole).
+const SMALL_BASE: u64 = 4 * GIB;
+
+/// Fills the instruction column of `rows` from callgrind dumps (label = row id).
+pub fn merge_instructions(rows: &mut [CountRow], dumps: &[(String, u64)]) {
+    for r in rows.iter_mut() {
+        if let Some((_, n)) = dumps.iter().find(|(l, _)| *l == r.id) {
+            if let Some(v) = r.values.get_mut(col("instructions")) {
+                *v = Some(*n as f64);
+            }
+        }
+    }
+}
+
+/// Adds the goal rows of issue 14 (PASS or MISS with the measured number) to `rep`.
+pub fn goals(rep: &mut Report, rows: &[CountRow]) {
+    let get = |id: &str| rows.iter().find(|r| r.id == id);
+    let mut goal = |id: &str, label: &str, v: Option<f64>, target: Target, why: &str| match v {
+        Some(v) => rep.add(id, label, Unit::Count, Stat::derived(v), target, why),
+        None => rep.not_run(id, label, Unit::Count, target, why),
+    };
+    for l in ["2MiB", "1TiB"] {
+        let r = get(&format!("counts.tagged.hotadd.{l}"));
+        let why = r.map_or("not measured".into(), |r| r.note.clone());
+        let why = if r.and_then(|r| r.get("exits")).is_none() {
+            "quick mode".to_string()
+        } else {
+            why
+        };
+        goal(
+            &format!("goal.hotadd_exits.{l}"),
+            &format!("goal: VM exits, tagged hot-add of 1 extent, {l}"),
+            r.and_then(|r| r.get("exits")),
+            Target::AtMost(12.0),
+            &why,
+        );
+        goal(
+            &format!("goal.hotadd_slots.{l}"),
+            &format!("goal: memslot creations, tagged hot-add of 1 extent, {l}"),
+            r.and_then(|r| r.get("slots_created")),
+            Target::Exactly(1.0),
+            &why,
+        );
+        let r = get(&format!("counts.tagged.release.{l}"));
+        goal(
+            &format!("goal.release_slots.{l}"),
+            &format!("goal: memslot deletions, release of 1 extent, {l}"),
+            r.and_then(|r| r.get("slots_deleted")),
+            Target::AtMost(1.0),
+            &why,
+        );
+    }
+    let c = get("counts.tagged.chain100.contiguous");
+    goal(
+        "goal.chain100_exits",
+        "goal: VM exits per extent, chain of 100 (contiguous)",
+        c.and_then(|r| r.per_unit("exits")),
+        Target::AtMost(2.0),
+        "",
+    );
+    let s = get("counts.tagged.chain100.spaced");
+    goal(
+        "goal.chain100_exits_spaced",
+        "goal: VM exits per extent, chain of 100 (spaced)",
+        s.and_then(|r| r.per_unit("exits")),
+        Target::AtMost(2.0),
+        "",
+    );
+    goal(
+        "goal.chain100_slots",
+        "goal: memslot creations, chain of 100 (contiguous)",
+        c.and_then(|r| r.get("slots_created")),
+        Target::AtMost(1.0),
+        "",
+    );
+    let lo = get("counts.tagged.present.10").and_then(|r| r.get("instructions"));
+    for n in [1_000u64, 10_000] {
+        let hi = get(&format!("counts.tagged.present.{n}")).and_then(|r| r.get("instructions"));
+        let why = match (lo, hi) {
+            (Some(_), Some(_)) => String::new(),
+            _ => get(&format!("counts.tagged.present.{n}"))
+                .filter(|r| r.get("exits").is_none())
+                .map(|r| r.note.clone())
+                .unwrap_or_else(|| "no instruction counts (see the counts note)".into()),
+        };
+        let id = format!("goal.instructions_flat.{n}");
+        let label = format!("goal: host instructions per extent, {n} present / 10 present");
+        match (lo, hi) {
+            (Some(l), Some(h)) => rep.add(
+                &id,
+                &label,
+                Unit::Ratio,
+                Stat::derived(h / l),
+                Target::AtMost(1.2),
+                "",
+            ),
+            _ => rep.not_run(&id, &label, Unit::Ratio, Target::AtMost(1.2), &why),
+        }
+    }
+}
+
+/// Row ids the goal section always emits.
+pub fn goal_rows() -> Vec<String> {
+    let mut v = Vec::new();
+    for l in ["2MiB", "1TiB"] {
+        v.push(format!("goal.hotadd_exits.{l}"));
+        v.push(format!("goal.hotadd_slots.{l}"));
+        v.push(format!("goal.release_slots.{l}"));
+    }
+    v.extend(
+        [
+            "goal.chain100_exits",
+            "goal.chain100_exits_spaced",
+            "goal.chain100_slots",
+            "goal.instructions_flat.1000",
+            "goal.instructions_flat.10000",
+        ]
+        .map(String::from),
+    );
+    v
+}
+
+/// Count row ids every run emits.
+pub fn count_rows() -> Vec<String> {
+    let mut v = Vec::new();
+    for l in ["2MiB", "1TiB"] {
+        v.push(format!("counts.tagged.hotadd.{l}"));
+        v.push(format!("counts.tagged.release.{l}"));
+    }
+    for l in ["2MiB", "4GiB", "1TiB"] {
+        v.push(format!("counts.base.plug.{l}"));
+        v.push(format!("counts.base.unplug.{l}"));
+    }
+    for w in ["contiguous", "spaced"] {
+        v.push(format!("counts.tagged.chain100.{w}"));
+        v.push(format!("counts.tagged.release100.{w}"));
+    }
+    for n in [10, 1_000, 10_000] {
+        v.push(format!("counts.tagged.present.{n}"));
+    }
+    v
+}
+
+/// The event-loop period of the counts run: long, so no timer tick lands inside an operation.
+const COUNTS_TIMER: Duration = Duration::from_secs(3600);
+
+/// Measures the counts of `part` in this process (no instructions unless it runs under
+/// callgrind).
+fn in_process(quick: bool, part: Part) -> Res<Vec<CountRow>> {
+    let base = if part == Part::Small {
+        SMALL_BASE
+    } else {
+        BASE_SIZE
+    };
+    let bench = Bench::start_with(Plan::new(quick), Some(COUNTS_TIMER), base)?;
+    bench.counts(part)
+}
+
+/// `rows` in the order of [`count_rows`].
+fn ordered(mut rows: Vec<CountRow>) -> Vec<CountRow> {
+    let order = count_rows();
+    rows.sort_by_key(|r| order.iter().position(|o| *o == r.id).unwrap_or(usize::MAX));
+    rows
+}
+
+/// The child's side: measures the counts (under callgrind, which the parent started) and
+/// writes them to `dir/counts.json`.
+pub fn child(quick: bool, dir: &std::path::Path) -> Res<()> {
+    let rows = in_process(quick, Part::Small)?;
+    std::fs::write(dir.join("counts.json"), serde_json::to_string(&rows)?)?;
+    Ok(())
+}
+
+/// Takes the counts as `mode` says; returns the rows and a note on how.
+pub fn take(quick: bool, mode: &CountsMode) -> Res<(Vec<CountRow>, String)> {
+    let native = |why: &str| -> Res<(Vec<CountRow>, String)> {
+        let rows = in_process(quick, Part::All)?;
+        Ok((ordered(rows), format!("Host instructions not counted: {why}.")))
+    };
+    if *mode == CountsMode::InProcess {
+        return native("counted only by the bench binary (cargo bench), under callgrind");
+    }
+    let have = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        return native("valgrind is not installed (apt-get install valgrind)");
+    }
+    let dir = tempfile_dir()?;
+    let out = dir.join("callgrind.out");
+    let mut cmd = std::process::Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg("--dump-instr=no")
+        .arg(std::env::current_exe()?)
+        .arg("--counts-child")
+        .arg(&dir);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.stdout(std::process::Stdio::null()).status()?;
+    let json = dir.join("counts.json");
+    if !status.success() || !json.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return native(&format!("the callgrind run failed ({status})"));
+    }
+    let mut rows: Vec<CountRow> = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let dumps = callgrind::read_dumps(&out);
+    merge_instructions(&mut rows, &dumps);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut large = in_process(quick, Part::Large)?;
+    for r in &mut large {
+        r.note = format!(
+            "{}{}measured natively, without instructions: valgrind's address space holds at most \
+             32 GiB of mappings",
+            r.note,
+            if r.note.is_empty() { "" } else { "; " }
+        );
+    }
+    rows.extend(large);
+    Ok((
+        ordered(rows),
+        "Host instructions: user-space instructions of the whole VMM process (every thread: \
+         host control, vCPU exit handling, device, mapper, event loop), counted by valgrind's \
+         callgrind (`perf stat -e instructions` is not supported on this host: no PMU in the \
+         nested VM). The counts run is a child process under callgrind that zeroes the counters \
+         before and dumps them after each operation; the other columns are the same in either \
+         run. Operations above 4 GiB run natively (valgrind cannot map 1 TiB), so their \
+         instruction column is empty."
+            .into(),
+    ))
+}
+
+/// A fresh private directory for the child's files.
+fn tempfile_dir() -> Res<PathBuf> {
+    let base = std::env::temp_dir();
+    for i in 0..1000u32 {
+        let d = base.join(format!("tagmem-counts-{}-{i}", std::process::id()));
+        if std::fs::create_dir(&d).is_ok() {
+            return Ok(d);
+        }
+    }
+    Err("cannot create a temporary directory".into())
+}
