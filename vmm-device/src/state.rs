@@ -73,37 +73,39 @@ impl Window {
         let Some(end) = gpa.checked_add(len) else {
             return false;
         };
-        let Some((&start, &flen)) = self.free.range(..=gpa).next_back() else {
+        // Few tree operations: the hole's head shrinks in place, only its tail is inserted.
+        let Some((&start, flen)) = self.free.range_mut(..=gpa).next_back() else {
             return false;
         };
-        if start + flen < end {
+        let fend = start + *flen;
+        if fend < end {
             return false;
         }
-        self.free.remove(&start);
         if gpa > start {
-            self.free.insert(start, gpa - start);
+            *flen = gpa - start;
+        } else {
+            self.free.remove(&start);
         }
-        if start + flen > end {
-            self.free.insert(end, start + flen - end);
+        if fend > end {
+            self.free.insert(end, fend - end);
         }
         true
     }
 
     /// Returns `[gpa, gpa + len)` to the free list, merging neighbours.
     pub fn free(&mut self, gpa: u64, len: u64) {
-        let mut start = gpa;
         let mut end = gpa + len;
-        if let Some((&ps, &pl)) = self.free.range(..gpa).next_back() {
-            if ps + pl == gpa {
-                self.free.remove(&ps);
-                start = ps;
-            }
-        }
-        if let Some(&nl) = self.free.get(&end) {
-            self.free.remove(&end);
+        if let Some(nl) = self.free.remove(&end) {
             end += nl;
         }
-        self.free.insert(start, end - start);
+        // A hole ending at `gpa` grows in place.
+        if let Some((&ps, pl)) = self.free.range_mut(..gpa).next_back() {
+            if ps + *pl == gpa {
+                *pl = end - ps;
+                return;
+            }
+        }
+        self.free.insert(gpa, end - gpa);
     }
 
     /// Total free bytes.

@@ -1,8 +1,8 @@
-//! `cargo bench -p tagmem-vmm --bench tagmem [-- --quick] [-- --docs]`: the tagmem benchmark
-//! suite on real KVM (see `suite`). Prints the table; writes the raw numbers as JSON and the
-//! chart as SVG into `target/tagmem-bench/`, or into `docs/` with `--docs` (or
-//! `TAGMEM_BENCH_DOCS=1`). `--quick` (or `TAGMEM_BENCH_QUICK=1`) runs few iterations at small
-//! sizes.
+//! `cargo bench -p tagmem-vmm --bench tagmem [-- --quick | --counts-only | --no-docs]`: the
+//! tagmem benchmark suite on real KVM (see `suite`). Prints the counts and the table; a full run
+//! writes `performance.md`, the raw numbers as JSON and the chart as SVG into `docs/` (into
+//! `target/tagmem-bench/` with `--no-docs`, in quick mode, or with `--counts-only`). `--quick`
+//! (or `TAGMEM_BENCH_QUICK=1`) runs few iterations at small sizes.
 
 mod suite;
 
@@ -18,7 +18,7 @@ fn env_flag(name: &str) -> bool {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick") || env_flag("TAGMEM_BENCH_QUICK");
-    let docs = args.iter().any(|a| a == "--docs") || env_flag("TAGMEM_BENCH_DOCS");
+    let docs = !args.iter().any(|a| a == "--no-docs");
     if let Some(i) = args.iter().position(|a| a == "--counts-child") {
         // The counts run under callgrind that `suite::counts::take` starts.
         let dir = args.get(i + 1).map(PathBuf::from).unwrap_or_default();
@@ -32,7 +32,8 @@ fn main() {
     let root = manifest
         .parent()
         .map_or_else(|| manifest.join(".."), PathBuf::from);
-    let out_dir = if docs && !quick {
+    let counts_only = args.iter().any(|a| a == "--counts-only");
+    let out_dir = if docs && !quick && !counts_only {
         root.join("docs")
     } else {
         std::env::var_os("CARGO_TARGET_DIR")
@@ -44,7 +45,7 @@ fn main() {
         quick,
         out_dir,
         counts: suite::CountsMode::Callgrind,
-        counts_only: args.iter().any(|a| a == "--counts-only"),
+        counts_only,
     };
     match suite::run(&options) {
         Ok(_) => {}

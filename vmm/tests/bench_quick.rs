@@ -53,5 +53,7 @@ fn quick_benchmark_completes_and_emits_every_row() {
     assert_eq!(json["rows"].as_array().map(Vec::len), Some(report.rows.len()));
     let svg = std::fs::read_to_string(out.path().join("performance.svg")).expect("chart written");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let md = std::fs::read_to_string(out.path().join("performance.md")).expect("document written");
+    assert!(md.contains("## Counts per operation") && md.contains("## Goals"));
     assert!(report.table().lines().count() > report.rows.len());
 }

@@ -691,6 +691,35 @@ impl<T: Transport, D: DmaMemory> TagMemDriver<T, D> {
         Err(DriverError::ConfigUnstable)
     }
 
+    /// Re-reads only what a configuration change can move (`plugged_size`,
+    /// `usable_region_size`, `requested_size`), each field under its own generation check, as
+    /// Linux's `virtio_mem_refresh_config` does on a config-change interrupt: a dozen register
+    /// reads instead of the whole configuration space.
+    pub fn refresh_sizes(&mut self) -> Result<(), DriverError> {
+        let plugged = self.read_config_le64(core::mem::offset_of!(VirtioMemConfig, plugged_size))?;
+        let usable = self.read_config_le64(core::mem::offset_of!(VirtioMemConfig, usable_region_size))?;
+        let requested = self.read_config_le64(core::mem::offset_of!(VirtioMemConfig, requested_size))?;
+        for c in core::iter::once(&mut self.config).chain(self.tagged_config.as_mut().map(|t| &mut t.base)) {
+            c.plugged_size = Le64::new(plugged);
+            c.usable_region_size = Le64::new(usable);
+            c.requested_size = Le64::new(requested);
+        }
+        Ok(())
+    }
+
+    /// One little-endian 64-bit configuration field, read between two equal generations.
+    fn read_config_le64(&mut self, offset: usize) -> Result<u64, DriverError> {
+        for _ in 0..CONFIG_RETRIES {
+            let before = self.transport.config_generation();
+            let mut b = [0u8; 8];
+            self.transport.read_config(offset, &mut b);
+            if self.transport.config_generation() == before {
+                return Ok(u64::from_le_bytes(b));
+            }
+        }
+        Err(DriverError::ConfigUnstable)
+    }
+
     /// Forgets queues, chains and devices (the device side was or is about to be reset).
     fn forget_state(&mut self) {
         self.initialized = false;
@@ -1743,6 +1772,20 @@ mod tests {
         assert_eq!(after[1] - before[1], 1, "eventq notifications for a chain of 5");
         assert_eq!(after[0] - before[0], 1, "guestq notifications (the one ACCEPT)");
         assert_eq!(accepts(&d), vec![(1, vec![1, 2, 3, 4, 5])]);
+    }
+
+    #[test]
+    fn refresh_sizes_reads_the_three_fields_a_change_moves() {
+        let mut d = ready();
+        let off = core::mem::offset_of!(VirtioMemConfig, requested_size);
+        d.transport_mut().config[off..off + 8].copy_from_slice(&(64u64 << 20).to_le_bytes());
+        let off = core::mem::offset_of!(VirtioMemConfig, plugged_size);
+        d.transport_mut().config[off..off + 8].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        d.refresh_sizes().unwrap();
+        assert_eq!(d.config().requested_size.get(), 64 << 20);
+        assert_eq!(d.config().plugged_size.get(), 2 << 20);
+        assert_eq!(d.tagged_config().unwrap().base.requested_size.get(), 64 << 20);
+        assert_eq!(d.config().block_size.get(), VIRTIO_MEM_EXTENT_ALIGN);
     }
 
     #[test]

@@ -450,7 +450,8 @@ impl Guest {
             println!("FAULT bad block count={}", blocks);
             return;
         };
-        if let Err(e) = drv.refresh_config() {
+        // As Linux's virtio_mem on a config change: only the sizes, each under a generation check.
+        if let Err(e) = drv.refresh_sizes() {
             println!("FAULT refresh config: {}", e);
             return;
         }

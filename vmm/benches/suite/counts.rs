@@ -529,10 +529,16 @@ impl Bench {
                 self.read_marker(last)?;
                 present += k;
             }
-            let (b, specs, tag, last) = self.chain_specs(1, true, PROBE_GPA)?;
-            let v = self.count_offer(&id, b, &specs, last)?;
-            rows.push(row(&id, &label, "tagged", 1, v, "2 MiB, spaced from the others"));
-            self.release(tag, 1)?;
+            // Several probes, each released again; the median of each column, so one
+            // allocator-state outlier does not decide the row.
+            let mut probes = Vec::new();
+            for p in 0..PROBES {
+                let (b, specs, tag, last) = self.chain_specs(1, true, PROBE_GPA)?;
+                probes.push(self.count_offer(&format!("{id}.probe{p}"), b, &specs, last)?);
+                self.release(tag, 1)?;
+            }
+            let note = format!("2 MiB, spaced from the others; median of {PROBES} probes");
+            rows.push(row(&id, &label, "tagged", 1, median_of(&probes), &note));
         }
         Ok(rows)
     }
@@ -555,13 +561,31 @@ const SMALL_LIMIT: u64 = 4 * GIB;
 /// Base region of the callgrind run's VMM (its backing is mapped whole).
 const SMALL_BASE: u64 = 4 * GIB;
 
-/// Fills the instruction column of `rows` from callgrind dumps (label = row id).
+/// Probes of the "one more extent" rows.
+const PROBES: usize = 5;
+
+/// The median of each column over `samples` (`None` where any sample is).
+fn median_of(samples: &[Vec<Option<f64>>]) -> Vec<Option<f64>> {
+    (0..COLUMNS.len())
+        .map(|c| {
+            let v: Option<Vec<f64>> = samples.iter().map(|s| s.get(c).copied().flatten()).collect();
+            v.filter(|v| !v.is_empty()).map(|v| Stat::of(&v).median)
+        })
+        .collect()
+}
+
+/// Fills the instruction column of `rows` from callgrind dumps: a row's dump is labelled with
+/// its id, or `<id>.probe<n>` for rows that are the median of several probes.
 pub fn merge_instructions(rows: &mut [CountRow], dumps: &[(String, u64)]) {
     for r in rows.iter_mut() {
-        if let Some((_, n)) = dumps.iter().find(|(l, _)| *l == r.id) {
-            if let Some(v) = r.values.get_mut(col("instructions")) {
-                *v = Some(*n as f64);
-            }
+        let probe = format!("{}.probe", r.id);
+        let found: Vec<f64> = dumps
+            .iter()
+            .filter(|(l, _)| *l == r.id || l.starts_with(&probe))
+            .map(|(_, n)| *n as f64)
+            .collect();
+        if let (false, Some(v)) = (found.is_empty(), r.values.get_mut(col("instructions"))) {
+            *v = Some(Stat::of(&found).median);
         }
     }
 }
@@ -764,12 +788,11 @@ pub fn take(quick: bool, mode: &CountsMode) -> Res<(Vec<CountRow>, String)> {
     merge_instructions(&mut rows, &dumps);
     let _ = std::fs::remove_dir_all(&dir);
     let mut large = in_process(quick, Part::Large)?;
-    for r in &mut large {
+    for r in large.iter_mut().filter(|r| r.values.iter().any(Option::is_some)) {
         r.note = format!(
-            "{}{}measured natively, without instructions: valgrind's address space holds at most \
+            "{}; measured natively, without instructions: valgrind's address space holds at most \
              32 GiB of mappings",
-            r.note,
-            if r.note.is_empty() { "" } else { "; " }
+            r.note
         );
     }
     rows.extend(large);
