@@ -602,9 +602,13 @@ impl KvmMemslotMapper {
         let reused: Vec<u32> = old.iter().map(|k| self.runs[k].slot).collect();
         let wanted = new.len().saturating_sub(reused.len());
         let from_free = wanted.min(self.free_slots.len());
-        let fresh = wanted - from_free;
+        let limit = MemslotError::SlotLimit {
+            needed,
+            limit: self.slot_limit(),
+        };
+        let fresh = u32::try_from(wanted - from_free).map_err(|_| limit)?;
         let free_top = &self.free_slots[self.free_slots.len() - from_free..];
-        let fresh_ids = (0..fresh).map(|i| self.next_slot + i as u32);
+        let fresh_ids = (0..fresh).map(|i| self.next_slot + i);
         let new_ids: Vec<u32> = reused
             .iter()
             .copied()
@@ -669,7 +673,7 @@ impl KvmMemslotMapper {
             }
         }
         self.free_slots.truncate(self.free_slots.len() - from_free);
-        self.next_slot += fresh as u32;
+        self.next_slot += fresh;
         self.free_slots.extend(reused.iter().skip(new.len()));
         for (((spec, units), host), slot) in new.iter().zip(hosts).zip(new_ids) {
             if let Some(b) = self.backings.get_mut(&spec.source) {

@@ -70,6 +70,11 @@ impl CountRow {
     }
 }
 
+/// The counts of one operation, one per [`COLUMNS`] entry.
+type Values = Vec<Option<f64>>;
+/// A base-path measurement: plug, unplug and requests, or why it stopped.
+type BaseCounts = Result<(Values, Values, u64), String>;
+
 /// Every counter, read with the guest idle.
 #[derive(Clone, Copy, Debug)]
 struct Snap {
@@ -85,8 +90,9 @@ fn format_count(v: f64) -> String {
     if v != v.trunc() && v.abs() < 100.0 {
         return format!("{v:.2}");
     }
-    let n = v.round() as i128;
-    let s = n.abs().to_string();
+    // Formatting a rounded float prints its integer digits exactly.
+    let s = format!("{:.0}", v.abs().round());
+    let negative = v < 0.0;
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
         if i > 0 && (s.len() - i) % 3 == 0 {
@@ -94,7 +100,7 @@ fn format_count(v: f64) -> String {
         }
         out.push(c);
     }
-    if n < 0 {
+    if negative {
         format!("-{out}")
     } else {
         out
@@ -319,11 +325,7 @@ impl Bench {
     /// requests of one 128 MiB memory block (or one request below that), up to `per_command`
     /// requests per guest command; counted until the guest is idle. Then unplugs it all, counted
     /// separately. Returns (plug, unplug, requests), or why it stopped.
-    fn count_base(
-        &self,
-        size: u64,
-        budget: Duration,
-    ) -> Res<Result<(Vec<Option<f64>>, Vec<Option<f64>>, u64), String>> {
+    fn count_base(&self, size: u64, budget: Duration) -> Res<BaseCounts> {
         let (requests, blocks) = if size <= MEMORY_BLOCK {
             (1, size / BLOCK)
         } else {
