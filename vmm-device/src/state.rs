@@ -556,28 +556,29 @@ impl ExtentTable {
         if !chain.closed {
             return Err(reason::CHAIN_OPEN);
         }
-        let mut chosen: Vec<u64> = Vec::with_capacity(ids.len());
+        // Sets, so an ACCEPT of `max_pending` ids costs O(k), not O(k^2).
+        let in_chain: HashSet<u64> = chain.ids.iter().copied().collect();
+        let mut chosen: HashSet<u64> = HashSet::with_capacity(ids.len());
         for &id in ids {
-            if !chain.ids.contains(&id) {
+            if !in_chain.contains(&id) {
                 return Err(reason::UNKNOWN_EXTENT);
             }
-            if chosen.contains(&id) {
+            if !chosen.insert(id) {
                 return Err(reason::DUPLICATE_ID);
             }
-            chosen.push(id);
         }
         // [T-ACCEPT-2]: every tag group is all-or-nothing, as DCD adds a tag group whole.
-        for &id in &chain.ids {
-            let e = &self.extents[&id];
-            if !e.tag.is_nil() && !chosen.contains(&id) {
-                let group_taken = chain
-                    .ids
-                    .iter()
-                    .any(|o| chosen.contains(o) && self.extents[o].tag == e.tag);
-                if group_taken {
-                    return Err(reason::PARTIAL_GROUP);
-                }
-            }
+        let taken: HashSet<Uuid> = chosen
+            .iter()
+            .map(|id| self.extents[id].tag)
+            .filter(|t| !t.is_nil())
+            .collect();
+        let partial = chain.ids.iter().any(|id| {
+            let tag = self.extents[id].tag;
+            !tag.is_nil() && !chosen.contains(id) && taken.contains(&tag)
+        });
+        if partial {
+            return Err(reason::PARTIAL_GROUP);
         }
         let accepted = chain
             .ids

@@ -9,7 +9,7 @@
 //!    group whole); a partially chosen group is dropped whole.
 
 use crate::dax::{DaxRegistry, Extent};
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use tagmem_wire::{is_null_tag, ExtentRecord, VIRTIO_MEM_EXTENT_ALIGN, VIRTIO_MEM_EXTENT_F_ALL};
 
@@ -243,21 +243,24 @@ impl OfferPolicy for RejectAll {
 /// Applies a policy's choice: returns the extents to accept (chain order, no duplicates) and the
 /// candidates left out with their reason. A tag group chosen in part is dropped whole.
 pub fn enforce(candidates: &[Extent], chosen: &[u64]) -> (Vec<Extent>, Vec<(u64, RejectReason)>) {
+    // O(k log k) in the chain's length: a driver runs this for every chain, and a chain may hold
+    // `max_pending` extents.
+    let chosen: BTreeSet<u64> = chosen.iter().copied().collect();
     let picked = |e: &Extent| chosen.contains(&e.id);
-    let mut partial: Vec<[u8; 16]> = Vec::new();
+    // Per tag group: (members, members picked).
+    let mut groups: BTreeMap<[u8; 16], (usize, usize)> = BTreeMap::new();
     for e in candidates.iter().filter(|e| e.is_tagged()) {
-        let group = candidates.iter().filter(|o| o.tag == e.tag);
-        let (n, k) = group.fold((0, 0), |(n, k), o| (n + 1, k + usize::from(picked(o))));
-        if k != 0 && k != n && !partial.contains(&e.tag) {
-            partial.push(e.tag);
-        }
+        let g = groups.entry(e.tag).or_default();
+        g.0 += 1;
+        g.1 += usize::from(picked(e));
     }
+    let partial = |e: &Extent| groups.get(&e.tag).is_some_and(|(n, k)| *k != 0 && k != n);
     let mut accept = Vec::new();
     let mut rejected = Vec::new();
     for e in candidates {
         if !picked(e) {
             rejected.push((e.id, RejectReason::Policy));
-        } else if e.is_tagged() && partial.contains(&e.tag) {
+        } else if e.is_tagged() && partial(e) {
             rejected.push((e.id, RejectReason::PartialGroup));
         } else {
             accept.push(e.clone());
