@@ -20,10 +20,12 @@ const MIB: u64 = 1 << 20;
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
 fn boot(cmdline: &str, hotplug_size: u64) -> (Vmm, tempfile::NamedTempFile) {
+    boot_code(mini_elf::PRINT_CMDLINE_AND_RESET, cmdline, hotplug_size)
+}
+
+fn boot_code(code: &[u8], cmdline: &str, hotplug_size: u64) -> (Vmm, tempfile::NamedTempFile) {
     let mut kernel = tempfile::NamedTempFile::new().unwrap();
-    kernel
-        .write_all(&mini_elf::build(0x100_0000, mini_elf::PRINT_CMDLINE_AND_RESET))
-        .unwrap();
+    kernel.write_all(&mini_elf::build(0x100_0000, code)).unwrap();
     let mut config = VmmConfig {
         guest: GuestKind::Linux(LinuxBoot {
             cmdline: cmdline.into(),
@@ -53,6 +55,20 @@ fn elf_kernel_prints_its_cmdline_on_the_serial_console_and_resets() {
     // On the in-kernel irqchip: the vCPU never halts to the VMM. (Test commands need the test
     // rig's control device, which only the test guest's VM has.)
     assert!(!vmm.parks_on_hlt());
+}
+
+#[test]
+fn a_triple_fault_ends_the_guest_and_says_so() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let (vmm, _kernel) = boot_code(mini_elf::TRIPLE_FAULT, "console=ttyS0", 0);
+    let reason = vmm.wait_exit(Some(HANG_GUARD)).expect("the guest ends");
+    assert!(
+        reason.starts_with("the guest triple-faulted"),
+        "a triple fault is a shutdown, not a reset or a hang: {reason}"
+    );
+    assert_ne!(reason, RESET_REASON);
 }
 
 #[test]

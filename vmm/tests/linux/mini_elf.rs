@@ -65,3 +65,11 @@ pub const PRINT_CMDLINE_AND_HALT: &[u8] = &[
     0xf4, // hlt
     0xeb, 0xfd, // jmp hlt
 ];
+
+// Loads an empty IDT (limit 0) and raises #UD: the #UD cannot be delivered (#GP), nor can the
+// #GP (#DF), nor the #DF: a triple fault, which KVM reports as a shutdown of the VM.
+pub const TRIPLE_FAULT: &[u8] = &[
+    0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00, // lidt [rip + 2] (the 10 zero bytes after ud2)
+    0x0f, 0x0b, // ud2
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // IDTR: limit 0, base 0
+];
