@@ -18,10 +18,8 @@
 //! it ([`ServerLimits`]). What a request does is behind [`ApiBackend`]; [`TaggedMemoryControl`]
 //! implements it on a running [`Vmm`], where it also keeps a tag unique per VM.
 
-use crate::backing::Backing;
 use crate::config::{
-    error_chain, group_chains, ConfigError, ExtentPlan, OptionError, Resolver, TaggedMemoryConfig,
-    GENERATED_ID_PREFIX,
+    error_chain, group_chains, ConfigError, OptionError, Resolver, TaggedMemoryConfig, GENERATED_ID_PREFIX,
 };
 use crate::hotplug::BaseMemory;
 use crate::runtime::{BackingLifetime, Vmm, VmmError};
@@ -42,6 +40,7 @@ mod socket;
 
 pub use server::{ApiServer, ServerLimits, ServerStats, MAX_CONNECTIONS};
 pub use socket::{ApiSocket, ApiSocketError, DEFAULT_SOCKET_MODE};
+pub use tagmem_host::PreparedChain;
 
 /// Path prefix of every endpoint.
 pub const API_PREFIX: &str = "/api/v1/";
@@ -538,65 +537,6 @@ pub fn handle(backend: &dyn ApiBackend, req: &HttpRequest) -> HttpResponse {
     answer.unwrap_or_else(|e| HttpResponse::error(&e))
 }
 
-/// A chain whose backings are open, ready to be offered once the VM runs.
-#[derive(Debug)]
-pub struct PreparedChain {
-    extents: Vec<(ExtentPlan, Backing)>,
-}
-
-impl PreparedChain {
-    /// Plans and opens the backings of `configs` as one chain. Sequence numbers of sharable
-    /// groups follow the order within each tag. Errors are attributed to `label` (the option or
-    /// API field).
-    pub fn prepare(
-        resolver: &Resolver,
-        configs: &[TaggedMemoryConfig],
-        label: &str,
-    ) -> Result<Self, OptionError> {
-        let mut seqs: BTreeMap<Uuid, u16> = BTreeMap::new();
-        let mut extents = Vec::with_capacity(configs.len());
-        for (i, c) in configs.iter().enumerate() {
-            let err = |e| {
-                OptionError::new(
-                    if configs.len() > 1 {
-                        format!("{label}[{i}]")
-                    } else {
-                        label.into()
-                    },
-                    e,
-                )
-            };
-            let seq = if c.shared {
-                let next = seqs.entry(c.tag()).or_insert(0);
-                let seq = *next;
-                *next = next
-                    .checked_add(1)
-                    .ok_or_else(|| err(ConfigError::GroupTooLarge { tag: c.tag() }))?;
-                seq
-            } else {
-                0
-            };
-            let plan = resolver.plan(c, seq).map_err(err)?;
-            let name =
-                c.id.clone()
-                    .unwrap_or_else(|| format!("{}{}", GENERATED_ID_PREFIX, i));
-            let backing = plan.open(&format!("tagmem:{name}")).map_err(err)?;
-            extents.push((plan, backing));
-        }
-        Ok(PreparedChain { extents })
-    }
-
-    /// Number of extents.
-    pub fn len(&self) -> usize {
-        self.extents.len()
-    }
-
-    /// True if the chain has no extent.
-    pub fn is_empty(&self) -> bool {
-        self.extents.is_empty()
-    }
-}
-
 /// An extent of one of the VM's tagged devices that carries a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagHolder {
@@ -733,12 +673,12 @@ impl TaggedMemoryControl {
         let devices = self.tagged_devices();
         // Under the state lock: two offers of one tag cannot both pass.
         check_tags_free(
-            chain.extents.iter().map(|(plan, _)| plan.tag),
+            chain.plans().map(|plan| plan.tag),
             &TagHolder::of_devices(&devices),
         )?;
         let live: Vec<u64> = devices.iter().flatten().map(|e| e.id).collect();
         state.names.retain(|id, _| live.contains(id));
-        for (plan, _) in &chain.extents {
+        for plan in chain.plans() {
             if let Some(id) = &plan.id {
                 if state.names.values().any(|n| &n.name == id) {
                     return Err(ApiError::BadRequest(
@@ -755,7 +695,7 @@ impl TaggedMemoryControl {
                 let _ = self.vmm.unregister_backing(*id);
             }
         };
-        for (plan, backing) in chain.extents {
+        for (plan, backing) in chain.into_extents() {
             let mut id = SourceId(state.next_source);
             while self.vmm.has_backing(id) {
                 id = SourceId(id.0.wrapping_add(1));

@@ -9,9 +9,7 @@ use tagmem_rig::TestGuestVm;
 use tagmem_vmm::api::{ApiServer, ApiSocket, PreparedChain, TaggedMemoryControl};
 use tagmem_vmm::boot::linux::DEFAULT_CMDLINE;
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
-use tagmem_vmm::config::{
-    self, ApiSocketConfig, MemoryConfig, OptionError, Resolver, SerialOption, TaggedMemoryConfig,
-};
+use tagmem_vmm::config::{self, ApiSocketConfig, MemoryConfig, OptionError, Resolver, SerialOption};
 use tagmem_vmm::layout;
 use tagmem_vmm::runtime::{SerialConfig, Vmm, VmmConfig, RESET_REASON};
 
@@ -19,12 +17,12 @@ use tagmem_vmm::runtime::{SerialConfig, Vmm, VmmConfig, RESET_REASON};
 /// tag group.
 fn prepare(values: &[String], resolver: &Resolver) -> Result<Vec<PreparedChain>, Failure> {
     let (configs, chains) = config::parse_options(values)?;
-    let mut prepared = Vec::with_capacity(chains.len());
-    for chain in &chains {
-        let members: Vec<TaggedMemoryConfig> = chain.iter().map(|&i| configs[i].clone()).collect();
-        prepared.push(PreparedChain::prepare(resolver, &members, config::OPTION)?);
-    }
-    Ok(prepared)
+    Ok(tagmem_host::prepare_chains(
+        resolver,
+        &configs,
+        &chains,
+        config::OPTION,
+    )?)
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts), so they are

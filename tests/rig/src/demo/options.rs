@@ -74,14 +74,7 @@ impl DemoOptions {
 
     /// Plans every chain and opens its backings (before the VM starts).
     pub fn prepare(&self, resolver: &Resolver) -> Result<Vec<PreparedChain>, OptionError> {
-        self.chains
-            .iter()
-            .map(|chain| {
-                let members: Vec<TaggedMemoryConfig> =
-                    chain.iter().map(|&i| self.configs[i].clone()).collect();
-                PreparedChain::prepare(resolver, &members, config::OPTION)
-            })
-            .collect()
+        tagmem_host::prepare_chains(resolver, &self.configs, &self.chains, config::OPTION)
     }
 }
 
