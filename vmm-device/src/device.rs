@@ -357,6 +357,14 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         self.table.uses_source(source)
     }
 
+    /// Drains the host's source events: each backing whose last extent (pending or accepted) left
+    /// the table since the last call, because it was released, rejected or abandoned. A VMM
+    /// closes a per-extent backing on it instead of tracking which extent uses which source.
+    /// Drain it as often as [`TaggedMemDevice::take_host_events`].
+    pub fn take_unused_sources(&mut self) -> Vec<crate::mapper::SourceId> {
+        self.table.take_unused_sources()
+    }
+
     /// Bytes of the base region currently plugged.
     pub fn plugged_size(&self) -> u64 {
         self.blocks.plugged_size()

@@ -170,6 +170,8 @@ pub(crate) struct ExtentTable {
     tags: HashMap<Uuid, Vec<u64>>,
     /// Backing ranges in use: (source, offset) -> extent id (the length is the extent's).
     backing: BTreeMap<(SourceId, u64), u64>,
+    /// Sources whose last extent left the table since the host last asked.
+    unused_sources: Vec<SourceId>,
     pub max_pending: usize,
     pub timeout_ms: u64,
 }
@@ -222,6 +224,7 @@ impl ExtentTable {
             window_size: size,
             tags: HashMap::new(),
             backing: BTreeMap::new(),
+            unused_sources: Vec::new(),
             max_pending,
             timeout_ms,
         }
@@ -477,6 +480,11 @@ impl ExtentTable {
         self.backing.range((id, 0)..=(id, u64::MAX)).next().is_some()
     }
 
+    /// Drains the sources whose last extent left the table, in the order they became unused.
+    pub fn take_unused_sources(&mut self) -> Vec<SourceId> {
+        std::mem::take(&mut self.unused_sources)
+    }
+
     /// The public row of extent `id`.
     pub fn info(&self, id: u64) -> Option<ExtentInfo> {
         let e = self.extents.get(&id)?;
@@ -527,6 +535,9 @@ impl ExtentTable {
             }
         }
         self.backing.remove(&(e.source.id, e.source.offset));
+        if !self.uses_source(e.source.id) {
+            self.unused_sources.push(e.source.id);
+        }
         self.window.free(e.gpa, e.length);
         Some(info)
     }

@@ -606,7 +606,6 @@ struct Named {
 struct ControlState {
     names: BTreeMap<u64, Named>,
     next_name: u64,
-    next_source: u64,
 }
 
 /// Adds and releases tagged capacity on a running [`Vmm`] as the API and the command line ask:
@@ -626,19 +625,13 @@ impl std::fmt::Debug for TaggedMemoryControl {
     }
 }
 
-/// First backing id the control allocates, clear of ids a test might register by hand.
-const FIRST_SOURCE_ID: u64 = 1 << 32;
-
 impl TaggedMemoryControl {
     /// Controls `vmm`, resolving tags through `resolver`.
     pub fn new(vmm: Arc<Vmm>, resolver: Resolver) -> Self {
         TaggedMemoryControl {
             vmm,
             resolver,
-            state: Mutex::new(ControlState {
-                next_source: FIRST_SOURCE_ID,
-                ..ControlState::default()
-            }),
+            state: Mutex::new(ControlState::default()),
         }
     }
 
@@ -696,18 +689,16 @@ impl TaggedMemoryControl {
             }
         };
         for (plan, backing) in chain.into_extents() {
-            let mut id = SourceId(state.next_source);
-            while self.vmm.has_backing(id) {
-                id = SourceId(id.0.wrapping_add(1));
-            }
-            state.next_source = id.0.wrapping_add(1);
-            if let Err(e) = self.vmm.register_backing(id, backing, BackingLifetime::PerExtent) {
-                unregister(&registered);
-                return Err(ApiError::Internal(format!(
-                    "registering the backing: {}",
-                    error_chain(&e)
-                )));
-            }
+            let id = match self.vmm.add_backing(backing, BackingLifetime::PerExtent) {
+                Ok(id) => id,
+                Err(e) => {
+                    unregister(&registered);
+                    return Err(ApiError::Internal(format!(
+                        "registering the backing: {}",
+                        error_chain(&e)
+                    )));
+                }
+            };
             registered.push(id);
             specs.push(plan.spec(id));
             named.push((plan.id.clone(), plan.backing_name(), plan.length));

@@ -35,7 +35,7 @@ use crate::vm::{BootMemory, Vm, VmConfig, VmError};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -136,13 +136,16 @@ fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Os { what, source }
 }
 
+/// The first backing id [`Vmm::add_backing`] hands out, clear of ids registered by hand.
+pub const FIRST_ADDED_SOURCE: u64 = 1 << 32;
+
 /// How long the runtime keeps a registered backing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackingLifetime {
     /// Until [`Vmm::unregister_backing`] (or the VMM ends).
     Persistent,
-    /// Closed (host mapping and descriptor) once an offer used it and no extent uses it any more:
-    /// after its extents were released, rejected or abandoned.
+    /// Closed (host mapping and descriptor) once the device reports that no extent uses it any
+    /// more: after its extents were released, rejected or abandoned.
     PerExtent,
 }
 
@@ -241,24 +244,16 @@ struct RunControl {
     exited: Option<String>,
 }
 
-/// Per-extent backing bookkeeping.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BackingEntry {
-    pub(crate) lifetime: BackingLifetime,
-    /// An offer named it.
-    pub(crate) offered: bool,
-}
-
 /// What the vCPU thread, the event loop and the host side share.
 pub(crate) struct Shared {
     pub(crate) transport: Arc<Mutex<DeviceTransport>>,
     /// The device's clock: guest time, stopped while the vCPU is parked or stopped.
     pub(crate) clock: Arc<GuestClock>,
     pub(crate) mapper: SharedMapper,
-    pub(crate) backings: Mutex<BTreeMap<SourceId, BackingEntry>>,
-    /// Backing of each live offered extent, so a host event's extent ids name the backings that
-    /// may have lost their last user without a scan of every extent.
-    extent_sources: Mutex<HashMap<u64, SourceId>>,
+    /// How long each registered backing is kept; the mapper holds the backing itself.
+    pub(crate) backings: Mutex<BTreeMap<SourceId, BackingLifetime>>,
+    /// The next id [`Vmm::add_backing`] hands out.
+    next_source: Mutex<u64>,
     events: Mutex<Vec<HostEvent>>,
     events_added: Condvar,
     run: Mutex<RunControl>,
@@ -292,56 +287,32 @@ impl Shared {
         self.run_changed.notify_all();
     }
 
-    /// Moves the device's host events to the runtime's queue and closes per-extent backings no
-    /// extent uses any more. Returns the number of events moved.
+    /// Moves the device's host events to the runtime's queue and closes the per-extent backings
+    /// the device reports unused ([`TaggedMemDevice::take_unused_sources`]). Returns the number
+    /// of events moved.
     ///
-    /// Runs under the device lock from start to end, so an offer cannot slip in between reading
-    /// the extent table and closing a backing, the backings of released extents are closed
-    /// before anyone can see their `Released` event, and events keep their order.
+    /// Runs under the device lock from start to end, so an offer cannot slip in between the
+    /// report and the close, the backings of released extents are closed before anyone can see
+    /// their `Released` event, and events keep their order.
     fn pump(&self) -> usize {
         let mut t = lock(&self.transport);
         let events = t.device_mut().take_host_events();
-        if events.is_empty() {
-            return 0;
-        }
-        // Only backings of extents these events end can have lost their last user.
-        let mut candidates: BTreeSet<SourceId> = BTreeSet::new();
-        {
-            let mut sources = lock(&self.extent_sources);
-            for ev in &events {
-                let ended: &[u64] = match ev {
-                    HostEvent::ChainAnswered { rejected, .. } => rejected,
-                    HostEvent::ChainDropped { extents, .. } => extents,
-                    HostEvent::Released { extents } => {
-                        for (id, src) in extents {
-                            sources.remove(id);
-                            candidates.insert(src.id);
-                        }
-                        &[]
-                    }
-                    HostEvent::ReleaseDeferred { .. } | HostEvent::DeviceReset { .. } => &[],
-                };
-                candidates.extend(ended.iter().filter_map(|id| sources.remove(id)));
-            }
-        }
-        {
+        let unused = t.device_mut().take_unused_sources();
+        if !unused.is_empty() {
             let mut backings = lock(&self.backings);
-            let device = t.device();
-            let done: Vec<SourceId> = candidates
-                .into_iter()
-                .filter(|id| {
-                    backings.get(id).is_some_and(|e| {
-                        e.lifetime == BackingLifetime::PerExtent && e.offered && !device.source_in_use(*id)
-                    })
-                })
-                .collect();
             let mut mapper = self.mapper.lock();
-            for id in done {
-                // Dropping the backing closes its descriptor; its mappings went with the release.
-                if mapper.unregister_backing(id).is_ok() {
-                    backings.remove(&id);
+            for id in unused {
+                if backings.get(&id) == Some(&BackingLifetime::PerExtent) {
+                    // Dropping the backing closes its descriptor; its mappings went with the
+                    // extents.
+                    if mapper.unregister_backing(id).is_ok() {
+                        backings.remove(&id);
+                    }
                 }
             }
+        }
+        if events.is_empty() {
+            return 0;
         }
         // Published before the device lock is let go: a pump that finds nothing new can rely
         // on every earlier event being in the queue already.
@@ -505,7 +476,7 @@ pub(crate) struct Parts {
     pub(crate) clock: Arc<GuestClock>,
     pub(crate) vcpu: Vcpu,
     pub(crate) transport: DeviceTransport,
-    pub(crate) backings: BTreeMap<SourceId, BackingEntry>,
+    pub(crate) backings: BTreeMap<SourceId, BackingLifetime>,
     /// What only a Linux guest has.
     pub(crate) linux: Option<LinuxParts>,
 }
@@ -599,13 +570,7 @@ impl Vmm {
                 .mapper()
                 .lock()
                 .register_backing(src.id, Backing::memfd("tagmem-base-region", size)?)?;
-            parts.backings.insert(
-                src.id,
-                BackingEntry {
-                    lifetime: BackingLifetime::Persistent,
-                    offered: false,
-                },
-            );
+            parts.backings.insert(src.id, BackingLifetime::Persistent);
         }
         for d in devices {
             d.attach(&parts.vm)?;
@@ -628,19 +593,12 @@ impl Vmm {
             layout::LayoutError::IdentityLimit(layout::VIRTIO_MMIO_BASE),
         ))?;
         vm.attach_mmio(mmio_base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
-        // A restored device already holds extents: know their backings from the start.
-        let extent_sources = lock(&transport)
-            .device()
-            .extents()
-            .iter()
-            .map(|e| (e.id, e.source.id))
-            .collect();
         let shared = Arc::new(Shared {
             transport,
             clock,
             mapper: vm.mapper(),
             backings: Mutex::new(backings),
-            extent_sources: Mutex::new(extent_sources),
+            next_source: Mutex::new(FIRST_ADDED_SOURCE),
             events: Mutex::new(Vec::new()),
             events_added: Condvar::new(),
             run: Mutex::new(RunControl::default()),
@@ -795,14 +753,22 @@ impl Vmm {
     ) -> Result<(), VmmError> {
         let mut backings = lock(&self.shared.backings);
         self.shared.mapper.lock().register_backing(id, backing)?;
-        backings.insert(
-            id,
-            BackingEntry {
-                lifetime,
-                offered: false,
-            },
-        );
+        backings.insert(id, lifetime);
         Ok(())
+    }
+
+    /// Registers a host backing under a fresh id (from [`FIRST_ADDED_SOURCE`] up, never reused)
+    /// and returns the id; a [`BackingLifetime::PerExtent`] backing is closed once the device
+    /// reports it unused.
+    pub fn add_backing(&self, backing: Backing, lifetime: BackingLifetime) -> Result<SourceId, VmmError> {
+        let id = {
+            let mut next = lock(&self.shared.next_source);
+            let id = SourceId(*next);
+            *next += 1;
+            id
+        };
+        self.register_backing(id, backing, lifetime)?;
+        Ok(id)
     }
 
     /// Unregisters a backing no mapping uses and hands it back.
@@ -820,21 +786,7 @@ impl Vmm {
 
     /// Offers a chain of extents to the guest's driver.
     pub fn offer(&self, chain: &[ExtentSpec]) -> Result<OfferReceipt, ControlError> {
-        let receipt = {
-            // Mark the backings under the device lock, so a concurrent pump cannot close one
-            // between the offer and the marking.
-            let mut t = lock(&self.shared.transport);
-            let receipt = t.device_mut().offer(chain)?;
-            let mut backings = lock(&self.shared.backings);
-            let mut sources = lock(&self.shared.extent_sources);
-            for (spec, (id, _)) in chain.iter().zip(&receipt.extents) {
-                if let Some(e) = backings.get_mut(&spec.source.id) {
-                    e.offered = true;
-                }
-                sources.insert(*id, spec.source.id);
-            }
-            receipt
-        };
+        let receipt = self.shared.device(|d| d.offer(chain))?;
         self.shared.pump();
         self.shared.ring();
         Ok(receipt)

@@ -21,7 +21,7 @@ use crate::backing::{Backing, BackingKind};
 use crate::layout;
 use crate::memslot::SharedMapper;
 use crate::mmio::{MmioInterrupt, MmioTransport, MmioTransportState};
-use crate::runtime::{BackingEntry, BackingLifetime, ExtraDevice, Parts, Vmm, VmmConfig, VmmError};
+use crate::runtime::{BackingLifetime, ExtraDevice, Parts, Vmm, VmmConfig, VmmError};
 use crate::vcpu::VcpuState;
 use crate::vm::{Vm, VmConfig};
 use std::collections::BTreeMap;
@@ -43,8 +43,6 @@ pub struct BackingRecord {
     pub writable: bool,
     /// How long the runtime keeps it.
     pub lifetime: BackingLifetime,
-    /// An offer named it already.
-    pub offered: bool,
     /// A duplicate of the backing's open descriptor.
     pub file: File,
 }
@@ -103,7 +101,7 @@ impl Vmm {
             let mut backings = Vec::new();
             {
                 let mapper = shared.mapper.lock();
-                for (id, entry) in entries {
+                for (id, lifetime) in entries {
                     let b = mapper
                         .backing(id)
                         .ok_or_else(|| reject(format!("backing {id:?} is not registered")))?;
@@ -112,8 +110,7 @@ impl Vmm {
                         kind: b.kind(),
                         size: b.size(),
                         writable: b.writable(),
-                        lifetime: entry.lifetime,
-                        offered: entry.offered,
+                        lifetime,
                         file: dup(b.file_handle())?,
                     });
                 }
@@ -155,13 +152,7 @@ impl Vmm {
             for r in &snapshot.backings {
                 let backing = Backing::from_file(dup(&r.file)?, r.size, r.kind, r.writable);
                 m.register_backing(r.id, backing)?;
-                entries.insert(
-                    r.id,
-                    BackingEntry {
-                        lifetime: r.lifetime,
-                        offered: r.offered,
-                    },
-                );
+                entries.insert(r.id, r.lifetime);
             }
         }
         let irq = Arc::new(MmioInterrupt::new(None));
