@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use tagmem_device::{ExtentFlags, ExtentInfo, ExtentState, Perf, SourceClass, SourceId, SourceRef, Target};
 use tagmem_vmm::api::{
-    handle, indent_json, parse_request, parse_response, route, AddReply, AddedExtent, ApiBackend, ApiError,
+    handle, parse_request, pretty_json, parse_response, route, AddReply, AddedExtent, ApiBackend, ApiError,
     ApiRequest, ExtentRow, HttpResponse, PingInfo, MAX_BODY_BYTES, MAX_HEAD_BYTES,
 };
 use tagmem_vmm::config::TaggedMemoryConfig;
@@ -152,7 +152,7 @@ fn check_answer(r: &HttpResponse) {
     if r.status >= 400 {
         assert!(v["error"].is_string(), "an error answer names the error");
     }
-    let again: serde_json::Value = serde_json::from_str(&indent_json(&r.body)).expect("indented JSON");
+    let again: serde_json::Value = serde_json::from_str(&pretty_json(&r.body)).expect("indented JSON");
     assert_eq!(again, v, "indenting keeps the JSON value");
 }
 
@@ -187,7 +187,7 @@ pub fn check(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
             let again: serde_json::Value =
-                serde_json::from_str(&indent_json(text)).expect("indented JSON parses");
+                serde_json::from_str(&pretty_json(text)).expect("indented JSON parses");
             assert_eq!(again, v, "indenting keeps the JSON value");
         }
     }

@@ -253,6 +253,16 @@ pub enum ControlError {
         /// The length given.
         length: u64,
     },
+    /// The backing range `offset + length` ends past 2^64.
+    #[error("extent {index}: backing range {offset:#x}+{length:#x} ends past 2^64")]
+    RangeOverflow {
+        /// Position in the offer.
+        index: usize,
+        /// The backing offset given.
+        offset: u64,
+        /// The length given.
+        length: u64,
+    },
     /// Backing offset or guest address not 2 MiB aligned.
     #[error("extent {index}: {field} {value:#x} is not 2 MiB aligned")]
     Misaligned {

@@ -287,8 +287,9 @@ impl ExtentTable {
                 });
             }
             if s.source.offset.checked_add(s.length).is_none() {
-                return Err(ControlError::MisalignedLength {
+                return Err(ControlError::RangeOverflow {
                     index: i,
+                    offset: s.source.offset,
                     length: s.length,
                 });
             }

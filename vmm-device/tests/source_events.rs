@@ -1,5 +1,6 @@
-//! The device tells the host when a source is no longer used: released, rejected and abandoned
-//! extents give their backing back once no other live extent names it.
+//! What the device tells the host: a source is no longer used once released, rejected and
+//! abandoned extents give their backing back and no other live extent names it; and offer errors
+//! that say what is wrong.
 
 use tagmem_device::test_utils::Harness;
 use tagmem_device::*;
@@ -74,4 +75,24 @@ fn a_source_shared_by_two_chains_stays_in_use_while_one_is_live() {
     assert!(h.dev.source_in_use(SourceId(7)));
     assert_eq!(accept(&mut h, 2, &[]), (ACK, reason::NONE, 0));
     assert_eq!(h.dev.take_unused_sources(), vec![SourceId(7)]);
+}
+
+#[test]
+fn a_backing_range_past_2_64_is_named_an_overflow_not_a_misalignment() {
+    let mut h = Harness::tagged();
+    h.post_event_buffers(2, 128);
+    let offset = u64::MAX - (MB2 - 1);
+    let e = h.dev.offer(&[on(7, spec(0xa, offset, MB2))]).unwrap_err();
+    assert_eq!(
+        e,
+        ControlError::RangeOverflow {
+            index: 0,
+            offset,
+            length: MB2
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("extent 0: backing range {offset:#x}+0x200000 ends past 2^64")
+    );
 }

@@ -54,7 +54,7 @@ pub(crate) fn client(args: ClientArgs) -> Result<(), Failure> {
     let (status, answer) = api::call(&socket, method, path, body.as_deref()).map_err(Failure::runtime)?;
     if (200..300).contains(&status) {
         if !answer.is_empty() {
-            println!("{}", api::indent_json(&answer));
+            println!("{}", api::pretty_json(&answer));
         }
         Ok(())
     } else {

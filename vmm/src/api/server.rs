@@ -516,9 +516,9 @@ impl MutEventSubscriber for ApiServer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Fake;
     use super::super::{parse_response, ADD_TAGGED_MEMORY, MAX_BODY_BYTES};
     use super::*;
+    use crate::api::routes::tests::Fake;
 
     fn conn(server: UnixStream) -> Conn {
         server.set_nonblocking(true).unwrap();
