@@ -20,6 +20,7 @@ pub mod config;
 pub mod hotplug;
 pub mod layout;
 pub mod legacy;
+pub mod logger;
 pub mod memslot;
 pub mod mmio;
 pub mod runtime;

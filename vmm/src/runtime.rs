@@ -22,31 +22,24 @@
 //! other.
 
 use crate::backing::Backing;
-use crate::boot::machine::MachineError;
 use crate::boot::GuestKind;
 use crate::bus::{Console, SharedBusDevice};
-use crate::hotplug::{self, HotplugError};
+use crate::hotplug;
 use crate::layout;
 use crate::legacy::SerialInput;
-use crate::memslot::{MemslotError, SharedMapper, SlotInfo};
-use crate::mmio::{MmioRestoreError, MmioTransport};
-use crate::vcpu::{ExitStats, RunLimit, RunOutcome, Vcpu, VcpuError, VcpuKicker};
-use crate::vm::{BootMemory, Vm, VmConfig, VmError};
-use event_manager::{
-    EventManager, EventOps, EventSet, Events, MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps,
-};
+use crate::memslot::{SharedMapper, SlotInfo};
+use crate::mmio::MmioTransport;
+use crate::vcpu::{ExitStats, Vcpu};
+use crate::vm::{BootMemory, Vm, VmError};
+use event_manager::{MutEventSubscriber, RemoteEndpoint, SubscriberId};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tagmem_device::{
-    Clock, ControlError, DeviceConfig, DeviceError, ExtentInfo, ExtentSpec, GuestClock, HostEvent,
-    MonotonicClock, OfferReceipt, Perf, SourceId, SourceRef, TaggedMemDevice, TaggedWindow, Target,
-    MINIMAL_BASE_REGION_SIZE,
+    ControlError, ExtentInfo, ExtentSpec, GuestClock, HostEvent, OfferReceipt, Perf, SourceId,
+    TaggedMemDevice, Target,
 };
-use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 /// The tagged virtio-mem device as the runtime hosts it.
 pub type TaggedDevice = TaggedMemDevice<BootMemory>;
@@ -58,396 +51,6 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 /// The backing id under which [`Vmm::new`] registers the base region's sparse memfd (the default
 /// configuration's `region_source`).
 pub use crate::hotplug::BASE_REGION_SOURCE;
-
-/// Errors of the runtime.
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    /// Creating or setting up the VM failed.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// A vCPU operation failed.
-    #[error(transparent)]
-    Vcpu(#[from] VcpuError),
-    /// The device refused its configuration or a snapshot.
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    /// The memslot mapper refused a backing operation.
-    #[error(transparent)]
-    Memslot(#[from] MemslotError),
-    /// A host backing (the base region's memfd) could not be created.
-    #[error(transparent)]
-    Backing(#[from] crate::backing::BackingError),
-    /// A snapshot's transport state was rejected.
-    #[error(transparent)]
-    MmioRestore(#[from] MmioRestoreError),
-    /// A snapshot does not fit this VM.
-    #[error("snapshot rejected: {0}")]
-    Snapshot(String),
-    /// An OS resource (eventfd, timerfd, thread, descriptor) could not be set up.
-    #[error("{what} failed")]
-    Os {
-        /// What was attempted.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The event loop could not be set up or reached.
-    #[error("event loop: {0}")]
-    EventLoop(#[from] event_manager::Error),
-    /// The vCPU thread has ended; the guest runs no more.
-    #[error("the guest is not running ({reason}); console:\n{console}")]
-    GuestStopped {
-        /// Why the vCPU thread ended.
-        reason: String,
-        /// Console output so far.
-        console: String,
-    },
-    /// The Linux machine could not be assembled (kernel, irqchip, devices).
-    #[error(transparent)]
-    Machine(#[from] MachineError),
-    /// The base region's layout was refused.
-    #[error("--memory: {0}")]
-    Hotplug(#[from] HotplugError),
-    /// A base-region resize was refused.
-    #[error("{0}")]
-    Resize(String),
-    /// The configuration names nothing to boot ([`GuestKind::Unset`]).
-    #[error("no guest to boot: the configuration names neither a kernel nor a flat image")]
-    NoGuest,
-    /// The vCPU cannot be parked at a `hlt` exit: the guest runs on the in-kernel irqchip, whose
-    /// `hlt` stays inside KVM.
-    #[error(
-        "the guest runs on the in-kernel irqchip: its vCPU never halts to the VMM, so it cannot be parked"
-    )]
-    NotParkable,
-    /// The serial output file could not be opened.
-    #[error("--serial {path}: {source}")]
-    SerialFile {
-        /// The file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
-    move |source| VmmError::Os { what, source }
-}
-
-/// The first backing id [`Vmm::add_backing`] hands out, clear of ids registered by hand.
-pub const FIRST_ADDED_SOURCE: u64 = 1 << 32;
-
-/// How long the runtime keeps a registered backing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackingLifetime {
-    /// Until [`Vmm::unregister_backing`] (or the VMM ends).
-    Persistent,
-    /// Closed (host mapping and descriptor) once the device reports that no extent uses it any
-    /// more: after its extents were released, rejected or abandoned.
-    PerExtent,
-}
-
-/// Where a Linux guest's serial console goes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SerialConfig {
-    /// Standard output (and input from standard input, when the command line asks for it).
-    Tty,
-    /// A file, created or truncated.
-    File(std::path::PathBuf),
-    /// Nowhere but [`Vmm::console_lines`].
-    #[default]
-    Null,
-}
-
-/// Configuration of a [`Vmm`].
-#[derive(Clone)]
-pub struct VmmConfig {
-    /// What to boot: a flat image or a Linux kernel (nothing by default: [`Vmm::new`] refuses
-    /// [`GuestKind::Unset`]).
-    pub guest: GuestKind,
-    /// A Linux guest's serial console.
-    pub serial: SerialConfig,
-    /// Size of the base virtio-mem region (0: none); `device.requested_size` is what starts
-    /// plugged. See [`crate::hotplug`].
-    pub hotplug_size: u64,
-    /// The VM: boot RAM, identity-map limit, memslot cap.
-    pub vm: VmConfig,
-    /// The tagged virtio-mem device.
-    pub device: DeviceConfig,
-    /// The host clock under the device's guest clock (a manual clock lets tests expire offers
-    /// without waiting); the runtime stops guest time while the vCPU is parked or stopped.
-    pub clock: Arc<dyn Clock>,
-    /// How often the event loop lets the device expire offers.
-    pub timer_period: Duration,
-}
-
-impl std::fmt::Debug for VmmConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmmConfig")
-            .field("guest", &self.guest)
-            .field("serial", &self.serial)
-            .field("hotplug_size", &self.hotplug_size)
-            .field("vm", &self.vm)
-            .field("device", &self.device)
-            .field("timer_period", &self.timer_period)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for VmmConfig {
-    fn default() -> Self {
-        let vm = VmConfig::default();
-        // Tagged capacity only: the base region is one never-plugged block (Linux's virtio_mem
-        // fails its probe on an empty one), backed by a sparse memfd `Vmm::new` registers.
-        let device = DeviceConfig {
-            region_addr: layout::BASE_REGION_ADDR,
-            region_size: MINIMAL_BASE_REGION_SIZE,
-            region_source: Some(SourceRef {
-                id: BASE_REGION_SOURCE,
-                offset: 0,
-            }),
-            requested_size: 0,
-            tagged: Some(TaggedWindow {
-                addr: layout::TAGGED_WINDOW_BASE,
-                size: vm.identity_limit.saturating_sub(layout::TAGGED_WINDOW_BASE),
-            }),
-            ..DeviceConfig::default()
-        };
-        VmmConfig {
-            guest: GuestKind::Unset,
-            serial: SerialConfig::Null,
-            hotplug_size: 0,
-            vm,
-            device,
-            clock: Arc::new(MonotonicClock::default()),
-            timer_period: Duration::from_millis(50),
-        }
-    }
-}
-
-/// Where the vCPU thread is.
-#[derive(Debug, Default)]
-struct RunControl {
-    /// Doorbell rings so far; a change makes a halted guest run again.
-    rings: u64,
-    /// Holders that want the vCPU parked at its next `hlt` (a snapshot, [`Vmm::pause`]).
-    pause: u32,
-    /// [`Vmm::pause`] holds one of them.
-    paused_by_request: bool,
-    /// The vCPU is parked at a `hlt` exit.
-    parked: bool,
-    /// End the vCPU thread.
-    stop: bool,
-    /// Why the vCPU thread ended, once it has.
-    exited: Option<String>,
-}
-
-/// What the vCPU thread, the event loop and the host side share.
-pub(crate) struct Shared {
-    pub(crate) transport: Arc<Mutex<DeviceTransport>>,
-    /// The device's clock: guest time, stopped while the vCPU is parked or stopped.
-    pub(crate) clock: Arc<GuestClock>,
-    pub(crate) mapper: SharedMapper,
-    /// How long each registered backing is kept; the mapper holds the backing itself.
-    pub(crate) backings: Mutex<BTreeMap<SourceId, BackingLifetime>>,
-    /// The next id [`Vmm::add_backing`] hands out.
-    next_source: Mutex<u64>,
-    events: Mutex<Vec<HostEvent>>,
-    events_added: Condvar,
-    run: Mutex<RunControl>,
-    run_changed: Condvar,
-    stop_flag: AtomicBool,
-    pub(crate) console: Arc<Console>,
-    /// Notified when the event loop served the device (queue notifications, timers), so waiters
-    /// for the driver (e.g. [`Vmm::wait_device_ready`]) re-check.
-    activity: Condvar,
-    activity_lock: Mutex<()>,
-    /// What [`Vmm::on_exit`] asked to run when the vCPU thread ends; `None` once it has run them.
-    exit_hooks: Mutex<Option<Vec<ExitHook>>>,
-}
-
-/// A function [`Vmm::on_exit`] runs with the reason the vCPU thread ended.
-type ExitHook = Box<dyn FnOnce(&str) + Send>;
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    fn device<R>(&self, f: impl FnOnce(&mut TaggedDevice) -> R) -> R {
-        f(lock(&self.transport).device_mut())
-    }
-
-    /// Makes a halted guest run again (it polls its driver and its command queue).
-    fn ring(&self) {
-        let mut rc = lock(&self.run);
-        rc.rings = rc.rings.wrapping_add(1);
-        self.run_changed.notify_all();
-    }
-
-    /// Moves the device's host events to the runtime's queue and closes the per-extent backings
-    /// the device reports unused ([`TaggedMemDevice::take_unused_sources`]). Returns the number
-    /// of events moved.
-    ///
-    /// Runs under the device lock from start to end, so an offer cannot slip in between the
-    /// report and the close, the backings of released extents are closed before anyone can see
-    /// their `Released` event, and events keep their order.
-    fn pump(&self) -> usize {
-        let mut t = lock(&self.transport);
-        let events = t.device_mut().take_host_events();
-        let unused = t.device_mut().take_unused_sources();
-        if !unused.is_empty() {
-            let mut backings = lock(&self.backings);
-            let mut mapper = self.mapper.lock();
-            for id in unused {
-                if backings.get(&id) == Some(&BackingLifetime::PerExtent) {
-                    // Dropping the backing closes its descriptor; its mappings went with the
-                    // extents.
-                    if mapper.unregister_backing(id).is_ok() {
-                        backings.remove(&id);
-                    }
-                }
-            }
-        }
-        if events.is_empty() {
-            return 0;
-        }
-        // Published before the device lock is let go: a pump that finds nothing new can rely
-        // on every earlier event being in the queue already.
-        let n = events.len();
-        lock(&self.events).extend(events);
-        self.events_added.notify_all();
-        drop(t);
-        n
-    }
-
-    fn poll_timers(&self) {
-        self.device(|d| d.poll_timers());
-        if self.pump() > 0 {
-            self.ring();
-        }
-        self.notify_activity();
-    }
-
-    fn notify_activity(&self) {
-        let _g = lock(&self.activity_lock);
-        self.activity.notify_all();
-    }
-
-    fn exited(&self) -> Option<String> {
-        lock(&self.run).exited.clone()
-    }
-}
-
-/// The event loop's timer: lets the device expire offers.
-struct TimerSubscriber {
-    timer: TimerFd,
-    shared: Arc<Shared>,
-}
-
-impl MutEventSubscriber for TimerSubscriber {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            eprintln!("tagmem-vmm: timer descriptor failed; offers no longer expire");
-            let _ = ops.remove(events);
-            return;
-        }
-        if let Err(e) = self.timer.wait() {
-            eprintln!("tagmem-vmm: reading the timer failed: {e}");
-        }
-        self.shared.poll_timers();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
-            eprintln!("tagmem-vmm: registering the timer failed: {e}");
-        }
-    }
-}
-
-/// Ends the event loop when its eventfd is written.
-struct ExitSubscriber {
-    event: EventFd,
-    exit: Arc<AtomicBool>,
-}
-
-impl MutEventSubscriber for ExitSubscriber {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            let _ = ops.remove(events);
-        }
-        let _ = self.event.read();
-        self.exit.store(true, Ordering::SeqCst);
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
-            eprintln!("tagmem-vmm: registering the exit event failed: {e}");
-        }
-    }
-}
-
-/// The event loop thread and how to reach it.
-struct EventLoop {
-    endpoint: RemoteEndpoint<Subscriber>,
-    exit_event: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventLoop {
-    fn start(shared: Arc<Shared>, period: Duration) -> Result<Self, VmmError> {
-        let mut manager = EventManager::<Subscriber>::new()?;
-        let mut timer = TimerFd::new().map_err(|e| VmmError::Os {
-            what: "creating the timer",
-            source: e.into(),
-        })?;
-        timer.reset(period, Some(period)).map_err(|e| VmmError::Os {
-            what: "arming the timer",
-            source: e.into(),
-        })?;
-        manager.add_subscriber(Arc::new(Mutex::new(TimerSubscriber { timer, shared })));
-        let exit_event = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("creating the exit eventfd"))?;
-        let exit = Arc::new(AtomicBool::new(false));
-        manager.add_subscriber(Arc::new(Mutex::new(ExitSubscriber {
-            event: exit_event
-                .try_clone()
-                .map_err(os_err("cloning the exit eventfd"))?,
-            exit: exit.clone(),
-        })));
-        let endpoint = manager.remote_endpoint();
-        let thread = std::thread::Builder::new()
-            .name("vmm-event-loop".into())
-            .spawn(move || {
-                while !exit.load(Ordering::SeqCst) {
-                    if let Err(e) = manager.run() {
-                        eprintln!("tagmem-vmm: event loop: {e}");
-                    }
-                }
-            })
-            .map_err(os_err("starting the event loop thread"))?;
-        Ok(EventLoop {
-            endpoint,
-            exit_event,
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if self.exit_event.write(1).is_ok() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-/// The vCPU thread and its kicker.
-struct VcpuThread {
-    kicker: VcpuKicker,
-    thread: Option<JoinHandle<()>>,
-}
 
 /// The reference VMM: a running VM with its guest and the tagged device.
 pub struct Vmm {
@@ -528,19 +131,20 @@ impl ExtraDevice {
 }
 
 mod base;
+mod config;
+mod event_loop;
 mod flat;
 mod linux;
+mod shared;
+mod vcpu_thread;
 
+pub(crate) use config::os_err;
+pub use config::{BackingLifetime, SerialConfig, VmmConfig, VmmError, FIRST_ADDED_SOURCE};
+use event_loop::EventLoop;
 pub(crate) use linux::LinuxParts;
-
-/// Why the vCPU thread ended when the guest reset the machine (e.g. Linux `reboot`).
-pub const RESET_REASON: &str = "the guest reset the machine";
-
-/// Run limit of the vCPU thread: no exit cap, no timeout (it is stopped through its flag).
-const VCPU_THREAD_LIMIT: RunLimit = RunLimit {
-    max_exits: u64::MAX,
-    timeout: None,
-};
+pub(crate) use shared::{lock, RunControl, Shared};
+use vcpu_thread::VcpuThread;
+pub use vcpu_thread::RESET_REASON;
 
 impl Vmm {
     /// Boots a VM with the guest `config.guest` names and the tagged device, and starts the vCPU
@@ -663,65 +267,6 @@ impl Vmm {
     /// negotiated; returns whether it did.
     pub fn wait_device_ready(&self, timeout: Duration) -> bool {
         self.wait_device(timeout, |d| d.is_active() && d.tagged_negotiated())
-    }
-
-    /// Waits up to `timeout` until the vCPU thread ended (the guest reset or powered off, or a
-    /// vCPU error); returns why, or `None` if it still runs.
-    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<String> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut rc = lock(&self.shared.run);
-        loop {
-            if let Some(r) = &rc.exited {
-                return Some(r.clone());
-            }
-            match deadline {
-                None => {
-                    rc = self
-                        .shared
-                        .run_changed
-                        .wait(rc)
-                        .unwrap_or_else(|e| e.into_inner())
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    rc = self
-                        .shared
-                        .run_changed
-                        .wait_timeout(rc, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        }
-    }
-
-    fn start_vcpu(&self) -> Result<(), VmmError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let shared = self.shared.clone();
-        let vcpu = self.vcpu.clone();
-        let thread = std::thread::Builder::new()
-            .name("vcpu0".into())
-            .spawn(move || {
-                let kicker = VcpuKicker::for_current_thread();
-                let ok = kicker.is_ok();
-                let _ = tx.send(kicker);
-                if ok {
-                    vcpu_loop(&vcpu, &shared);
-                }
-            })
-            .map_err(os_err("starting the vCPU thread"))?;
-        let kicker = rx.recv().map_err(|_| VmmError::GuestStopped {
-            reason: "the vCPU thread ended at start".into(),
-            console: String::new(),
-        })??;
-        *lock(&self.vcpu_thread) = Some(VcpuThread {
-            kicker,
-            thread: Some(thread),
-        });
-        Ok(())
     }
 
     /// The configuration the VMM runs with.
@@ -938,106 +483,8 @@ impl Vmm {
         self.shared.exited()
     }
 
-    /// Parks the vCPU at its next `hlt` (the guest is idle then) and stops guest time; the
-    /// caller undoes both with [`Vmm::unpark`].
-    fn park(&self) -> Result<(), VmmError> {
-        let mut rc = lock(&self.shared.run);
-        rc.pause += 1;
-        rc.rings = rc.rings.wrapping_add(1);
-        self.shared.run_changed.notify_all();
-        while !rc.parked && rc.exited.is_none() {
-            rc = self
-                .shared
-                .run_changed
-                .wait(rc)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(reason) = rc.exited.clone() {
-            rc.pause -= 1;
-            return Err(VmmError::GuestStopped {
-                reason,
-                console: self.shared.console.contents(),
-            });
-        }
-        // [T-TIMEOUT-1]: offers do not time out while the guest cannot answer them.
-        self.shared.clock.pause();
-        Ok(())
-    }
-
-    fn unpark(&self) {
-        self.shared.clock.resume();
-        let mut rc = lock(&self.shared.run);
-        rc.pause = rc.pause.saturating_sub(1);
-        self.shared.run_changed.notify_all();
-    }
-
-    /// Parks the vCPU at its next `hlt` and runs `f` while it is parked, guest time stopped;
-    /// used for snapshots.
-    pub(crate) fn while_parked<R>(&self, f: impl FnOnce(&Vcpu) -> R) -> Result<R, VmmError> {
-        // A guest on the in-kernel irqchip never exits on `hlt`, so it never parks.
-        if !self.parks_on_hlt() {
-            return Err(VmmError::NotParkable);
-        }
-        self.park()?;
-        let r = f(&lock(&self.vcpu));
-        self.unpark();
-        Ok(r)
-    }
-
-    /// Pauses the guest: parks the vCPU at its next `hlt` and stops guest time, so unanswered
-    /// offers do not time out while it is paused (SPEC.md [T-TIMEOUT-1]). Guest commands wait
-    /// until [`Vmm::resume`]. Pausing a paused VM does nothing.
-    pub fn pause(&self) -> Result<(), VmmError> {
-        if lock(&self.shared.run).paused_by_request {
-            return Ok(());
-        }
-        self.park()?;
-        lock(&self.shared.run).paused_by_request = true;
-        Ok(())
-    }
-
-    /// Lets a paused guest run again; guest time runs on from where it stopped.
-    pub fn resume(&self) {
-        let was = std::mem::take(&mut lock(&self.shared.run).paused_by_request);
-        if was {
-            self.unpark();
-        }
-    }
-
-    /// Whether [`Vmm::pause`] holds the guest.
-    pub fn is_paused(&self) -> bool {
-        lock(&self.shared.run).paused_by_request
-    }
-
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    /// Stops the vCPU thread and the event loop, and with them guest time. The VM stays
-    /// inspectable; guest commands fail.
-    pub fn shutdown(&self) {
-        if let Some(mut l) = lock(&self.event_loop).take() {
-            l.stop();
-        }
-        let Some(mut t) = lock(&self.vcpu_thread).take() else {
-            return;
-        };
-        self.shared.clock.pause();
-        self.shared.stop_flag.store(true, Ordering::SeqCst);
-        {
-            let mut rc = lock(&self.shared.run);
-            rc.stop = true;
-            self.shared.run_changed.notify_all();
-        }
-        if let Some(handle) = t.thread.take() {
-            while !handle.is_finished() {
-                // SAFETY: the vCPU thread is not joined yet (`handle` is joined only below), so
-                // the thread the kicker names still exists, at worst as a finished thread.
-                unsafe { t.kicker.kick() };
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let _ = handle.join();
-        }
     }
 }
 
@@ -1047,72 +494,9 @@ impl Drop for Vmm {
     }
 }
 
-/// The vCPU thread: runs the guest until it halts, waits for the doorbell, runs it again.
-fn vcpu_loop(vcpu: &Mutex<Vcpu>, shared: &Shared) {
-    let reason = loop {
-        let seen = lock(&shared.run).rings;
-        let outcome = lock(vcpu).run_until(VCPU_THREAD_LIMIT, &shared.stop_flag);
-        match outcome {
-            Ok(RunOutcome::Halted) => {
-                // Hand out what the guest's requests produced (and close released backings).
-                shared.pump();
-                let mut rc = lock(&shared.run);
-                let stop = loop {
-                    if rc.stop {
-                        break true;
-                    }
-                    if rc.pause > 0 {
-                        rc.parked = true;
-                        shared.run_changed.notify_all();
-                    } else {
-                        rc.parked = false;
-                        if rc.rings != seen {
-                            break false;
-                        }
-                    }
-                    rc = shared.run_changed.wait(rc).unwrap_or_else(|e| e.into_inner());
-                };
-                rc.parked = false;
-                if stop {
-                    break "stopped".to_string();
-                }
-            }
-            Ok(RunOutcome::Stopped) => break "stopped".to_string(),
-            Ok(RunOutcome::Shutdown { rip }) => break format!("the guest triple-faulted (rip {rip:x?})"),
-            Ok(RunOutcome::Reset) => break RESET_REASON.to_string(),
-            Ok(RunOutcome::ExitLimit | RunOutcome::TimedOut) => {}
-            Err(e) => break format!("vCPU error: {e}"),
-        }
-    };
-    lock(&shared.run).exited = Some(reason.clone());
-    shared.run_changed.notify_all();
-    let hooks = lock(&shared.exit_hooks).take().unwrap_or_default();
-    for hook in hooks {
-        hook(&reason);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_config_puts_a_valid_window_inside_the_identity_map() {
-        let c = VmmConfig::default();
-        c.device.validate().unwrap();
-        let base = c.device.region_addr..c.device.region_addr + c.device.region_size;
-        assert!(
-            base.start >= layout::MMIO_END && base.end <= layout::TAGGED_WINDOW_BASE,
-            "{base:x?}"
-        );
-        assert!(base.start >= c.vm.boot_ram_size);
-        assert_eq!(c.device.requested_size, 0, "nothing plugged unless asked for");
-        let w = c.device.tagged.unwrap();
-        assert_eq!(w.addr, layout::TAGGED_WINDOW_BASE);
-        assert_eq!(w.addr + w.size, c.vm.identity_limit);
-        assert!(w.addr >= layout::MMIO_END && w.addr >= c.vm.boot_ram_size);
-        assert!(format!("{c:?}").contains("timer_period"));
-    }
 
     #[test]
     fn a_configuration_without_a_guest_is_refused_before_kvm() {

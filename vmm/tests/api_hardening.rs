@@ -174,6 +174,8 @@ fn c17_out_of_descriptors_the_loop_backs_off_serves_open_connections_and_logs_on
 }
 
 fn c17_child() {
+    // The server logs through `log`; show it as the command line does.
+    tagmem_vmm::logger::StderrLogger::install().unwrap();
     limit_descriptors(256);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.sock");

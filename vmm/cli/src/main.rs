@@ -174,6 +174,8 @@ impl From<OptionError> for Failure {
 
 /// Parses the command line and runs it.
 fn main() -> ExitCode {
+    // The library's diagnostics, as `tagmem-vmm: <message>` lines on standard error.
+    let _ = tagmem_vmm::logger::StderrLogger::install();
     let cli = Cli::parse();
     let result = match cli.command {
         CliCommand::Run(args) => run::run(args),

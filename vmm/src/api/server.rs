@@ -303,7 +303,7 @@ impl ApiServer {
 
     fn log(&mut self, message: std::fmt::Arguments<'_>) {
         self.stats.log_lines += 1;
-        eprintln!("tagmem-vmm: api: {message}");
+        log::warn!("api: {message}");
     }
 
     fn accept(&mut self, ops: &mut EventOps) {

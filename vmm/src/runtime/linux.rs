@@ -64,7 +64,7 @@ impl MutEventSubscriber for QueueNotifySubscriber {
             return;
         };
         if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            eprintln!("tagmem-vmm: queue {} notification descriptor failed", q.queue);
+            log::error!("queue {} notification descriptor failed", q.queue);
             let _ = ops.remove(events);
             return;
         }
@@ -78,10 +78,7 @@ impl MutEventSubscriber for QueueNotifySubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for q in &self.events {
             if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
-                eprintln!(
-                    "tagmem-vmm: registering queue {} notifications failed: {e}",
-                    q.queue
-                );
+                log::error!("registering queue {} notifications failed: {e}", q.queue);
             }
         }
     }
