@@ -80,8 +80,8 @@ pub fn check(data: &[u8]) {
             r.flags.get() & 3,
             "known flag bits survive a round trip"
         );
-        let class = tagmem_device::SourceClass::from_wire(r.source);
-        let back = tagmem_device::SourceClass::from_wire(class.to_wire());
+        let class = tagmem_device::SourceClass::decode(r.source);
+        let back = tagmem_device::SourceClass::decode(class.to_wire());
         assert_eq!(back, class);
     }
     if let Ok((r, _)) = TaggedResp::read_from_prefix(data) {

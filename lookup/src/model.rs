@@ -52,58 +52,9 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Where tagged capacity comes from (the `source` class of SPEC.md T-LOOKUP-6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SourceClass {
-    /// Not reported.
-    Unspecified,
-    /// CXL Dynamic Capacity.
-    CxlDc,
-    /// Soft-reserved memory such as HBM (`dax_hmem`).
-    SoftReserved,
-    /// Persistent memory.
-    Pmem,
-    /// A host file (regular, hugetlbfs or memfd).
-    File,
-}
-
-impl SourceClass {
-    /// Every class, in wire-value order.
-    pub const ALL: [SourceClass; 5] = [
-        SourceClass::Unspecified,
-        SourceClass::CxlDc,
-        SourceClass::SoftReserved,
-        SourceClass::Pmem,
-        SourceClass::File,
-    ];
-
-    /// The class for a wire `source` value (`SOURCE_*`), `None` for an undefined value.
-    pub fn from_wire(value: u8) -> Option<SourceClass> {
-        Self::ALL.get(usize::from(value)).copied()
-    }
-
-    /// The class named by its sysfs/JSON string (`cxl-dc`, `soft-reserved`, ...).
-    pub fn from_name(name: &str) -> Option<SourceClass> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    /// The string sysfs and the JSON output use for this class.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceClass::Unspecified => "unspecified",
-            SourceClass::CxlDc => "cxl-dc",
-            SourceClass::SoftReserved => "soft-reserved",
-            SourceClass::Pmem => "pmem",
-            SourceClass::File => "file",
-        }
-    }
-}
-
-impl fmt::Display for SourceClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where tagged capacity comes from (the `source` class of SPEC.md T-LOOKUP-6): the wire
+/// crate's class, with its sysfs/JSON names.
+pub use tagmem_wire::SourceClass;
 
 /// Capacity flags of SPEC.md (`VIRTIO_MEM_EXTENT_F_SHARABLE`, `VIRTIO_MEM_EXTENT_F_READONLY`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -116,9 +67,9 @@ pub struct Flags {
 
 impl Flags {
     /// Wire bit of `sharable`.
-    pub const SHARABLE_BIT: u32 = 1 << 0;
+    pub const SHARABLE_BIT: u32 = tagmem_wire::VIRTIO_MEM_EXTENT_F_SHARABLE;
     /// Wire bit of `readonly`.
-    pub const READONLY_BIT: u32 = 1 << 1;
+    pub const READONLY_BIT: u32 = tagmem_wire::VIRTIO_MEM_EXTENT_F_READONLY;
 
     /// The flags of a wire `flags` word; unknown bits are ignored.
     pub fn from_bits(bits: u32) -> Flags {

@@ -38,60 +38,7 @@ impl ExtentFlags {
     }
 }
 
-/// HMAT-style performance data in the units of Linux's
-/// `/sys/devices/system/node/nodeN/accessK/initiators/` ABI. Zero means "not reported".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Perf {
-    /// Read latency, nanoseconds.
-    pub read_latency_ns: u32,
-    /// Write latency, nanoseconds.
-    pub write_latency_ns: u32,
-    /// Read bandwidth, MB/s.
-    pub read_bandwidth_mbps: u32,
-    /// Write bandwidth, MB/s.
-    pub write_bandwidth_mbps: u32,
-}
-
-/// Class of host capacity an extent comes from (`SOURCE_*` on the wire).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceClass {
-    /// Not reported.
-    #[default]
-    Unspecified,
-    /// CXL Dynamic Capacity.
-    CxlDc,
-    /// Soft-reserved memory (HBM and the like, `dax_hmem`).
-    SoftReserved,
-    /// Persistent memory.
-    Pmem,
-    /// A host file: regular, hugetlbfs or memfd.
-    File,
-}
-
-impl SourceClass {
-    /// The wire value.
-    pub fn to_wire(self) -> u8 {
-        match self {
-            SourceClass::Unspecified => wire::VIRTIO_MEM_SOURCE_UNSPECIFIED,
-            SourceClass::CxlDc => wire::VIRTIO_MEM_SOURCE_CXL_DC,
-            SourceClass::SoftReserved => wire::VIRTIO_MEM_SOURCE_SOFT_RESERVED,
-            SourceClass::Pmem => wire::VIRTIO_MEM_SOURCE_PMEM,
-            SourceClass::File => wire::VIRTIO_MEM_SOURCE_FILE,
-        }
-    }
-
-    /// Decodes a wire value; unknown values read as `Unspecified`.
-    pub fn from_wire(v: u8) -> Self {
-        match v {
-            wire::VIRTIO_MEM_SOURCE_CXL_DC => SourceClass::CxlDc,
-            wire::VIRTIO_MEM_SOURCE_SOFT_RESERVED => SourceClass::SoftReserved,
-            wire::VIRTIO_MEM_SOURCE_PMEM => SourceClass::Pmem,
-            wire::VIRTIO_MEM_SOURCE_FILE => SourceClass::File,
-            _ => SourceClass::Unspecified,
-        }
-    }
-}
+pub use tagmem_wire::{Perf, SourceClass};
 
 /// One extent the host wants to offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,30 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use tagmem_wire::{is_null_tag, ExtentRecord, VIRTIO_MEM_EXTENT_F_READONLY, VIRTIO_MEM_EXTENT_F_SHARABLE};
 
-/// HMAT-style performance of an extent (0 in a field: not reported).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Perf {
-    /// Read latency in nanoseconds.
-    pub read_latency_ns: u32,
-    /// Write latency in nanoseconds.
-    pub write_latency_ns: u32,
-    /// Read bandwidth in MB/s.
-    pub read_bandwidth_mbps: u32,
-    /// Write bandwidth in MB/s.
-    pub write_bandwidth_mbps: u32,
-}
-
-impl Perf {
-    /// The performance fields of a wire record.
-    pub fn from_record(r: &ExtentRecord) -> Self {
-        Perf {
-            read_latency_ns: r.read_latency_ns.get(),
-            write_latency_ns: r.write_latency_ns.get(),
-            read_bandwidth_mbps: r.read_bandwidth_mbps.get(),
-            write_bandwidth_mbps: r.write_bandwidth_mbps.get(),
-        }
-    }
-}
+pub use tagmem_wire::Perf;
 
 /// A poisoned byte range inside one extent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,10 +17,12 @@
 
 pub mod base;
 pub mod message;
+pub mod meta;
 pub mod tagged;
 
 pub use base::*;
 pub use message::*;
+pub use meta::{Perf, SourceClass};
 pub use tagged::*;
 
 /// Little-endian 16-bit wire integer.

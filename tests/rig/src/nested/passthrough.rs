@@ -224,7 +224,7 @@ impl<'a> NestedPassthrough<'a> {
                 perf,
                 node: e.node,
                 seq: e.seq,
-                class: SourceClass::from_wire(e.source),
+                class: SourceClass::decode(e.source),
             });
         }
         let receipt = self
