@@ -14,7 +14,7 @@ use crate::error::LookupError;
 use crate::model::{DaxDevice, Extent, Flags, Perf, Poison, SourceClass};
 
 /// `align` of every device a guest driver registers (SPEC.md T-LOOKUP-5: 2 MiB).
-pub const DAX_ALIGN: u64 = 2 << 20;
+pub const DAX_ALIGN: u64 = tagmem_wire::VIRTIO_MEM_EXTENT_ALIGN;
 
 /// One accepted extent as the driver holds it: the fields of its wire record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
