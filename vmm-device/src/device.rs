@@ -12,7 +12,9 @@ use crate::state::{mapping_of, ExtentTable};
 use crate::virtio::VirtioDevice;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tagmem_wire::{self as wire, reason, EventMsg, IntoBytes, Le16, Le32, Le64, Request, TaggedConfig};
+use tagmem_wire::{
+    self as wire, reason, EventMsg, IntoBytes, Le16, Le32, Le64, Request, Response, TaggedConfig,
+};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
 
@@ -435,51 +437,47 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         }
     }
 
-    /// Handles one request; returns the used length (0 when no response could be written).
+    /// Handles one request; returns the used length (0 when no response could be written). The
+    /// request is decoded once; its kind decides the response's wire form and the room it needs.
     fn handle_request<G: GuestMemory>(&mut self, mem: &G, p: &ParsedChain) -> u32 {
-        let tagged_type = p
-            .readable
-            .get(0..2)
-            .is_some_and(|b| wire::is_tagged_request(u16::from_le_bytes([b[0], b[1]])));
-        let room = if tagged_type {
-            wire::VIRTIO_MEM_TAGGED_RESP_SIZE
-        } else {
-            wire::VIRTIO_MEM_RESP_SIZE
+        let parsed = Request::parse(&p.readable);
+        let room = match &parsed {
+            Ok((req, _)) => req.response_size(),
+            Err(e) => e.response_size(),
         };
         if p.writable_len < room as u64 {
             // [T-Q-3]: no room for the response: no action.
             self.metrics.bad_chains.inc();
             return 0;
         }
-        let resp: Vec<u8> = match Request::parse(&p.readable) {
+        let resp: Vec<u8> = match parsed {
             Ok((Request::List { first_id, count }, _)) if self.tagged_negotiated() => {
                 self.list(first_id, count, p)
             }
             Ok((req, _)) if req.is_tagged() => {
-                let (t, r, v) = self.handle_tagged(req, p);
-                if t != wire::VIRTIO_MEM_RESP_ACK {
+                let r = self.handle_tagged(req, p);
+                if !r.is_ack() {
                     self.metrics.tagged_errors.inc();
                 }
-                wire::TaggedResp::new(t, r, v).as_bytes().to_vec()
+                r.to_tagged().as_bytes().to_vec()
             }
             Ok((req, _)) => {
-                let (t, s) = self.handle_base(req);
-                if t != wire::VIRTIO_MEM_RESP_ACK {
+                let r = self.handle_base(req);
+                if !r.is_ack() {
                     self.metrics.base_errors.inc();
                 }
-                wire::VirtioMemResp::new(t, s).as_bytes().to_vec()
+                r.to_base().as_bytes().to_vec()
             }
-            Err(_) if tagged_type => {
+            Err(e) if e.response_size() == wire::VIRTIO_MEM_TAGGED_RESP_SIZE => {
                 self.metrics.tagged_errors.inc();
-                wire::TaggedResp::new(wire::VIRTIO_MEM_RESP_ERROR, reason::BAD_LENGTH, 0)
+                Response::error(reason::BAD_LENGTH)
+                    .to_tagged()
                     .as_bytes()
                     .to_vec()
             }
             Err(_) => {
                 self.metrics.base_errors.inc();
-                wire::VirtioMemResp::new(wire::VIRTIO_MEM_RESP_ERROR, 0)
-                    .as_bytes()
-                    .to_vec()
+                Response::error(reason::NONE).to_base().as_bytes().to_vec()
             }
         };
         write_response(mem, p, &resp).unwrap_or(0)
@@ -499,63 +497,63 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         })
     }
 
-    /// Base virtio-mem request; returns (response type, state). A mapper failure answers BUSY
-    /// with the state unchanged ([T-BASE-3], [T-BASE-4]): Linux retries BUSY later, while ERROR
-    /// marks the device broken for good.
-    fn handle_base(&mut self, req: Request) -> (u16, u16) {
-        const ACK: u16 = wire::VIRTIO_MEM_RESP_ACK;
-        const BUSY: u16 = wire::VIRTIO_MEM_RESP_BUSY;
-        const ERR: u16 = wire::VIRTIO_MEM_RESP_ERROR;
+    /// Base virtio-mem request; the payload of an ACK to STATE is the state. A mapper failure
+    /// answers BUSY with the state unchanged ([T-BASE-3], [T-BASE-4]): Linux retries BUSY later,
+    /// while ERROR marks the device broken for good.
+    fn handle_base(&mut self, req: Request) -> Response {
+        const ACK: Response = Response::ack(0);
+        const BUSY: Response = Response::status(wire::VIRTIO_MEM_RESP_BUSY);
+        const ERR: Response = Response::error(reason::NONE);
         match req {
             Request::Plug { addr, nb_blocks } => {
                 let Some(r) = self.blocks.check(addr, nb_blocks) else {
-                    return (ERR, 0);
+                    return ERR;
                 };
                 if let Err(t) = self.blocks.plan_plug(r) {
-                    return (t, 0);
+                    return Response::status(t);
                 }
                 let Some(m) = self.base_mapping(r.first, r.count) else {
-                    return (ERR, 0);
+                    return ERR;
                 };
                 if self.map_counted(&m).is_err() {
                     self.metrics.map_failures.inc();
-                    return (BUSY, 0);
+                    return BUSY;
                 }
                 self.blocks.set(r, true);
                 self.bump_config();
-                (ACK, 0)
+                ACK
             }
             Request::Unplug { addr, nb_blocks } => {
                 let Some(r) = self.blocks.check(addr, nb_blocks) else {
-                    return (ERR, 0);
+                    return ERR;
                 };
                 if let Err(t) = self.blocks.plan_unplug(r) {
-                    return (t, 0);
+                    return Response::status(t);
                 }
                 let Some(m) = self.base_mapping(r.first, r.count) else {
-                    return (ERR, 0);
+                    return ERR;
                 };
                 if self.unmap_counted(&m).is_err() {
                     self.metrics.map_failures.inc();
-                    return (BUSY, 0);
+                    return BUSY;
                 }
                 self.blocks.set(r, false);
                 self.bump_config();
-                (ACK, 0)
+                ACK
             }
             // UNPLUG_ALL answers only ACK or BUSY: a run that could not be unmapped stays plugged.
             Request::UnplugAll => {
                 if self.unplug_all() {
-                    (ACK, 0)
+                    ACK
                 } else {
-                    (BUSY, 0)
+                    BUSY
                 }
             }
             Request::State { addr, nb_blocks } => match self.blocks.check(addr, nb_blocks) {
-                Some(r) => (ACK, self.blocks.state(r)),
-                None => (ERR, 0),
+                Some(r) => Response::ack(u32::from(self.blocks.state(r))),
+                None => ERR,
             },
-            _ => (ERR, 0),
+            _ => ERR,
         }
     }
 
@@ -577,48 +575,46 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         ok
     }
 
-    /// Tagged request; returns (response type, reason, value).
-    fn handle_tagged(&mut self, req: Request, p: &ParsedChain) -> (u16, u16, u32) {
-        const ACK: u16 = wire::VIRTIO_MEM_RESP_ACK;
-        const ERR: u16 = wire::VIRTIO_MEM_RESP_ERROR;
+    /// Tagged request other than LIST.
+    fn handle_tagged(&mut self, req: Request, p: &ParsedChain) -> Response {
         if !self.tagged_negotiated() {
-            return (ERR, reason::NOT_NEGOTIATED, 0);
+            return Response::error(reason::NOT_NEGOTIATED);
         }
         match req {
             Request::Accept { chain_id, count } => {
                 let n = count as usize;
                 let expect = wire::VIRTIO_MEM_TAGGED_REQ_SIZE as u64 + 8 * u64::from(count);
                 if n > self.cfg.max_pending as usize || p.readable_len != expect {
-                    return (ERR, reason::BAD_LENGTH, 0);
+                    return Response::error(reason::BAD_LENGTH);
                 }
                 let ids: Vec<u64> = p.readable[wire::VIRTIO_MEM_TAGGED_REQ_SIZE..]
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
                     .collect();
                 if ids.len() != n {
-                    return (ERR, reason::BAD_LENGTH, 0);
+                    return Response::error(reason::BAD_LENGTH);
                 }
                 self.accept(chain_id, &ids)
             }
             Request::Release { extent_id, tag } => {
                 let group = match self.table.plan_release(extent_id, &tag) {
                     Ok(g) => g,
-                    Err(r) => return (ERR, r, 0),
+                    Err(r) => return Response::error(r),
                 };
                 match self.release_group(&group) {
-                    Ok(n) => (ACK, reason::NONE, n),
-                    Err(()) => (ERR, reason::MAP_FAILED, 0),
+                    Ok(n) => Response::ack(n),
+                    Err(()) => Response::error(reason::MAP_FAILED),
                 }
             }
             Request::ReleaseBusy { extent_id, tag } => match self.table.defer_release(extent_id, &tag) {
                 Ok(group) => {
                     self.host_events
                         .push(HostEvent::ReleaseDeferred { extents: group });
-                    (ACK, reason::NONE, 0)
+                    Response::ack(0)
                 }
-                Err(r) => (ERR, r, 0),
+                Err(r) => Response::error(r),
             },
-            _ => (ERR, reason::WRONG_STATE, 0),
+            _ => Response::error(reason::WRONG_STATE),
         }
     }
 
@@ -629,25 +625,24 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             + wire::VIRTIO_MEM_EXTENT_RECORD_SIZE as u64 * u64::from(count);
         if count == 0 || count > wire::VIRTIO_MEM_LIST_MAX || p.writable_len < room {
             self.metrics.tagged_errors.inc();
-            return wire::TaggedResp::new(wire::VIRTIO_MEM_RESP_ERROR, reason::BAD_LENGTH, 0)
+            return Response::error(reason::BAD_LENGTH)
+                .to_tagged()
                 .as_bytes()
                 .to_vec();
         }
         let records = self.table.list(first_id, count as usize);
         let n = u32::try_from(records.len()).unwrap_or(u32::MAX);
-        let mut out = wire::TaggedResp::new(wire::VIRTIO_MEM_RESP_ACK, reason::NONE, n)
-            .as_bytes()
-            .to_vec();
+        let mut out = Response::ack(n).to_tagged().as_bytes().to_vec();
         for r in &records {
             out.extend_from_slice(r.as_bytes());
         }
         out
     }
 
-    fn accept(&mut self, chain_id: u64, ids: &[u64]) -> (u16, u16, u32) {
+    fn accept(&mut self, chain_id: u64, ids: &[u64]) -> Response {
         let plan = match self.table.plan_accept(chain_id, ids) {
             Ok(p) => p,
-            Err(r) => return (wire::VIRTIO_MEM_RESP_ERROR, r, 0),
+            Err(r) => return Response::error(r),
         };
         // One mapper call for the whole chain: the mapper merges neighbours before it creates
         // memslots, and on error leaves nothing of the chain mapped ([T-ACCEPT-5]).
@@ -660,7 +655,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 extents,
                 reason: format!("mapping failed: {e}"),
             });
-            return (wire::VIRTIO_MEM_RESP_ERROR, reason::MAP_FAILED, 0);
+            return Response::error(reason::MAP_FAILED);
         }
         self.table.commit_accept(&plan);
         let accepted: Vec<u64> = plan.accepted.iter().map(|(id, _)| *id).collect();
@@ -673,7 +668,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             rejected: plan.rejected,
         });
         self.bump_config();
-        (wire::VIRTIO_MEM_RESP_ACK, reason::NONE, n)
+        Response::ack(n)
     }
 
     /// Unmaps and forgets a group; on an unmap failure restores what it unmapped and keeps it.

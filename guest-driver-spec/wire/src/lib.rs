@@ -9,6 +9,7 @@
 //!   proposal), as `guest-driver-spec/SPEC.md` specifies it.
 //! - [`message`]: typed views of requests, responses and events, parsed with `TryFrom` from raw
 //!   bytes; every parse is total (bad input is an error value, never a panic).
+//! - [`response`]: the device's answer to a request ([`Response`]), in either wire form.
 //!
 //! All multi-byte fields are little-endian ([`Le16`], [`Le32`], [`Le64`]) and every struct is
 //! `#[repr(C)]` with explicit padding, so the in-memory layout *is* the wire layout.
@@ -18,11 +19,13 @@
 pub mod base;
 pub mod message;
 pub mod meta;
+pub mod response;
 pub mod tagged;
 
 pub use base::*;
 pub use message::*;
 pub use meta::{Perf, SourceClass};
+pub use response::*;
 pub use tagged::*;
 
 /// Little-endian 16-bit wire integer.
