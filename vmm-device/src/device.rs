@@ -8,7 +8,7 @@ use crate::error::DeviceError;
 use crate::mapper::{Mapping, MemoryMapper, Notifier, SourceRef};
 use crate::metrics::DeviceMetrics;
 use crate::request::{indirect_tables_fit, parse_chain, write_response, ChainError, ParsedChain};
-use crate::state::{mapping_of, ExtentTable};
+use crate::state::ExtentTable;
 use crate::virtio::VirtioDevice;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -210,7 +210,7 @@ impl<M: GuestAddressSpace> std::fmt::Debug for TaggedMemDevice<M> {
             .field("cfg", &self.cfg)
             .field("acked_features", &self.acked_features)
             .field("active", &self.mem.is_some())
-            .field("extents", &self.table.extents.len())
+            .field("extents", &self.table.len())
             .finish()
     }
 }
@@ -673,11 +673,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
 
     /// Unmaps and forgets a group; on an unmap failure restores what it unmapped and keeps it.
     fn release_group(&mut self, group: &[u64]) -> Result<u32, ()> {
-        let maps: Vec<Mapping> = group
-            .iter()
-            .filter_map(|id| self.table.extents.get(id))
-            .map(mapping_of)
-            .collect();
+        let maps: Vec<Mapping> = group.iter().filter_map(|id| self.table.mapping(*id)).collect();
         // One mapper call for the whole group; on error it stays mapped and accepted.
         if self.unmap_batch_counted(&maps).is_err() {
             self.metrics.map_failures.inc();
@@ -889,7 +885,7 @@ impl<M: GuestAddressSpace> VirtioDevice for TaggedMemDevice<M> {
         self.mem = None;
         self.acked_features = 0;
         self.host_events.push(HostEvent::DeviceReset {
-            pending_chains: self.table.chains.keys().copied().collect(),
+            pending_chains: self.table.chains().map(|(id, _)| id).collect(),
         });
         self.bump_config();
     }

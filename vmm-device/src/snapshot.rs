@@ -8,7 +8,7 @@ use crate::control::{ExtentInfo, ExtentState};
 use crate::device::{DeviceConfig, TaggedMemDevice};
 use crate::error::DeviceError;
 use crate::mapper::{Mapping, MemoryMapper, Notifier};
-use crate::state::{mapping_of, record_of, Chain, Invalid};
+use crate::state::{record_of, Chain, Invalid};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -161,10 +161,9 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             extents: self.table.infos(),
             chains: self
                 .table
-                .chains
-                .iter()
+                .chains()
                 .map(|(id, c)| ChainState {
-                    id: *id,
+                    id,
                     ids: c.ids.clone(),
                     remaining_ms: c.deadline_ms.saturating_sub(now),
                     closed: c.closed,
@@ -172,12 +171,11 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 .collect(),
             outbox: self
                 .table
-                .outbox
-                .iter()
+                .outbox()
                 .map(|e| EventMsg::from(e).as_bytes().to_vec())
                 .collect(),
-            next_chain_id: self.table.next_chain_id,
-            next_extent_id: self.table.next_extent_id,
+            next_chain_id: self.table.next_ids().0,
+            next_extent_id: self.table.next_ids().1,
             config_generation: self.config_generation,
             replay_pending: self.replay_pending,
         }
@@ -234,8 +232,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         // Extent table: ids, chains and extents must agree; indexes are rebuilt, not trusted.
         let timeout = u64::from(state.config.offer_timeout_ms);
         let t = &mut dev.table;
-        t.next_chain_id = state.next_chain_id;
-        t.next_extent_id = state.next_extent_id;
+        t.set_next_ids(state.next_chain_id, state.next_extent_id);
         for e in &state.extents {
             if !t.insert_info(e) {
                 return Err(bad(format!("extents[id {}]", e.id), "the id appears twice"));
@@ -254,7 +251,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 deadline_ms: now.saturating_add(c.remaining_ms),
                 closed: c.closed,
             };
-            if t.chains.insert(c.id, chain).is_some() {
+            if !t.insert_chain(c.id, chain) {
                 return Err(bad(
                     format!("chains[{i}].id"),
                     format!("chain {} appears twice", c.id),
@@ -263,7 +260,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
         }
         t.reindex()?;
         check_outbox(t, state)?;
-        let extents_live = !t.extents.is_empty();
+        let extents_live = !t.is_empty();
         let tagged = state.acked_features & (1 << tagmem_wire::VIRTIO_MEM_F_TAGGED_EXTENTS) != 0;
         let active = state.queues.is_some();
 
@@ -331,13 +328,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
                 });
             }
         }
-        wanted.extend(
-            dev.table
-                .extents
-                .values()
-                .filter(|e| e.state != ExtentState::Pending)
-                .map(mapping_of),
-        );
+        wanted.extend(dev.table.accepted_mappings());
         dev.map_all(&wanted)?;
         Ok(dev)
     }
@@ -364,7 +355,7 @@ fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Resul
                 record,
             } => {
                 let id = record.extent_id.get();
-                let chain = t.chains.get(&chain_id).ok_or_else(|| {
+                let chain = t.chain(chain_id).ok_or_else(|| {
                     bad(
                         &field,
                         format!("OFFER for chain {chain_id}, which is not pending"),
@@ -383,7 +374,7 @@ fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Resul
                 if more != (pos + 1 < chain.ids.len()) {
                     return Err(bad(&field, "the MORE flag disagrees with the chain"));
                 }
-                if record != record_of(id, &t.extents[&id]) {
+                if t.extent(id).is_none_or(|e| record != record_of(id, e)) {
                     return Err(bad(
                         &field,
                         format!("OFFER record of extent {id} disagrees with the table"),
@@ -394,7 +385,7 @@ fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Resul
                 }
             }
             Event::ChainAbandoned { chain_id } => {
-                if chain_id == 0 || chain_id >= state.next_chain_id || t.chains.contains_key(&chain_id) {
+                if chain_id == 0 || chain_id >= state.next_chain_id || t.chain(chain_id).is_some() {
                     return Err(bad(
                         &field,
                         format!("CHAIN_ABANDONED for chain {chain_id}, which never ended"),
@@ -407,8 +398,7 @@ fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Resul
             Event::ReleaseRequest { record } | Event::Metadata { record } | Event::Poison { record, .. } => {
                 let id = record.extent_id.get();
                 let e = t
-                    .extents
-                    .get(&id)
+                    .extent(id)
                     .filter(|e| e.state != ExtentState::Pending)
                     .ok_or_else(|| bad(&field, format!("names extent {id}, which is not accepted")))?;
                 let now = record_of(id, e);
@@ -435,7 +425,7 @@ fn check_outbox(t: &mut crate::state::ExtentTable, state: &DeviceState) -> Resul
                 }
             }
         }
-        t.outbox.push_back(ev);
+        t.push_event(ev);
     }
     Ok(())
 }
