@@ -8,6 +8,7 @@
 
 mod blocks;
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod device;
 pub mod error;
