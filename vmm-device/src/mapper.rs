@@ -37,16 +37,46 @@ impl Mapping {
     }
 }
 
-/// Error a mapper reports; the device turns it into a protocol-level failure.
+/// Error a mapper reports; the device turns it into a protocol-level failure. Its source is
+/// the mapper's own error (a KVM or `mmap` failure, a slot limit), kept whole for the chain.
 #[derive(Debug, thiserror::Error)]
-#[error("mapping {gpa:#x}+{len:#x} failed: {reason}")]
+#[error("mapping {gpa:#x}+{len:#x} failed")]
 pub struct MapperError {
     /// Guest-physical start of the failed operation.
     pub gpa: u64,
     /// Its length.
     pub len: u64,
-    /// What went wrong, in the mapper's words.
-    pub reason: String,
+    /// What went wrong, as the mapper's error type says it.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl MapperError {
+    /// A failure to map or unmap `[gpa, gpa + len)` caused by `source` (an error value, or a
+    /// message).
+    pub fn new(
+        gpa: u64,
+        len: u64,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        MapperError {
+            gpa,
+            len,
+            source: source.into(),
+        }
+    }
+
+    /// This error and each cause under it, joined by ": " (for logs and host events).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
 }
 
 /// Makes host memory reachable (or unreachable) by the guest: KVM memslots in a real VMM.
@@ -111,4 +141,29 @@ pub struct NoopNotifier;
 impl Notifier for NoopNotifier {
     fn signal_used_queue(&self, _queue: u16) {}
     fn signal_config_change(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("slot limit reached")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn a_mapper_error_keeps_its_source_chain() {
+        let e = MapperError::new(0x20_0000, 0x1000, Inner(std::io::Error::other("no space")));
+        assert_eq!(e.to_string(), "mapping 0x200000+0x1000 failed");
+        let src = std::error::Error::source(&e).expect("a source");
+        assert!(src.downcast_ref::<Inner>().is_some());
+        assert_eq!(
+            e.chain(),
+            "mapping 0x200000+0x1000 failed: slot limit reached: no space"
+        );
+        assert_eq!(
+            MapperError::new(0, 1, "refused").chain(),
+            "mapping 0x0+0x1 failed: refused"
+        );
+    }
 }

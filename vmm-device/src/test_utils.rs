@@ -50,11 +50,7 @@ impl FakeMapper {
 }
 
 fn err(m: &Mapping, reason: &str) -> MapperError {
-    MapperError {
-        gpa: m.gpa,
-        len: m.len,
-        reason: reason.into(),
-    }
+    MapperError::new(m.gpa, m.len, reason)
 }
 
 impl MemoryMapper for FakeMapper {

@@ -736,11 +736,7 @@ fn delete_region(slot: u32) -> kvm_userspace_memory_region {
 }
 
 fn mapper_error(m: Option<&Mapping>, e: MemslotError) -> MapperError {
-    MapperError {
-        gpa: m.map_or(0, |m| m.gpa),
-        len: m.map_or(0, |m| m.len),
-        reason: e.to_string(),
-    }
+    MapperError::new(m.map_or(0, |m| m.gpa), m.map_or(0, |m| m.len), e)
 }
 
 impl MemoryMapper for KvmMemslotMapper {

@@ -258,7 +258,7 @@ impl<M: GuestAddressSpace> TaggedMemDevice<M> {
             self.host_events.push(HostEvent::ChainDropped {
                 chain_id,
                 extents,
-                reason: format!("mapping failed: {e}"),
+                reason: format!("mapping failed: {}", e.chain()),
             });
             return Response::error(reason::MAP_FAILED);
         }

@@ -332,4 +332,18 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn a_backing_range_that_overflows_is_named_as_such() {
+        let mut t = table();
+        let top = u64::MAX - MB2 + 1;
+        assert_eq!(
+            t.offer(&[spec(0, 1, top, 2 * MB2)], 0),
+            Err(ControlError::RangeOverflow {
+                index: 0,
+                offset: top,
+                length: 2 * MB2,
+            })
+        );
+    }
 }
