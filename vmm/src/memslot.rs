@@ -21,134 +21,21 @@
 //! a PLUG) can still be refused, and the device answers it BUSY.
 
 mod batch;
+mod error;
 mod host;
+mod slots;
 mod stats;
 
+pub use error::MemslotError;
 pub use stats::MapperStats;
 
 use crate::backing::{Backing, PAGE_SIZE};
 use host::HostMapping;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use std::collections::BTreeMap;
-use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tagmem_device::{MapperError, Mapping, MemoryMapper, SourceId};
-
-/// Errors of the memslot mapper.
-#[derive(Debug, thiserror::Error)]
-pub enum MemslotError {
-    /// Zero length, or the range wraps around the address space.
-    #[error("empty or wrapping range {gpa:#x}+{len:#x}")]
-    BadRange {
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-    },
-    /// Address, length or offset not aligned to what the backing needs.
-    #[error("range {gpa:#x}+{len:#x} at offset {offset:#x} is not aligned to {align:#x}")]
-    Unaligned {
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-        /// Backing offset.
-        offset: u64,
-        /// Required alignment.
-        align: u64,
-    },
-    /// The backing is not registered.
-    #[error("backing {0:?} is not registered")]
-    UnknownBacking(SourceId),
-    /// A backing with this id is registered already.
-    #[error("backing {0:?} is registered already")]
-    DuplicateBacking(SourceId),
-    /// The backing is still mapped and cannot be unregistered.
-    #[error("backing {0:?} is still mapped")]
-    BackingInUse(SourceId),
-    /// The range runs past the end of the backing.
-    #[error("offset {offset:#x}+{len:#x} runs past the end of backing {id:?} ({size:#x} bytes)")]
-    PastBackingEnd {
-        /// The backing.
-        id: SourceId,
-        /// Backing offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// Backing size.
-        size: u64,
-    },
-    /// A writable mapping of a backing opened read-only.
-    #[error("backing {0:?} was opened read-only; it can only be mapped read-only")]
-    BackingReadOnly(SourceId),
-    /// The range overlaps memory the mapper does not manage (boot RAM, device windows).
-    #[error("range {gpa:#x}+{len:#x} overlaps reserved guest memory {reserved:#x?}")]
-    Reserved {
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-        /// The reserved range hit.
-        reserved: Range<u64>,
-    },
-    /// The range overlaps an existing mapping.
-    #[error("range {gpa:#x}+{len:#x} overlaps an existing mapping")]
-    Overlap {
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-    },
-    /// `unmap` of a range that is not wholly mapped.
-    #[error("range {gpa:#x}+{len:#x} is not wholly mapped")]
-    NotMapped {
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length.
-        len: u64,
-    },
-    /// The operation would need more memslots than KVM (or the configured cap) allows.
-    #[error("memslot limit reached: needs {needed} slots, at most {limit} available to the mapper")]
-    SlotLimit {
-        /// Slots the mapper would reserve afterwards: what its runs need if later unmaps split
-        /// them as far as whole units allow.
-        needed: usize,
-        /// Slots it may use.
-        limit: usize,
-    },
-    /// The host `mmap` of the backing range failed.
-    #[error("mmap of backing {id:?} offset {offset:#x}+{len:#x} failed")]
-    Mmap {
-        /// The backing.
-        id: SourceId,
-        /// Backing offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// A value does not fit the host's `usize`.
-    #[error("{0:#x} does not fit in the host address space")]
-    TooLarge(u64),
-    /// KVM refused a memslot change.
-    #[error("KVM_SET_USER_MEMORY_REGION slot {slot} ({gpa:#x}+{len:#x}) failed{rollback}")]
-    Kvm {
-        /// Slot number.
-        slot: u32,
-        /// Guest-physical start.
-        gpa: u64,
-        /// Length (0 for a deletion).
-        len: u64,
-        /// Outcome of undoing the partial change, when it also failed.
-        rollback: String,
-        /// KVM's error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-}
 
 /// Where the mapper's slot changes go: KVM in the VMM, a recorder in unit tests.
 pub trait SlotRegistrar: Send {
@@ -205,11 +92,6 @@ struct Run {
     units: Vec<u64>,
     /// Host address of the run's first byte, inside its backing's [`HostMapping`].
     host: u64,
-}
-
-/// Slots a run of `units` units may come to need when whole units are unmapped from it.
-fn worst_case_slots(units: usize) -> usize {
-    units.div_ceil(2)
 }
 
 /// A registered backing, its host mapping and how many runs use it.
@@ -556,182 +438,6 @@ impl KvmMemslotMapper {
             .and_then(|r| r.host.as_ref())
             .map(|h| h.addr_of(spec.offset))
             .ok_or(MemslotError::UnknownBacking(spec.source))
-    }
-
-    /// One counted `KVM_SET_USER_MEMORY_REGION`; `len` is the size of the slot created or
-    /// deleted.
-    ///
-    /// # Safety
-    /// As [`SlotRegistrar::set_region`].
-    unsafe fn set_region(
-        &mut self,
-        r: kvm_userspace_memory_region,
-        len: u64,
-    ) -> Result<(), kvm_ioctls::Error> {
-        // SAFETY: the caller's contract is the registrar's.
-        let res = unsafe { self.registrar.set_region(r) };
-        self.stats.region_call(r.memory_size > 0, len, res.is_ok());
-        res
-    }
-
-    /// Replaces the runs keyed `old` by runs `new` with their units (which cover no other run's
-    /// range).
-    ///
-    /// Order: the slot reservation is checked (nothing changes if it fails), then the old slots
-    /// are deleted and the new ones created back to back. A KVM failure rolls back to the old
-    /// slots. No host mapping changes: every slot points into its backing's mapping.
-    fn replace(&mut self, old: &[u64], new: &[(RunSpec, Vec<u64>)]) -> Result<(), MemslotError> {
-        let freed: usize = old
-            .iter()
-            .map(|k| worst_case_slots(self.runs[k].units.len()))
-            .sum();
-        let taken: usize = new.iter().map(|(_, u)| worst_case_slots(u.len())).sum();
-        let needed = self.reserved_slots - freed + taken;
-        if needed > self.slot_limit() {
-            return Err(MemslotError::SlotLimit {
-                needed,
-                limit: self.slot_limit(),
-            });
-        }
-        let hosts = new
-            .iter()
-            .map(|(spec, _)| self.host_of(spec))
-            .collect::<Result<Vec<u64>, _>>()?;
-        // Slot numbers: the replaced runs' first, then the top of the free list, then fresh
-        // ones. The limit check above guarantees fresh numbers stay inside `slot_ids`.
-        let reused: Vec<u32> = old.iter().map(|k| self.runs[k].slot).collect();
-        let wanted = new.len().saturating_sub(reused.len());
-        let from_free = wanted.min(self.free_slots.len());
-        let limit = MemslotError::SlotLimit {
-            needed,
-            limit: self.slot_limit(),
-        };
-        let fresh = u32::try_from(wanted - from_free).map_err(|_| limit)?;
-        let free_top = &self.free_slots[self.free_slots.len() - from_free..];
-        let fresh_ids = (0..fresh).map(|i| self.next_slot + i);
-        let new_ids: Vec<u32> = reused
-            .iter()
-            .copied()
-            .chain(free_top.iter().rev().copied())
-            .chain(fresh_ids)
-            .take(new.len())
-            .collect();
-
-        let old_regions: Vec<(kvm_userspace_memory_region, u64)> = old
-            .iter()
-            .map(|k| {
-                let r = &self.runs[k];
-                (region(&r.spec, r.slot, r.host), r.spec.len)
-            })
-            .collect();
-        for (i, (r, len)) in old_regions.iter().enumerate() {
-            // SAFETY: a deletion (memory_size 0) makes KVM drop its reference; no host memory is
-            // handed to KVM.
-            if let Err(source) = unsafe { self.set_region(delete_region(r.slot), *len) } {
-                let rollback = self.restore(&old_regions[..i]);
-                return Err(MemslotError::Kvm {
-                    slot: r.slot,
-                    gpa: r.guest_phys_addr,
-                    len: 0,
-                    rollback,
-                    source,
-                });
-            }
-        }
-        for (i, (((spec, _), &host), &slot)) in new.iter().zip(&hosts).zip(&new_ids).enumerate() {
-            let reg = region(spec, slot, host);
-            // SAFETY: `host` points at `spec.offset` inside the whole-backing mapping, and
-            // `validate` checked `spec.offset + spec.len` against the backing's size; the
-            // mapping lives until the backing is unregistered, which cannot happen while a run
-            // uses it. The guest range overlaps no live slot: the replaced slots were deleted
-            // above and `new` covers no other run's range.
-            if let Err(source) = unsafe { self.set_region(reg, spec.len) } {
-                let mut rollback = String::new();
-                for (s, (done, _)) in new_ids[..i].iter().zip(new) {
-                    // SAFETY: deletion only; see above.
-                    if let Err(e) = unsafe { self.set_region(delete_region(*s), done.len) } {
-                        rollback.push_str(&format!("; deleting new slot {s} failed: {e}"));
-                    }
-                }
-                rollback.push_str(&self.restore(&old_regions));
-                return Err(MemslotError::Kvm {
-                    slot,
-                    gpa: spec.gpa,
-                    len: spec.len,
-                    rollback,
-                    source,
-                });
-            }
-        }
-
-        // Commit.
-        for k in old {
-            if let Some(r) = self.runs.remove(k) {
-                if let Some(b) = self.backings.get_mut(&r.spec.source) {
-                    b.runs -= 1;
-                }
-            }
-        }
-        self.free_slots.truncate(self.free_slots.len() - from_free);
-        self.next_slot += fresh;
-        self.free_slots.extend(reused.iter().skip(new.len()));
-        for (((spec, units), host), slot) in new.iter().zip(hosts).zip(new_ids) {
-            if let Some(b) = self.backings.get_mut(&spec.source) {
-                b.runs += 1;
-            }
-            self.runs.insert(
-                spec.gpa,
-                Run {
-                    slot,
-                    spec: *spec,
-                    units: units.clone(),
-                    host,
-                },
-            );
-        }
-        self.reserved_slots = needed;
-        Ok(())
-    }
-
-    /// Re-creates deleted slots after a failed replacement; returns a description of failures.
-    /// A slot that cannot be restored is forgotten so the bookkeeping matches KVM.
-    fn restore(&mut self, regions: &[(kvm_userspace_memory_region, u64)]) -> String {
-        let mut failures = String::new();
-        for (r, len) in regions {
-            // SAFETY: `r` was built from a live Run, which still points into its backing's host
-            // mapping (the replacement did not commit), so the memory stays mapped.
-            if let Err(e) = unsafe { self.set_region(*r, *len) } {
-                failures.push_str(&format!("; restoring slot {} failed ({e}): range lost", r.slot));
-                if let Some(lost) = self.runs.remove(&r.guest_phys_addr) {
-                    self.reserved_slots -= worst_case_slots(lost.units.len());
-                    if let Some(b) = self.backings.get_mut(&lost.spec.source) {
-                        b.runs -= 1;
-                    }
-                }
-                self.free_slots.push(r.slot);
-            }
-        }
-        failures
-    }
-}
-
-fn region(spec: &RunSpec, slot: u32, host: u64) -> kvm_userspace_memory_region {
-    kvm_userspace_memory_region {
-        slot,
-        flags: if spec.readonly { KVM_MEM_READONLY } else { 0 },
-        guest_phys_addr: spec.gpa,
-        memory_size: spec.len,
-        userspace_addr: host,
-    }
-}
-
-fn delete_region(slot: u32) -> kvm_userspace_memory_region {
-    kvm_userspace_memory_region {
-        slot,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: 0,
-        userspace_addr: 0,
     }
 }
 
