@@ -6,6 +6,12 @@
 //! [`MmioInterrupt`], the device's [`Notifier`], which sets interrupt-status bits and optionally
 //! signals an eventfd (an irqfd, for guests with an interrupt controller).
 
+mod interrupt;
+mod state;
+
+pub use interrupt::MmioInterrupt;
+pub use state::{MmioRestoreError, MmioState, MmioTransportState, QueueRegs};
+
 use crate::bus::BusDevice;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -30,119 +36,6 @@ pub const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"TGMM");
 const NO_SHM_REGION: u32 = u32::MAX;
 /// Width of every register below the configuration space.
 const REGISTER_WIDTH: usize = 4;
-
-/// Raises the device's interrupts: interrupt-status bits plus an optional eventfd.
-#[derive(Debug)]
-pub struct MmioInterrupt {
-    status: Arc<AtomicU32>,
-    event: Option<EventFd>,
-}
-
-impl MmioInterrupt {
-    /// A notifier with its own interrupt-status word, for a device built before its transport
-    /// (see [`MmioTransport::with_interrupt`]); `event` is signalled on every interrupt if given.
-    pub fn new(event: Option<EventFd>) -> Self {
-        MmioInterrupt {
-            status: Arc::new(AtomicU32::new(0)),
-            event,
-        }
-    }
-
-    fn raise(&self, bit: u32) {
-        self.status.fetch_or(bit, Ordering::SeqCst);
-        if let Some(e) = &self.event {
-            // A failed write means the counter is saturated: an interrupt is pending anyway.
-            let _ = e.write(1);
-        }
-    }
-}
-
-impl Notifier for MmioInterrupt {
-    fn signal_used_queue(&self, _queue: u16) {
-        self.raise(VIRTIO_MMIO_INT_VRING);
-    }
-
-    fn signal_config_change(&self) {
-        self.raise(VIRTIO_MMIO_INT_CONFIG);
-    }
-}
-
-/// Setup registers of one queue.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueRegs {
-    /// QueueNum: size the driver chose.
-    pub size: u16,
-    /// QueueReady.
-    pub ready: bool,
-    /// QueueDesc.
-    pub desc: u64,
-    /// QueueDriver (available ring).
-    pub avail: u64,
-    /// QueueDevice (used ring).
-    pub used: u64,
-}
-
-/// Register state of the transport; plain data, untrusted when restored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MmioState {
-    /// DeviceFeaturesSel.
-    pub device_features_sel: u32,
-    /// DriverFeaturesSel.
-    pub driver_features_sel: u32,
-    /// Feature bits the driver wrote so far.
-    pub driver_features: u64,
-    /// QueueSel.
-    pub queue_sel: u32,
-    /// Per-queue setup.
-    pub queues: Vec<QueueRegs>,
-    /// Device status.
-    pub status: u32,
-    /// SHMSel.
-    pub shm_sel: u32,
-}
-
-/// What a snapshot keeps of a transport besides its device: registers, activation, pending
-/// interrupt bits. Plain data, untrusted when restored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MmioTransportState {
-    /// Register state.
-    pub regs: MmioState,
-    /// Whether DRIVER_OK activated the device.
-    pub activated: bool,
-    /// InterruptStatus.
-    pub interrupt_status: u32,
-}
-
-/// Why a transport state was not restored.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MmioRestoreError {
-    /// The number of queues differs from the device's.
-    #[error("snapshot has {got} queues, the device has {want}")]
-    QueueCount {
-        /// Queues the device has.
-        want: usize,
-        /// Queues in the snapshot.
-        got: usize,
-    },
-    /// A queue size exceeds the device's maximum.
-    #[error("queue {index}: size {size} exceeds the device's maximum {max}")]
-    QueueSize {
-        /// Queue index.
-        index: usize,
-        /// Size in the snapshot.
-        size: u16,
-        /// The device's maximum.
-        max: u16,
-    },
-    /// Activation and status disagree (activated without DRIVER_OK, or the other way round).
-    #[error("activated={activated} does not match status {status:#x}")]
-    Activation {
-        /// Activation flag in the snapshot.
-        activated: bool,
-        /// Status in the snapshot.
-        status: u32,
-    },
-}
 
 /// Why activation failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,49 +113,6 @@ where
         let mut t = Self::new(device, mem);
         t.interrupt_status = irq.status.clone();
         t
-    }
-
-    /// The transport's state for a snapshot (the device's own state is taken separately).
-    pub fn transport_state(&self) -> MmioTransportState {
-        MmioTransportState {
-            regs: self.state.clone(),
-            activated: self.activated,
-            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Restores a snapshot's transport state over a device restored separately (active exactly
-    /// when `state.activated`). Checked against the device first; nothing changes on error.
-    pub fn restore_transport_state(&mut self, state: &MmioTransportState) -> Result<(), MmioRestoreError> {
-        let maxes = self.device.queue_max_sizes();
-        if state.regs.queues.len() != maxes.len() {
-            return Err(MmioRestoreError::QueueCount {
-                want: maxes.len(),
-                got: state.regs.queues.len(),
-            });
-        }
-        for (index, (q, &max)) in state.regs.queues.iter().zip(maxes).enumerate() {
-            if q.size > max {
-                return Err(MmioRestoreError::QueueSize {
-                    index,
-                    size: q.size,
-                    max,
-                });
-            }
-        }
-        let driver_ok = state.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
-        if state.activated != driver_ok {
-            return Err(MmioRestoreError::Activation {
-                activated: state.activated,
-                status: state.regs.status,
-            });
-        }
-        self.state = state.regs.clone();
-        self.activated = state.activated;
-        self.activation_error = None;
-        self.interrupt_status
-            .store(state.interrupt_status, Ordering::SeqCst);
-        Ok(())
     }
 
     /// A notifier for the device that raises this transport's interrupts; `event` is signalled
