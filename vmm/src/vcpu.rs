@@ -10,8 +10,9 @@ use crate::bus::MmioBus;
 use crate::layout;
 use crate::memslot::{HostAccess, SharedMapper};
 use crate::vmfd::VmShared;
-use kvm_bindings::{kvm_fpu, kvm_segment, CpuId};
+use kvm_bindings::{kvm_fpu, kvm_run, kvm_segment, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
@@ -352,6 +353,9 @@ impl Vcpu {
     /// thread sets `stop` and then kicks this one out of `KVM_RUN` with a [`VcpuKicker`]; a run
     /// stops only between exits, after the previous exit was completed.
     pub fn run_until(&mut self, limit: RunLimit, stop: &AtomicBool) -> Result<RunOutcome, VcpuError> {
+        // From here on a kick sets this vCPU's `immediate_exit`, so one that lands outside
+        // KVM_RUN makes the next entry return at once instead of being lost.
+        let _kickable = KickTarget::enter(&mut self.fd)?;
         let watchdog = limit.timeout.map(Watchdog::start).transpose()?;
         let fired = || watchdog.as_ref().is_some_and(Watchdog::fired);
         let mut exits = 0u64;
@@ -374,7 +378,12 @@ impl Vcpu {
             completing = false;
             let exit = match result {
                 Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: KVM completed any pending exit first (immediate_exit is checked
+                    // after that), so the loop may stop now; the next entry runs the guest again.
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
                 Err(source) => return Err(VcpuError::Kvm { op: "run", source }),
             };
             exits += 1;
@@ -524,9 +533,47 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// The `kvm_run` area of the vCPU this thread is running in [`Vcpu::run_until`], or null.
+    static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
-/// Installs the (empty) kick handler once per process; its only effect is interrupting ioctls.
+/// Marks the calling thread's vCPU as the one a kick stops, for the guard's lifetime.
+struct KickTarget;
+
+impl KickTarget {
+    fn enter(fd: &mut VcpuFd) -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        fd.set_kvm_immediate_exit(0);
+        let run: *mut kvm_run = fd.get_kvm_run();
+        KICK_TARGET.with(|t| t.set(run));
+        Ok(KickTarget)
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        KICK_TARGET.with(|t| t.set(std::ptr::null_mut()));
+    }
+}
+
+/// The kick signal's handler: sets `immediate_exit` of the vCPU the interrupted thread runs, so
+/// the current `KVM_RUN` returns `EINTR` (the signal interrupts it) and so does the next one, if
+/// the signal arrived just before it (the case a bare signal would lose).
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A const-initialised thread local without a destructor: reading it allocates nothing and
+    // cannot fail, so it is safe in a signal handler.
+    let run = KICK_TARGET.try_with(Cell::get).unwrap_or(std::ptr::null_mut());
+    if !run.is_null() {
+        // SAFETY: `run` is the kvm_run mapping of the VcpuFd that this thread is running in
+        // `run_until`: `KickTarget` set it there and clears it before `run_until` returns, and
+        // the fd (which owns the mapping) outlives that call. The byte is only ever written as
+        // a whole, by this thread (the handler runs on it) or by KVM's own reader.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler once per process.
 fn install_kick_handler() -> Result<(), VcpuError> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let r = INSTALLED.get_or_init(|| {
@@ -551,9 +598,9 @@ impl VcpuKicker {
         Ok(VcpuKicker { thread })
     }
 
-    /// Interrupts the thread's current or next blocking call (`KVM_RUN` returns `EINTR`). A kick
-    /// that arrives outside `KVM_RUN` is lost: set the stop flag first, then kick until the
-    /// thread acknowledges.
+    /// Kicks the thread out of `KVM_RUN`: the current one returns `EINTR`, and while the thread
+    /// is in [`Vcpu::run_until`] a kick that lands between two entries makes the next one
+    /// return at once (`immediate_exit`). Set the stop flag first, then kick once.
     ///
     /// # Safety
     /// The thread the kicker was made on must still be running.
@@ -590,18 +637,11 @@ impl Watchdog {
                     return;
                 }
                 flag.store(true, Ordering::SeqCst);
-                // Repeat the kick: one sent while the vCPU thread is outside KVM_RUN is lost.
-                loop {
-                    // SAFETY: the target thread is alive: it joins this thread (Watchdog::drop)
-                    // before it can exit, and the kick signal has a handler installed above.
-                    unsafe { libc::pthread_kill(target.0, kick_signal()) };
-                    if !matches!(
-                        rx.recv_timeout(Duration::from_millis(5)),
-                        Err(RecvTimeoutError::Timeout)
-                    ) {
-                        return;
-                    }
-                }
+                // One kick: the vCPU thread is inside `run_until` (it joins this thread before it
+                // leaves), so a kick outside KVM_RUN still stops the next entry.
+                // SAFETY: the target thread is alive: it joins this thread (Watchdog::drop)
+                // before it can exit, and the kick signal has a handler installed above.
+                unsafe { libc::pthread_kill(target.0, kick_signal()) };
             })
             .map_err(VcpuError::Watchdog)?;
         Ok(Watchdog {
