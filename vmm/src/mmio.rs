@@ -3,8 +3,10 @@
 //! The transport owns the register state (feature pages, per-queue setup, status, interrupt
 //! status); the device only sees negotiated features, configuration-space accesses, `activate`
 //! with the queues the driver set up, `queue_notify` and `reset`. Interrupts are raised through
-//! [`MmioInterrupt`], the device's [`Notifier`], which sets interrupt-status bits and optionally
-//! signals an eventfd (an irqfd, for guests with an interrupt controller).
+//! [`MmioInterrupt`] (`mmio/interrupt.rs`), the device's [`Notifier`](tagmem_device::Notifier),
+//! which sets interrupt-status bits and optionally signals an eventfd (an irqfd, for guests with
+//! an interrupt controller). The register state a snapshot keeps is plain data in
+//! `mmio/state.rs`.
 
 mod interrupt;
 mod state;
@@ -15,7 +17,7 @@ pub use state::{MmioRestoreError, MmioState, MmioTransportState, QueueRegs};
 use crate::bus::BusDevice;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tagmem_device::{Notifier, VirtioDevice};
+use tagmem_device::VirtioDevice;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -113,6 +115,49 @@ where
         let mut t = Self::new(device, mem);
         t.interrupt_status = irq.status.clone();
         t
+    }
+
+    /// The transport's state for a snapshot (the device's own state is taken separately).
+    pub fn transport_state(&self) -> MmioTransportState {
+        MmioTransportState {
+            regs: self.state.clone(),
+            activated: self.activated,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Restores a snapshot's transport state over a device restored separately (active exactly
+    /// when `state.activated`). Checked against the device first; nothing changes on error.
+    pub fn restore_transport_state(&mut self, state: &MmioTransportState) -> Result<(), MmioRestoreError> {
+        let maxes = self.device.queue_max_sizes();
+        if state.regs.queues.len() != maxes.len() {
+            return Err(MmioRestoreError::QueueCount {
+                want: maxes.len(),
+                got: state.regs.queues.len(),
+            });
+        }
+        for (index, (q, &max)) in state.regs.queues.iter().zip(maxes).enumerate() {
+            if q.size > max {
+                return Err(MmioRestoreError::QueueSize {
+                    index,
+                    size: q.size,
+                    max,
+                });
+            }
+        }
+        let driver_ok = state.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        if state.activated != driver_ok {
+            return Err(MmioRestoreError::Activation {
+                activated: state.activated,
+                status: state.regs.status,
+            });
+        }
+        self.state = state.regs.clone();
+        self.activated = state.activated;
+        self.activation_error = None;
+        self.interrupt_status
+            .store(state.interrupt_status, Ordering::SeqCst);
+        Ok(())
     }
 
     /// A notifier for the device that raises this transport's interrupts; `event` is signalled

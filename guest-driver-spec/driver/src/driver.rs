@@ -6,7 +6,7 @@
 //! application calls [`TagMemDriver::poll`]. A host-side test can therefore run device and driver
 //! in one thread: the transport's `notify` runs the device.
 
-use crate::dax::{format_uuid, ClaimError, ClaimMode, DaxDevice, DaxRegistry, Extent, PoisonRange, Slot};
+use crate::dax::{ClaimError, ClaimMode, DaxDevice, DaxRegistry, Extent, PoisonRange, Slot};
 use crate::offer::{enforce, screen, AcceptAll, OfferPolicy, RejectReason, Window};
 use crate::transport::{status, DmaAllocator, DmaMemory, Transport};
 use crate::virtqueue::{Buf, QueueError, QueueLayout, VirtQueue};

@@ -1,6 +1,6 @@
 //! Free ranges of the guest-physical window tagged extents are placed in.
 
-use super::*;
+use std::collections::BTreeMap;
 
 /// Free ranges of the guest-physical window, keyed by start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,7 +1,11 @@
 //! The transport's interrupt: InterruptStatus bits set by the device's [`Notifier`], and an
 //! optional eventfd (an irqfd) signalled with each.
 
-use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use tagmem_device::Notifier;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Raises the device's interrupts: interrupt-status bits plus an optional eventfd.
 #[derive(Debug)]

@@ -1,7 +1,5 @@
-//! The transport's register state as plain data, and saving and restoring it for a snapshot
-//! (untrusted: checked against the device before anything changes).
-
-use super::*;
+//! The transport's register state as plain data, as a snapshot keeps it (untrusted when
+//! restored), and why a restore is refused.
 
 /// Setup registers of one queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,53 +76,4 @@ pub enum MmioRestoreError {
         /// Status in the snapshot.
         status: u32,
     },
-}
-
-impl<D> MmioTransport<D>
-where
-    D: VirtioDevice,
-    D::Memory: GuestAddressSpace,
-{
-    /// The transport's state for a snapshot (the device's own state is taken separately).
-    pub fn transport_state(&self) -> MmioTransportState {
-        MmioTransportState {
-            regs: self.state.clone(),
-            activated: self.activated,
-            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Restores a snapshot's transport state over a device restored separately (active exactly
-    /// when `state.activated`). Checked against the device first; nothing changes on error.
-    pub fn restore_transport_state(&mut self, state: &MmioTransportState) -> Result<(), MmioRestoreError> {
-        let maxes = self.device.queue_max_sizes();
-        if state.regs.queues.len() != maxes.len() {
-            return Err(MmioRestoreError::QueueCount {
-                want: maxes.len(),
-                got: state.regs.queues.len(),
-            });
-        }
-        for (index, (q, &max)) in state.regs.queues.iter().zip(maxes).enumerate() {
-            if q.size > max {
-                return Err(MmioRestoreError::QueueSize {
-                    index,
-                    size: q.size,
-                    max,
-                });
-            }
-        }
-        let driver_ok = state.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
-        if state.activated != driver_ok {
-            return Err(MmioRestoreError::Activation {
-                activated: state.activated,
-                status: state.regs.status,
-            });
-        }
-        self.state = state.regs.clone();
-        self.activated = state.activated;
-        self.activation_error = None;
-        self.interrupt_status
-            .store(state.interrupt_status, Ordering::SeqCst);
-        Ok(())
-    }
 }

@@ -1,6 +1,11 @@
 //! What the driver reports: its errors, the device's typed answers and the events it logs.
 
-use super::*;
+use crate::dax::format_uuid;
+use crate::offer::RejectReason;
+use crate::virtqueue::QueueError;
+use alloc::string::String;
+use alloc::vec::Vec;
+use tagmem_wire::*;
 
 /// A failed driver operation, or a device misbehaviour the driver noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
