@@ -3,8 +3,10 @@
 //! `plan_*` step that validates and a `commit_*` step the device calls only after the side effect
 //! (mapping, unmapping) succeeded.
 //!
-//! Checking an untrusted table (restore) is in `invariants`; what a reset forgets and what the
-//! next activation replays, and the LIST query, in `replay`.
+//! This file holds the table and its indexes; `window` the free list of the guest-physical
+//! window; `offer`, `accept` and `release` the life-cycle steps; `outbox` the event queue and the
+//! commands that only add events; `invariants` the checks of an untrusted table (restore);
+//! `replay` what a reset forgets, what the next activation replays, and the LIST query.
 
 use crate::control::*;
 use crate::mapper::{Mapping, SourceId, SourceRef};

@@ -5,6 +5,12 @@
 //! response arrives or the spin limit is reached. Events are taken from eventq only when the
 //! application calls [`TagMemDriver::poll`]. A host-side test can therefore run device and driver
 //! in one thread: the transport's `notify` runs the device.
+//!
+//! This file holds the driver's state and accessors; its phases are in `driver/`: `init`
+//! (reset, negotiation, queues, configuration), `requests` (guestq and the base requests),
+//! `events` (eventq: offers answered per chain, metadata, poison), `release` (release requests,
+//! deferred and driver-initiated releases), `relearn` (the LIST walk), and `types` (errors,
+//! typed answers, log events).
 
 use crate::dax::{ClaimError, ClaimMode, DaxDevice, DaxRegistry, Extent, PoisonRange, Slot};
 use crate::offer::{enforce, screen, AcceptAll, OfferPolicy, RejectReason, Window};
