@@ -1,5 +1,7 @@
-//! The device: features, config space, queues, and the glue between the guest protocol, the
-//! extent state machine and the host control API.
+//! The device: construction, config space, the [`VirtioDevice`] face a transport drives, and the
+//! counted mapper calls. The host control API is in `device/host.rs`, the guest side (guestq
+//! requests, eventq delivery) in `device/guest.rs`; the configuration and its validation in
+//! [`crate::config`] (re-exported here).
 
 mod guest;
 mod host;
