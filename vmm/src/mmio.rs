@@ -424,6 +424,7 @@ where
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use tagmem_device::Notifier;
     use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
     type Mem = GuestMemoryAtomic<GuestMemoryMmap>;

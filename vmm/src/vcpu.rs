@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vmm_sys_util::signal::Killable;
 
 /// Most instruction bytes an x86 instruction has; this many are shown after an internal error.
 const MAX_INSN_LEN: usize = 15;
@@ -605,9 +606,10 @@ impl VcpuKicker {
     /// # Safety
     /// The thread the kicker was made on must still be running.
     pub unsafe fn kick(&self) {
-        // SAFETY: the thread is alive (the caller's contract) and the kick signal has a handler
-        // (installed in `for_current_thread`), so the signal only interrupts a system call.
-        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        // The thread is alive (the caller's contract) and the kick signal has a handler
+        // (installed in `for_current_thread`), so the signal only interrupts a system call. The
+        // signal number is a valid real-time one, so the send cannot fail.
+        let _ = LiveThread(self.thread).kill(kick_signal());
     }
 }
 
@@ -618,8 +620,18 @@ struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The vCPU thread's id, sendable to the watchdog thread.
-struct ThreadId(libc::pthread_t);
+/// A thread known to be running while the value is used: the vCPU thread, kicked by its
+/// watchdog (which it joins before it exits) or through [`VcpuKicker::kick`] (whose caller
+/// promises it).
+struct LiveThread(libc::pthread_t);
+
+// SAFETY: a `LiveThread` is only built for a thread that outlives every use of it (see the
+// type's documentation and its two construction sites), so the handle is valid when signalled.
+unsafe impl Killable for LiveThread {
+    fn pthread_handle(&self) -> libc::pthread_t {
+        self.0
+    }
+}
 
 impl Watchdog {
     fn start(timeout: Duration) -> Result<Self, VcpuError> {
@@ -627,7 +639,7 @@ impl Watchdog {
         let fired = Arc::new(AtomicBool::new(false));
         let (stop, rx) = mpsc::channel::<()>();
         // SAFETY: pthread_self has no preconditions.
-        let target = ThreadId(unsafe { libc::pthread_self() });
+        let target = LiveThread(unsafe { libc::pthread_self() });
         let flag = fired.clone();
         let thread = std::thread::Builder::new()
             .name("vcpu-watchdog".into())
@@ -639,9 +651,9 @@ impl Watchdog {
                 flag.store(true, Ordering::SeqCst);
                 // One kick: the vCPU thread is inside `run_until` (it joins this thread before it
                 // leaves), so a kick outside KVM_RUN still stops the next entry.
-                // SAFETY: the target thread is alive: it joins this thread (Watchdog::drop)
-                // before it can exit, and the kick signal has a handler installed above.
-                unsafe { libc::pthread_kill(target.0, kick_signal()) };
+                // The target thread is alive: it joins this thread (Watchdog::drop) before it can
+                // exit, and the kick signal has a handler installed above.
+                let _ = target.kill(kick_signal());
             })
             .map_err(VcpuError::Watchdog)?;
         Ok(Watchdog {
