@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use tagmem_device::{ExtentFlags, ExtentInfo, ExtentState, Perf, SourceClass, SourceId, SourceRef, Target};
 use tagmem_vmm::api::{
-    handle, parse_request, pretty_json, parse_response, route, AddReply, AddedExtent, ApiBackend, ApiError,
+    handle, parse_request, parse_response, pretty_json, route, AddReply, AddedExtent, ApiBackend, ApiError,
     ApiRequest, ExtentRow, HttpResponse, PingInfo, MAX_BODY_BYTES, MAX_HEAD_BYTES,
 };
 use tagmem_vmm::config::TaggedMemoryConfig;
