@@ -21,227 +21,26 @@
 //! - unbinding and rebinding the driver keeps the capacity: it is listed again (LIST), unclaimed,
 //!   and the same claim gives the same bytes.
 //!
-//! Inputs as `linux_guest.rs` (`TAGMEM_GUEST_KERNEL`, `TAGMEM_GUEST_CMDLINE`,
-//! `TAGMEM_LINUX_TIMEOUT`); the initramfs is built here with `linux/build-initramfs.sh` and a
-//! static `daxmap` (needs `cc` with a static libc). Without KVM or a kernel the test skips,
+//! The guest, its inputs and the console protocol are `tagmem_rig::linux` (shared with the
+//! benchmark's Linux rows): `TAGMEM_GUEST_KERNEL`, `TAGMEM_GUEST_CMDLINE`,
+//! `TAGMEM_LINUX_TIMEOUT`; the initramfs is built with `linux/build-initramfs.sh` and a static
+//! `daxmap` (needs `cc` with a static libc). Without KVM or a kernel the test skips,
 //! saying why; `TAGMEM_REQUIRE_KVM=1` makes a missing KVM and `TAGMEM_REQUIRE_GUEST_KERNEL=1`
 //! (CI, once it has built the kernel) a missing kernel a failure. Waits are hang guards only.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tagmem_device::{ExtentState, Perf, Target};
+use tagmem_rig::linux::{tagged_inputs, TaggedLinuxGuest as Guest, REQUIRE_GUEST_KERNEL};
 use tagmem_test_support::{available_or_skip, kvm_or_skip};
-use tagmem_vmm::api::{PreparedChain, TaggedMemoryControl};
-use tagmem_vmm::boot::{GuestKind, LinuxBoot};
-use tagmem_vmm::config::{parse_options, Resolver, TaggedMemoryConfig};
-use tagmem_vmm::runtime::SerialConfig;
-use tagmem_vmm::{Vmm, VmmConfig};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
-const BOOT_RAM: u64 = 256 * MIB;
 const SHARED_TAG: &str = "6f1c2a9e-0d3b-4c55-9a7e-3b1f00c0ffee";
 const GROUP_TAG: &str = "11111111-2222-3333-4444-555555555555";
 const HOST_BYTES: &str = "HOST-WROTE-these-bytes";
-/// The variable that turns "no guest kernel, skipping" into a failure.
-const REQUIRE_GUEST_KERNEL: &str = "TAGMEM_REQUIRE_GUEST_KERNEL";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn hang_guard() -> Duration {
-    let secs = std::env::var("TAGMEM_LINUX_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1800);
-    Duration::from_secs(secs)
-}
-
-const EMULATOR_CMDLINE: &str =
-    "noxsave clearcpuid=cx16,popcnt,smap noint3-selftest nofwait syscall_fault_fixup";
-
-/// The kernel, initramfs and command line to boot, or why there are none.
-fn guest_inputs(tmp: &Path) -> Result<(PathBuf, PathBuf, String), String> {
-    let cache = std::env::var("TAGMEM_CACHE").unwrap_or_else(|_| "/var/cache/tagmem".into());
-    let kernel = match std::env::var_os("TAGMEM_GUEST_KERNEL") {
-        Some(k) => PathBuf::from(k),
-        None => Path::new(&cache).join("linux/current/vmlinux"),
-    };
-    if !kernel.is_file() {
-        return Err(format!("no guest kernel at {}", kernel.display()));
-    }
-    // build-kernel.sh keeps the config next to the kernel: one without the series cannot pass.
-    if let Some(config) = kernel
-        .parent()
-        .and_then(|d| std::fs::read_to_string(d.join("config")).ok())
-    {
-        if !config.lines().any(|l| l == "CONFIG_VIRTIO_MEM_TAGGED=y") {
-            return Err(format!(
-                "the guest kernel at {} was built without CONFIG_VIRTIO_MEM_TAGGED \
-                 (linux/patches/10-tagged/, linux/config/guest.config)",
-                kernel.display()
-            ));
-        }
-    }
-    let tools = repo_root().join("linux/tools");
-    let daxmap = tmp.join("daxmap");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&daxmap)
-        .arg(tools.join("daxmap.c"))
-        .status()
-        .map_err(|e| format!("running cc: {e}"))?;
-    if !status.success() {
-        return Err(format!("cc -static daxmap.c failed: {status}"));
-    }
-    let builder = repo_root().join("linux/build-initramfs.sh");
-    let initramfs = tmp.join("linux-tagged-test.cpio");
-    let status = Command::new("bash")
-        .arg(&builder)
-        .arg("--script")
-        .arg(tools.join("tagged-test.sh"))
-        .arg("--file")
-        .arg(format!("{}:/bin/daxmap", daxmap.display()))
-        .arg("-o")
-        .arg(&initramfs)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("running {}: {e}", builder.display()))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", builder.display()));
-    }
-    let cmdline = match std::env::var("TAGMEM_GUEST_CMDLINE") {
-        Ok(c) => c,
-        Err(_) => {
-            let base = tagmem_vmm::boot::linux::DEFAULT_CMDLINE;
-            if Path::new("/sys/module/kvm_pvm").exists() {
-                format!("{base} {EMULATOR_CMDLINE}")
-            } else {
-                base.to_string()
-            }
-        }
-    };
-    Ok((kernel, initramfs, cmdline))
-}
-
-type Fields = HashMap<String, String>;
-
-/// One booted guest, the control of its tagged device, and where its console was read up to.
-struct Guest {
-    name: &'static str,
-    vmm: Arc<Vmm>,
-    control: TaggedMemoryControl,
-    next_line: usize,
-    timeout: Duration,
-    log: PathBuf,
-}
-
-impl Guest {
-    fn boot(name: &'static str, kernel: &Path, initramfs: &Path, cmdline: &str, tmp: &Path) -> Self {
-        let log = tmp.join(format!("linux-tagged-{name}.log"));
-        let mut config = VmmConfig {
-            guest: GuestKind::Linux(LinuxBoot {
-                kernel: kernel.to_path_buf(),
-                initramfs: Some(initramfs.to_path_buf()),
-                cmdline: cmdline.to_string(),
-                cpus: 1,
-            }),
-            serial: SerialConfig::File(log.clone()),
-            ..VmmConfig::default()
-        };
-        config.vm.boot_ram_size = BOOT_RAM;
-        let vmm = Arc::new(Vmm::new(config).expect("start the VMM"));
-        let control = TaggedMemoryControl::new(vmm.clone(), Resolver::new("/nonexistent"));
-        Guest {
-            name,
-            vmm,
-            control,
-            next_line: 0,
-            timeout: hang_guard(),
-            log,
-        }
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        let lines = self.vmm.console_lines();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        panic!(
-            "guest {}: {what}\nexited: {:?}\nconsole (whole log in {}), last lines:\n{tail}",
-            self.name,
-            self.vmm.guest_exited(),
-            self.log.display()
-        );
-    }
-
-    /// Waits for the report `TAGMEM <kind> ...` and returns its fields.
-    fn expect(&mut self, kind: &str) -> Fields {
-        let prefix = format!("TAGMEM {kind}");
-        let found = self
-            .vmm
-            .vm()
-            .console()
-            .wait_line(self.next_line, self.timeout, |l| {
-                l == prefix || l.starts_with(&format!("{prefix} ")) || exited(l)
-            });
-        let Some((index, line)) = found else {
-            self.fail(&format!("no `{prefix}` line within {:?}", self.timeout));
-        };
-        if exited(&line) {
-            self.fail(&format!("the guest's init ended before `{prefix}`: {line}"));
-        }
-        self.next_line = index + 1;
-        line.split_whitespace()
-            .skip(2)
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// Types a command and waits for its report.
-    fn ask(&mut self, cmd: &str) -> Fields {
-        assert!(self.vmm.serial_input(format!("{cmd}\n").as_bytes()));
-        let kind = cmd.split_whitespace().next().unwrap().to_string();
-        self.expect(&kind)
-    }
-
-    /// Offers the `--tagged-memory` values as one chain; returns the device's extent ids.
-    fn offer(&self, values: &[String]) -> Vec<u64> {
-        let (configs, _): (Vec<TaggedMemoryConfig>, _) =
-            parse_options(values).expect("valid --tagged-memory values");
-        let chain = PreparedChain::prepare(&Resolver::new("/nonexistent"), &configs, "test")
-            .expect("open the backings");
-        let reply = self.control.offer(chain).expect("offer the chain");
-        reply.extents.iter().map(|e| e.extent_id).collect()
-    }
-
-    /// Waits until the device holds exactly `ids`, all in `state`.
-    fn wait_extents(&self, ids: &[u64], state: ExtentState) {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let now: Vec<(u64, ExtentState)> = self.vmm.extents().iter().map(|e| (e.id, e.state)).collect();
-            if now.len() == ids.len() && now.iter().all(|(id, s)| ids.contains(id) && *s == state) {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("the device holds {now:?}, not {ids:?} {state:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn exited(line: &str) -> bool {
-    line.starts_with("tagmem-init: end") || line.contains("Kernel panic")
-}
 
 fn read_at(path: &Path, offset: u64, len: usize) -> String {
     let mut buf = vec![0; len];
@@ -271,7 +70,7 @@ fn linux_guests_find_tagged_capacity_by_tag_as_on_a_dcd_host() {
     }
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux-tagged");
     std::fs::create_dir_all(&tmp).unwrap();
-    let inputs = guest_inputs(&tmp);
+    let inputs = tagged_inputs(&tmp);
     if !available_or_skip(
         REQUIRE_GUEST_KERNEL,
         "a guest kernel with the tagged series and an initramfs",
@@ -279,7 +78,7 @@ fn linux_guests_find_tagged_capacity_by_tag_as_on_a_dcd_host() {
     ) {
         return;
     }
-    let (kernel, initramfs, cmdline) = inputs.unwrap();
+    let inputs = inputs.unwrap();
     let shared = tmp.join("shared.img");
     let readonly = tmp.join("readonly.img");
     let group = tmp.join("group.img");
@@ -288,8 +87,8 @@ fn linux_guests_find_tagged_capacity_by_tag_as_on_a_dcd_host() {
     file_of(&group, 4 * MIB, "GROUP");
 
     let start = Instant::now();
-    let mut a = Guest::boot("a", &kernel, &initramfs, &cmdline, &tmp);
-    let mut b = Guest::boot("b", &kernel, &initramfs, &cmdline, &tmp);
+    let mut a = Guest::boot("a", &inputs, &tmp);
+    let mut b = Guest::boot("b", &inputs, &tmp);
     for g in [&mut a, &mut b] {
         let ready = g.expect("ready");
         assert_eq!(ready["tagged"], "1", "the driver negotiates bit 3: {ready:?}");

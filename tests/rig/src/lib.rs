@@ -10,7 +10,8 @@
 //! - [`TestGuestVm`]: a [`tagmem_vmm::Vmm`] running the test guest, with a method per command;
 //!   [`TestGuest`]: the guest on a bare VM without the tagged device, run on the calling thread;
 //! - [`nested`]: the nested pass-through harness (SPEC.md T-NEST) over two such VMs;
-//! - [`demo`]: the life cycle in one run, as `tagmem-vmm demo` prints it.
+//! - [`demo`]: the life cycle in one run, as `tagmem-vmm demo` prints it;
+//! - [`linux`]: a Linux guest with the tagged series, driven from user space over its console.
 //!
 //! The VMM knows none of this: it boots the image it is given, attaches the devices it is given,
 //! and rings its doorbell when asked. This crate depends on the VMM, never the other way round.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod demo;
 pub mod guest;
 pub mod image;
+pub mod linux;
 pub mod nested;
 pub mod protocol;
 pub mod report;
