@@ -2,7 +2,8 @@
 //! tagmem benchmark suite on real KVM (see `suite`). Prints the counts and the table; a full run
 //! writes `performance.md`, the raw numbers as JSON and the chart as SVG into `docs/` (into
 //! `target/tagmem-bench/` with `--no-docs`, in quick mode, or with `--counts-only`). `--quick`
-//! (or `TAGMEM_BENCH_QUICK=1`) runs few iterations at small sizes.
+//! (or `TAGMEM_BENCH_QUICK=1`) runs few iterations at small sizes; `--linux-only` runs and
+//! prints only the Linux-guest rows (`suite::linux`), writing nothing.
 
 mod suite;
 
@@ -22,9 +23,18 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--counts-child") {
         // The counts run under callgrind that `suite::counts::take` starts.
         let dir = args.get(i + 1).map(PathBuf::from).unwrap_or_default();
-        if let Err(e) = suite::counts::child(quick, &dir) {
+        if let Err(e) = suite::counts::run::child(quick, &dir) {
             eprintln!("tagmem benchmark counts run failed: {e}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--linux-only") {
+        if tagmem_test_support::kvm_or_skip() {
+            let mut rep = suite::report::Report::default();
+            let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tagmem-bench-linux");
+            suite::linux::rows(&mut rep, false, &tmp);
+            println!("{}\n{}", suite::counts::text(&rep.counts), rep.table());
         }
         return;
     }

@@ -131,10 +131,18 @@ const MISSES: &str = r#"### Reading the misses
 
 const LINUX: &str = r#"## Linux guest
 
-Boot to a claimed dax device, and hot-add to readable in `/dev/daxX.Y`, with a Linux guest and
-its own tools (`daxctl`): these rows have their place in the report (`linux.*`, not run) and are
-measured in a later change with the Linux driver of `linux/patches/10-tagged/`, marked as
-measured under emulation on this host.
+A Linux guest whose kernel carries the tagged series (`linux/patches/10-tagged/`), driven from
+its own user space as the Linux tests drive it (`tagmem_rig::linux`, `linux/tools/tagged-test.sh`):
+boot to the tagged driver ready, boot to a claimed dax device (a 2 MiB tagged extent offered once
+the driver is up, claimed by writing its tag to the seed's `uuid` as `daxctl create-device --uuid`
+does, bound to `device_dax` and read back through an mmap of `/dev/daxX.Y`), and the same hot-add
+to readable on a running guest. Times are host wall clock from the host's request to the guest's
+report line on the serial console, so they include the guest's shell; on this host KVM's
+instruction emulator runs every guest instruction, so they measure emulation first (the kernel
+alone takes minutes to boot). The counts rows of the Linux guest hold the device's and the
+mapper's counters (one memslot per extent, as with the test guest); the vCPU's exit counters
+cannot be read while a Linux guest runs. The full run finds the kernel through
+`TAGMEM_GUEST_KERNEL` or the cache `linux/build-kernel.sh` fills; quick mode never boots Linux.
 "#;
 
 fn verdict(r: &super::report::Row) -> String {
@@ -200,5 +208,13 @@ pub fn markdown(rep: &Report) -> String {
     }
     let _ = writeln!(out, "{MISSES}");
     let _ = writeln!(out, "{LINUX}");
+    for r in rep.rows.iter().filter(|r| r.id.starts_with("linux.")) {
+        let note = match r.status {
+            Status::NotRun(_) => String::new(),
+            _ if r.note.is_empty() => String::new(),
+            _ => format!(" ({})", r.note),
+        };
+        let _ = writeln!(out, "- {}: {}{note}", r.label, verdict(r));
+    }
     out
 }
