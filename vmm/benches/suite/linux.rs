@@ -218,10 +218,10 @@ pub fn rows(rep: &mut Report, quick: bool, tmp: &Path) {
 
 fn measure(rep: &mut Report, inputs: &LinuxInputs, tmp: &Path) -> Res<()> {
     let how = if emulated() {
-        "measured under emulation here (kvm_pvm: KVM's instruction emulator runs every guest \
-         instruction), host wall clock to the guest's console report, 1 vCPU, 256 MiB"
+        "measured under emulation here (kvm_pvm runs every guest instruction in KVM's \
+         instruction emulator)"
     } else {
-        "host wall clock to the guest's console report, 1 vCPU, 256 MiB"
+        "measured with hardware virtualization"
     };
     let start = Instant::now();
     let mut run = Run {
@@ -243,7 +243,7 @@ fn measure(rep: &mut Report, inputs: &LinuxInputs, tmp: &Path) -> Res<()> {
         Unit::Secs,
         Stat::derived(secs(t_ready)),
         Target::None,
-        how,
+        &format!("{how}; 1 vCPU, 256 MiB, from starting the VMM to the tagged feature negotiated"),
     );
     rep.add(
         ROWS[1].0,
@@ -251,7 +251,7 @@ fn measure(rep: &mut Report, inputs: &LinuxInputs, tmp: &Path) -> Res<()> {
         Unit::Secs,
         Stat::derived(secs(t_dax)),
         Target::None,
-        &format!("{how}; from starting the VMM to the claimed device read back"),
+        &format!("{how}; to the claimed device's bytes read back"),
     );
     for (i, (size, _, iters)) in MEASURED.into_iter().enumerate() {
         let mut samples: Vec<[f64; 3]> = Vec::new();
@@ -270,8 +270,8 @@ fn measure(rep: &mut Report, inputs: &LinuxInputs, tmp: &Path) -> Res<()> {
             median(2),
             Target::None,
             &format!(
-                "{how}; offer, claim by tag (the seed's uuid) with the device_dax bind, mmap \
-                 read; medians: accepted by the driver after {}, claimed after {}",
+                "{how}; median {} to the driver's ACCEPT, {} to the claim (uuid write, \
+                 device_dax bind), then the mmap read",
                 Unit::Secs.fmt(median(0).median),
                 Unit::Secs.fmt(median(1).median)
             ),
