@@ -126,9 +126,9 @@ const MISSES: &str = r#"### Reading the misses
   records every offer) and, when spaced, a memslot of its own; in exits and kicks a chain now
   costs what one extent costs.
 - **Guest bandwidth, extent / boot RAM.** Both are host memory the guest reaches through one
-  memslot each, and every guest access is emulated here (about 2 MB/s), so the ratio is 1 up to
-  the host's load during the run: across runs it moved between 0.80 and 0.97 (read) and 0.91
-  and 0.96 (write), either side of the 0.95 target.
+  memslot each, and every guest access runs in the emulator here (a few MB/s), so the ratio is 1
+  up to the host's load while the samples ran: the min-max ranges of the boot RAM and extent rows
+  overlap, and from run to run the read and the write ratio land either side of the 0.95 target.
 - **The context rows** ("VM exits, guest command round trip", "... (incl. read)") include a guest
   command and its result line, unlike the counts table: they show the test rig's fixed cost.
 "#;
