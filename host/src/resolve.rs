@@ -347,11 +347,13 @@ impl Resolver {
         ))
     }
 
-    /// CXL Dynamic Capacity when sysfs lists its extents; soft-reserved or pmem when the device
-    /// sits below an `hmem` platform device or an nvdimm bus; unspecified otherwise.
+    /// The class sysfs gives the device's capacity: CXL Dynamic Capacity when a CXL region
+    /// lists its extents, the extents' own class in a guest (whose VMM passes it on to its
+    /// guest, SPEC.md T-NEST-1); otherwise soft-reserved or pmem when the device sits below an
+    /// `hmem` platform device or an nvdimm bus, unspecified when nothing says.
     fn devdax_class(&self, dev: &DaxDevice) -> SourceClass {
-        if dev.source_class == Some(tagmem_lookup::SourceClass::CxlDc) {
-            return SourceClass::CxlDc;
+        if let Some(class) = dev.source_class {
+            return class;
         }
         let link = self.sysfs.root().join("sys/bus/dax/devices").join(&dev.chardev);
         let real = fs::canonicalize(link).unwrap_or_default();
@@ -604,6 +606,50 @@ mod tests {
                 "tag={TAG_A}: unclaimed in region2 on the host; claim it first: \
                  daxctl create-device -r region2 --uuid {TAG_A}"
             )
+        );
+    }
+
+    #[test]
+    fn a_guest_dax_device_passes_its_extents_class_and_performance_on() {
+        use tagmem_lookup::fixture::{Dev, Tree, VirtioExtent};
+        // A Linux guest's sysfs (SPEC.md T-LOOKUP-5/6): a claimed device over one extent that
+        // the guest's own host backed with a file. A VMM in that guest offers it with the same
+        // class and performance (T-NEST-1), not "unspecified".
+        let t = Tree::new();
+        let vdev = t.virtio("virtio0", 0);
+        let start = 0x1_0000_0000;
+        t.virtio_extent(
+            &vdev,
+            &VirtioExtent {
+                id: 1,
+                uuid: TAG,
+                start,
+                length: 4 * MIB,
+                flags: "sharable",
+                source: "file",
+                seq: 0,
+                poison: "",
+                node: 0,
+                lat: (250, 300),
+                bw: (25_000, 12_000),
+            },
+        );
+        t.dax(&Dev::new("dax0.1", &vdev, Some(TAG), &[(start, 4 * MIB)]));
+        let p = Resolver::new(t.root())
+            .plan(&parse(&format!("tag={TAG},offset=2M,size=2M,shared=on")), 0)
+            .unwrap();
+        assert_eq!(
+            (p.class, p.offset, p.length),
+            (SourceClass::File, 2 * MIB, 2 * MIB)
+        );
+        assert_eq!(
+            p.perf,
+            Perf {
+                read_latency_ns: 250,
+                write_latency_ns: 300,
+                read_bandwidth_mbps: 25_000,
+                write_bandwidth_mbps: 12_000,
+            }
         );
     }
 
