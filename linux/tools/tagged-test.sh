@@ -1,6 +1,7 @@
 #!/bin/sh
 # In-guest half of the tagged virtio-mem Linux tests, run as /test by the initramfs's /init,
-# with daxmap (linux/tools/daxmap.c) at /bin/daxmap. It reports what the guest sees and serves
+# with daxmap (linux/tools/daxmap.c) at /bin/daxmap and, where the image has them, Debian's
+# daxctl and the tagmem lookup command (build-initramfs.sh --daxctl). It reports what the guest sees and serves
 # the commands the host types on the serial console, one per line. Every line meant for the host
 # starts with "TAGMEM ". Waits are hang guards (polls of sysfs), not timings.
 #
@@ -8,8 +9,12 @@
 #   extent E              report tagmem/extentE/ (uuid, start, length, flags, source, seq,
 #                         target_node, poison, access1 values)
 #   gone E                wait until extent E is gone; report the dax devices left
-#   claim TAG|0           write TAG to the region's seed's uuid, bind the device to device_dax;
-#                         report the device, its uuid, size, target_node and mappings
+#   claim TAG|0 [daxctl]  write TAG to the region's seed's uuid, bind the device to device_dax
+#                         (through sysfs, or with `daxctl enable-device`); report the device,
+#                         its uuid, size, target_node and mappings
+#   json PROG ARGS...     run PROG (tagmem, daxctl); send each line it prints as
+#                         "TAGMEM json <line>" (stderr: "TAGMEM json-err <line>"), then
+#                         "TAGMEM json-end rc=<exit status>"
 #   read DEV OFF LEN      LEN bytes at OFF through an mmap of /dev/DEV, as text
 #   write DEV OFF TEXT    write TEXT at OFF through a shared writable mapping
 #   tryrw DEV             a writable mapping, and a write through a read-only one
@@ -114,7 +119,11 @@ while read -r cmd a b c; do
             seed=$(cat "$(region)/seed")
             if echo "$a" > "/sys/bus/dax/devices/$seed/uuid"; then
                 rc=0
-                echo "$seed" > /sys/bus/dax/drivers/device_dax/bind || rc=bind
+                if [ "$b" = daxctl ]; then
+                    daxctl enable-device "$seed" > /tmp/enable.out 2>&1 || rc=bind
+                else
+                    echo "$seed" > /sys/bus/dax/drivers/device_dax/bind || rc=bind
+                fi
             else
                 rc=claim
             fi
@@ -126,6 +135,14 @@ while read -r cmd a b c; do
             say claim rc=$rc dev=$seed uuid=$(cat "$dev/uuid") size=$(cat "$dev/size") \
                 target_node=$(cat "$dev/target_node" 2>/dev/null) mappings=${maps:-none} \
                 seed=$(cat "$(region)/seed") chardev=$([ -c "/dev/$seed" ] && echo yes || echo no)
+            ;;
+        json)
+            # shellcheck disable=SC2086
+            "$a" $b $c > /tmp/json.out 2> /tmp/json.err
+            rc=$?
+            while IFS= read -r line; do say json "$line"; done < /tmp/json.out
+            while IFS= read -r line; do say json-err "$line"; done < /tmp/json.err
+            say json-end rc=$rc
             ;;
         read)
             say read data=$(daxmap "/dev/$a" read "$b" "$c" 2>&1 | tr ' ' '_')

@@ -10,6 +10,7 @@
 //! The initramfs is built with `linux/build-initramfs.sh` and a static `daxmap` (needs `cc`
 //! with a static libc). Waits are hang guards only: nothing depends on how fast the guest runs.
 
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -235,6 +236,54 @@ impl TaggedLinuxGuest {
         assert!(self.vmm.serial_input(format!("{cmd}\n").as_bytes()));
         let kind = cmd.split_whitespace().next().unwrap_or_default().to_string();
         self.expect(&kind)
+    }
+
+    /// Runs `json PROG ARGS` in the guest: the program must succeed and print JSON, which is
+    /// returned parsed.
+    pub fn json_ok(&mut self, cmd: &str) -> Value {
+        let t = Instant::now();
+        assert!(self.vmm.serial_input(format!("json {cmd}\n").as_bytes()));
+        let (mut out, mut err) = (String::new(), String::new());
+        let rc = loop {
+            let found = self
+                .vmm
+                .vm()
+                .console()
+                .wait_line(self.next_line, self.timeout, |l| {
+                    l.starts_with("TAGMEM json") || exited(l)
+                });
+            let Some((index, line)) = found else {
+                self.fail(&format!("`{cmd}` did not finish within {:?}", self.timeout));
+            };
+            if exited(&line) {
+                self.fail(&format!("the guest's init ended during `{cmd}`: {line}"));
+            }
+            self.next_line = index + 1;
+            if let Some(rc) = line.strip_prefix("TAGMEM json-end rc=") {
+                break rc.trim().to_string();
+            } else if let Some(e) = line.strip_prefix("TAGMEM json-err ") {
+                err.push_str(e);
+                err.push('\n');
+            } else if let Some(o) = line.strip_prefix("TAGMEM json") {
+                out.push_str(o.strip_prefix(' ').unwrap_or(o));
+                out.push('\n');
+            }
+        };
+        if rc != "0" {
+            self.fail(&format!("`{cmd}` exited with {rc}: {err}{out}"));
+        }
+        println!("guest {}: `{cmd}` took {:.0?}", self.name, t.elapsed());
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| self.fail(&format!("`{cmd}` printed no JSON ({e}):\n{out}{err}")))
+    }
+
+    /// Fails unless the guest's answer to `what` is the host's view.
+    pub fn same_answer(&self, what: &str, guest: &Value, host: &Value) {
+        if guest != host {
+            self.fail(&format!(
+                "{what} in the guest:\n{guest:#}\nthe host's view (control API, lookup library):\n{host:#}"
+            ));
+        }
     }
 
     /// Offers the `--tagged-memory` values as one chain; returns the device's extent ids.
