@@ -6,6 +6,9 @@
 #
 #   build-kernel.sh              -> prints the result directory (see below) on stdout
 #   build-kernel.sh --print-key  -> prints the cache key only (fetches the package if needed)
+#   build-kernel.sh --fragment F -> the same kernel with config fragment F merged last (repeatable;
+#                                   e.g. nested/l1.config), a result of its own that does not
+#                                   become <cache>/linux/current
 #
 # The result is cached outside the checkout, keyed by source version + config + patches + tree +
 # compiler, in ${TAGMEM_CACHE:-/var/cache/tagmem}/linux/<version>-<key>/:
@@ -13,7 +16,7 @@
 #   src/     the patched source (no objects; usable for other builds with O=, e.g. ARCH=um)
 #   build/   the object tree (out-of-tree modules: make -C <dir>/build M=<module dir>)
 #   info     what went in, and the time of each step
-# <cache>/linux/current points at the newest result. A re-run with the same inputs prints the
+# <cache>/linux/current points at the newest result built without --fragment. A re-run with the same inputs prints the
 # cached result; an interrupted build resumes. TAGMEM_JOBS overrides make's -j (default: CPUs).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -53,12 +56,20 @@ step_end() {
 }
 
 print_key=0
-case "${1:-}" in
-    "") ;;
-    --print-key) print_key=1 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (see --help)" ;;
-esac
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --print-key) print_key=1; shift ;;
+        --fragment)
+            [ $# -ge 2 ] || die "--fragment needs a file"
+            [ -f "$2" ] || die "--fragment: no such file: $2"
+            extra+=("$(cd "$(dirname "$2")" && pwd)/$(basename "$2")")
+            shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+fragments+=(${extra[@]+"${extra[@]}"})
 
 # The patch series, in order: patches/<series>/NNNN-*.patch, series in name order; a cover
 # letter (0000-*) is not applied.
@@ -127,6 +138,7 @@ exec 9>"$top/.lock"
 flock 9
 
 publish() {
+    [ ${#extra[@]} -eq 0 ] || return 0
     ln -sfn "$(basename "$dest")" "$top/current.tmp"
     mv -T "$top/current.tmp" "$top/current"
 }
