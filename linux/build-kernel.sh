@@ -9,6 +9,9 @@
 #   build-kernel.sh --fragment F -> the same kernel with config fragment F merged last (repeatable;
 #                                   e.g. nested/l1.config), a result of its own that does not
 #                                   become <cache>/linux/current
+#   build-kernel.sh --base       -> the kernel without the tagged series (patches/10-tagged/,
+#                                   config/tagged.config): Linux's own virtio_mem, the peer of the
+#                                   base protocol's test; a result of its own, like --fragment
 #
 # The result is cached outside the checkout, keyed by source version + config + patches + tree +
 # compiler, in ${TAGMEM_CACHE:-/var/cache/tagmem}/linux/<version>-<key>/:
@@ -56,20 +59,31 @@ step_end() {
 }
 
 print_key=0
+base=0
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --print-key) print_key=1; shift ;;
+        --base) base=1; shift ;;
         --fragment)
             [ $# -ge 2 ] || die "--fragment needs a file"
             [ -f "$2" ] || die "--fragment: no such file: $2"
             extra+=("$(cd "$(dirname "$2")" && pwd)/$(basename "$2")")
             shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 fragments+=(${extra[@]+"${extra[@]}"})
+# The tagged series and the config it needs; --base leaves them out.
+tagged_series="$here/patches/10-tagged/"
+if [ "$base" = 1 ]; then
+    kept=()
+    for f in "${fragments[@]}"; do
+        [ "$f" = "$here/config/tagged.config" ] || kept+=("$f")
+    done
+    fragments=("${kept[@]}")
+fi
 
 # The patch series, in order: patches/<series>/NNNN-*.patch, series in name order; a cover
 # letter (0000-*) is not applied.
@@ -77,6 +91,7 @@ series_patches() {
     local d p
     for d in "$here"/patches/*/; do
         [ -d "$d" ] || continue
+        [ "$base" = 1 ] && [ "$d" = "$tagged_series" ] && continue
         for p in "$d"[0-9][0-9][0-9][0-9]-*.patch; do
             [ -f "$p" ] || continue
             case "$(basename "$p")" in 0000-*) continue ;; esac
@@ -138,7 +153,7 @@ exec 9>"$top/.lock"
 flock 9
 
 publish() {
-    [ ${#extra[@]} -eq 0 ] || return 0
+    [ ${#extra[@]} -eq 0 ] && [ "$base" = 0 ] || return 0
     ln -sfn "$(basename "$dest")" "$top/current.tmp"
     mv -T "$top/current.tmp" "$top/current"
 }

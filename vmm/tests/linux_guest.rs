@@ -15,8 +15,9 @@
 //!   changes no memory state): still plugged on the device, still online in the guest; the
 //!   guest keeps running after a rebind attempt.
 //!
-//! Inputs: `TAGMEM_GUEST_KERNEL` (a vmlinux or bzImage; default: the kernel cache's
-//! `current/vmlinux`, see `linux/build-kernel.sh`), `TAGMEM_GUEST_INITRAMFS` (default: built
+//! Inputs: `TAGMEM_BASE_GUEST_KERNEL` (a vmlinux or bzImage built without the tagged series,
+//! `linux/build-kernel.sh --base`; where unset, the tagged kernel of `TAGMEM_GUEST_KERNEL` or the
+//! kernel cache's `current/vmlinux` stands in, except in CI), `TAGMEM_GUEST_INITRAMFS` (default: built
 //! with `linux/build-initramfs.sh --script tests/linux/peer-test.sh`), `TAGMEM_GUEST_CMDLINE`
 //! (default: the `cmdline` file next to the kernel, else the VMM's default command line, with the
 //! test kernel's emulator workarounds on a `kvm_pvm` host).
@@ -30,13 +31,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tagmem_rig::linux::{base_guest_kernel, hang_guard, repo_root, REQUIRE_GUEST_KERNEL};
 use tagmem_test_support::{available_or_skip, kvm_or_skip};
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::{SerialConfig, RESET_REASON};
 use tagmem_vmm::{Vmm, VmmConfig};
 
-/// `1`: a missing guest kernel (or initramfs builder) fails the test instead of skipping it.
-const REQUIRE_GUEST_KERNEL: &str = "TAGMEM_REQUIRE_GUEST_KERNEL";
 const MIB: u64 = 1 << 20;
 /// Boot RAM of the guest.
 const BOOT_RAM: u64 = 256 * MIB;
@@ -48,31 +48,9 @@ const VIRTIO_ID_MEM: &str = "0x0018";
 const F_TAGGED: usize = 3;
 const F_VERSION_1: usize = 32;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn hang_guard() -> Duration {
-    let secs = std::env::var("TAGMEM_LINUX_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1800);
-    Duration::from_secs(secs)
-}
-
 /// The kernel, initramfs and command line to boot, or why there are none.
 fn guest_inputs() -> Result<(PathBuf, PathBuf, String), String> {
-    let cache = std::env::var("TAGMEM_CACHE").unwrap_or_else(|_| "/var/cache/tagmem".into());
-    let kernel = match std::env::var_os("TAGMEM_GUEST_KERNEL") {
-        Some(k) => PathBuf::from(k),
-        None => Path::new(&cache).join("linux/current/vmlinux"),
-    };
-    if !kernel.is_file() {
-        return Err(format!("no guest kernel at {}", kernel.display()));
-    }
+    let kernel = base_guest_kernel()?;
     let script = repo_root().join("vmm/tests/linux/peer-test.sh");
     let initramfs = match std::env::var_os("TAGMEM_GUEST_INITRAMFS") {
         Some(i) => PathBuf::from(i),

@@ -84,6 +84,38 @@ pub fn guest_kernel() -> Result<PathBuf, String> {
     Ok(kernel)
 }
 
+/// The kernel of the base protocol's peer test: `TAGMEM_BASE_GUEST_KERNEL`, a kernel built
+/// without the tagged series (`linux/build-kernel.sh --base`), whose `virtio_mem` is Linux's own,
+/// unmodified. Where it is not set, the tagged kernel of [`guest_kernel`] (whose `virtio_mem`
+/// carries the series) stands in, except under [`REQUIRE_GUEST_KERNEL`], where that is an error.
+pub fn base_guest_kernel() -> Result<PathBuf, String> {
+    let Some(k) = std::env::var_os("TAGMEM_BASE_GUEST_KERNEL") else {
+        if std::env::var(REQUIRE_GUEST_KERNEL).as_deref() == Ok("1") {
+            return Err("TAGMEM_BASE_GUEST_KERNEL is not set: the peer test runs Linux's \
+                        unmodified virtio_mem (linux/build-kernel.sh --base)"
+                .into());
+        }
+        return guest_kernel();
+    };
+    let kernel = PathBuf::from(k);
+    if !kernel.is_file() {
+        return Err(format!("no base guest kernel at {}", kernel.display()));
+    }
+    // build-kernel.sh keeps the config next to the kernel: the series must not be in it.
+    if let Some(config) = kernel
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("config")).ok())
+    {
+        if config.lines().any(|l| l == "CONFIG_VIRTIO_MEM_TAGGED=y") {
+            return Err(format!(
+                "the base guest kernel at {} carries the tagged series (CONFIG_VIRTIO_MEM_TAGGED)",
+                kernel.display()
+            ));
+        }
+    }
+    Ok(kernel)
+}
+
 /// What a tagged Linux guest boots.
 #[derive(Clone, Debug)]
 pub struct LinuxInputs {
