@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use tagmem_device::{
-    ControlError, DeviceConfig, DeviceState, ExtentFlags, ExtentSpec, GuestClock, HostEvent, MapperError,
-    Mapping, MemoryMapper, MonotonicClock, Notifier, Perf, SourceClass, SourceId, SourceRef, TaggedMemDevice,
-    TaggedWindow, Target, VirtioDevice, MINIMAL_BASE_REGION_SIZE,
+    ControlError, DeviceConfig, DeviceState, ExtentFlags, ExtentSpec, GuestClock, HostEvent,
+    MINIMAL_BASE_REGION_SIZE, MapperError, Mapping, MemoryMapper, MonotonicClock, Notifier, Perf,
+    SourceClass, SourceId, SourceRef, TaggedMemDevice, TaggedWindow, Target, VirtioDevice,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::AtomicBitmap;
@@ -142,9 +142,10 @@ fn adapter_calls_work_over_ch_guest_memory() {
     // CH's transport sets FEATURES_OK without asking; the core refuses activation instead.
     core.set_driver_features(features & !(1 << tagmem_device::wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE));
     assert!(!core.features_ok());
-    assert!(core
-        .activate(memory(), vec![queue(0x1_0000), queue(0x4_0000)])
-        .is_err());
+    assert!(
+        core.activate(memory(), vec![queue(0x1_0000), queue(0x4_0000)])
+            .is_err()
+    );
     core.set_driver_features(features);
     assert!(core.features_ok());
     assert!(core.tagged_negotiated());
@@ -153,10 +154,12 @@ fn adapter_calls_work_over_ch_guest_memory() {
 
     let receipt = core.offer(&[extent(tag, 0), extent(tag, 1)]).expect("offer");
     assert_eq!(receipt.extents.len(), 2);
-    assert!(receipt
-        .extents
-        .iter()
-        .all(|(_, gpa)| (WINDOW..2 * WINDOW).contains(gpa)));
+    assert!(
+        receipt
+            .extents
+            .iter()
+            .all(|(_, gpa)| (WINDOW..2 * WINDOW).contains(gpa))
+    );
     assert_eq!(core.extents().len(), 2);
     // Nothing is mapped before the driver accepts.
     assert!(mapped.lock().unwrap().is_empty());
