@@ -3,8 +3,8 @@
 //! text and this crate compiles them, as modules of the same names, against stub definitions of
 //! the few `virtio-devices`, `vm-migration`, `epoll_helper` and `seccomp_filters` items they use
 //! (`src/ch/`). A device or host-model API change that breaks the adapter breaks this build.
-//! `tests/patch_files.rs` checks the series' format and files; `tests/adapter_api.rs` and
-//! `tests/adapter.rs` exercise the adapter-facing API and the compiled adapter.
+//! `tests/patch_files.rs` checks the series' format and files, `tests/adapter_api.rs` the core
+//! API the adapter uses, and the unit tests (`src/adapter_tests.rs`) the compiled adapter.
 
 pub mod ch;
 
@@ -32,3 +32,6 @@ pub mod tagged_mem {
 pub mod tagged_mem_sources {
     include!(concat!(env!("OUT_DIR"), "/tagged_mem_sources.rs"));
 }
+
+#[cfg(test)]
+mod adapter_tests;
