@@ -5,10 +5,12 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The files the series adds to `virtio-devices/src/`, compiled here against stub CH items.
-const ADAPTER_FILES: [&str; 2] = [
+/// The files of the series that call the device core and the host model, compiled here against
+/// stub CH items: the adapter in `virtio-devices` and the VMM's memory mapper.
+const ADAPTER_FILES: [&str; 3] = [
     "virtio-devices/src/tagged_mem.rs",
     "virtio-devices/src/tagged_mem_sources.rs",
+    "vmm/src/tagged_memory.rs",
 ];
 
 fn main() {

@@ -188,3 +188,45 @@ fn runtime_offers_follow_the_vm_rules() {
     assert_eq!(state.iter().filter(|s| !s.boot).count(), 2);
     assert_eq!(dev.extents().len(), 3);
 }
+
+#[test]
+fn the_vmm_mapper_maps_what_the_host_model_opened() {
+    use crate::memory_manager::MemoryManager;
+    use crate::tagged_memory::TaggedMemoryMapper;
+    use tagmem_device::Mapping;
+    use vm_memory::{Bytes, GuestAddressSpace};
+
+    let sources = Arc::new(Mutex::new(TaggedMemSources::default()));
+    let chains = TaggedMem::prepare_boot_chains(&sources, &Resolver::new("/"), &[memfd(Some(TAG_A), None)])
+        .expect("boot chains");
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory");
+    let mm = Arc::new(Mutex::new(MemoryManager::new(GuestMemoryAtomic::new(mem))));
+    let mut mapper = TaggedMemoryMapper::new(mm.clone(), sources.clone());
+    let gpa = RANGE + MINIMAL_BASE_REGION_SIZE;
+    let m = Mapping {
+        gpa,
+        len: MIB2,
+        source: chains[0][0].spec.source,
+        readonly: false,
+    };
+    mapper.map(&m).expect("map");
+    assert_eq!(mm.lock().unwrap().slots.len(), 1);
+    // The extent is part of the guest memory in-process devices use.
+    let guest = mm.lock().unwrap().guest_memory();
+    guest
+        .memory()
+        .write_obj(0x5a5a_u16, GuestAddress(gpa + 8))
+        .expect("write");
+    assert_eq!(
+        guest
+            .memory()
+            .read_obj::<u16>(GuestAddress(gpa + 8))
+            .expect("read"),
+        0x5a5a
+    );
+    // An unmap of a range that is not mapped is refused; the mapped one goes.
+    assert!(mapper.unmap(&Mapping { gpa: gpa + MIB2, ..m }).is_err());
+    mapper.unmap(&m).expect("unmap");
+    assert!(mm.lock().unwrap().slots.is_empty());
+    assert!(guest.memory().read_obj::<u16>(GuestAddress(gpa + 8)).is_err());
+}

@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod epoll_helper;
+pub mod memory_manager;
 pub mod seccomp_filters;
 pub mod virtio;
 
