@@ -32,7 +32,11 @@ pub mod tagged_mem {
 
 /// `vmm/src/tagged_memory.rs` as the series adds it: the crate root plays `vmm`'s as well
 /// (`crate::memory_manager`, `crate::GuestRegionMmap`), and `virtio_devices` is this crate.
-#[allow(missing_docs, clippy::undocumented_unsafe_blocks)]
+#[allow(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::cast_possible_truncation
+)]
 pub mod tagged_memory {
     use crate as virtio_devices;
     include!(concat!(env!("OUT_DIR"), "/tagged_memory.rs"));
