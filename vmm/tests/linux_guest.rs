@@ -27,11 +27,12 @@
 //! Waits are hang guards only (`TAGMEM_LINUX_TIMEOUT` seconds per step, default 1800): nothing
 //! here depends on how fast the guest runs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tagmem_rig::linux::{base_guest_kernel, hang_guard, repo_root, REQUIRE_GUEST_KERNEL};
+use tagmem_rig::linux::{
+    base_guest_kernel, hang_guard, parse_fields, repo_root, wait_report, Fields, REQUIRE_GUEST_KERNEL,
+};
 use tagmem_test_support::{available_or_skip, kvm_or_skip};
 use tagmem_vmm::boot::{GuestKind, LinuxBoot};
 use tagmem_vmm::runtime::{SerialConfig, RESET_REASON};
@@ -107,9 +108,6 @@ fn default_cmdline() -> String {
     }
 }
 
-/// The `key=value` fields of a report line.
-type Fields = HashMap<String, String>;
-
 /// A booted guest and where its console was read up to.
 struct Session {
     vmm: Vmm,
@@ -132,22 +130,13 @@ impl Session {
 
     /// Waits for the report `TAGMEM <kind> ...` and returns its fields.
     fn expect(&mut self, kind: &str) -> Fields {
-        let prefix = format!("TAGMEM {kind}");
-        let found = self
-            .vmm
-            .vm()
-            .console()
-            .wait_line(self.next_line, self.timeout, |l| {
-                l == prefix || l.starts_with(&format!("{prefix} ")) || self_exited(l)
-            });
-        let Some((index, line)) = found else {
-            self.fail(&format!("no `{prefix}` line within {:?}", self.timeout));
-        };
-        if self_exited(&line) {
-            self.fail(&format!("the guest's init ended before `{prefix}`: {line}"));
+        match wait_report(&self.vmm, self.next_line, self.timeout, kind) {
+            Ok((index, fields)) => {
+                self.next_line = index + 1;
+                fields
+            }
+            Err(why) => self.fail(&why),
         }
-        self.next_line = index + 1;
-        parse_fields(&line)
     }
 
     /// All `TAGMEM <kind>` reports printed before the next line read.
@@ -193,18 +182,6 @@ impl Session {
         let f = self.expect("blocks");
         (num(&f, "online"), num(&f, "present"), num(&f, "memtotal_kb"))
     }
-}
-
-fn self_exited(line: &str) -> bool {
-    line.starts_with("tagmem-init: end") || line.contains("Kernel panic")
-}
-
-fn parse_fields(line: &str) -> Fields {
-    line.split_whitespace()
-        .skip(2)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn num(f: &Fields, key: &str) -> u64 {

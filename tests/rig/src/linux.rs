@@ -180,8 +180,34 @@ pub fn tagged_inputs(tmp: &Path) -> Result<LinuxInputs, String> {
 }
 
 /// Whether a console line says the guest's init is over.
-fn exited(line: &str) -> bool {
+pub fn exited(line: &str) -> bool {
     line.starts_with("tagmem-init: end") || line.contains("Kernel panic")
+}
+
+/// The `key=value` fields of a report line `TAGMEM <kind> k=v ...`.
+pub fn parse_fields(line: &str) -> Fields {
+    line.split_whitespace()
+        .skip(2)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Waits on `vmm`'s console, from line `from`, for the report `TAGMEM <kind> ...`: its line
+/// index and fields, or why there is none (no such line within `timeout`, or the guest's init
+/// ended first).
+pub fn wait_report(vmm: &Vmm, from: usize, timeout: Duration, kind: &str) -> Result<(usize, Fields), String> {
+    let prefix = format!("TAGMEM {kind}");
+    let found = vmm.vm().console().wait_line(from, timeout, |l| {
+        l == prefix || l.starts_with(&format!("{prefix} ")) || exited(l)
+    });
+    let Some((index, line)) = found else {
+        return Err(format!("no `{prefix}` line within {timeout:?}"));
+    };
+    if exited(&line) {
+        return Err(format!("the guest's init ended before `{prefix}`: {line}"));
+    }
+    Ok((index, parse_fields(&line)))
 }
 
 /// One booted tagged Linux guest, the control of its tagged device, and where its console was
@@ -241,26 +267,13 @@ impl TaggedLinuxGuest {
 
     /// Waits for the report `TAGMEM <kind> ...` and returns its fields.
     pub fn expect(&mut self, kind: &str) -> Fields {
-        let prefix = format!("TAGMEM {kind}");
-        let found = self
-            .vmm
-            .vm()
-            .console()
-            .wait_line(self.next_line, self.timeout, |l| {
-                l == prefix || l.starts_with(&format!("{prefix} ")) || exited(l)
-            });
-        let Some((index, line)) = found else {
-            self.fail(&format!("no `{prefix}` line within {:?}", self.timeout));
-        };
-        if exited(&line) {
-            self.fail(&format!("the guest's init ended before `{prefix}`: {line}"));
+        match wait_report(&self.vmm, self.next_line, self.timeout, kind) {
+            Ok((index, fields)) => {
+                self.next_line = index + 1;
+                fields
+            }
+            Err(why) => self.fail(&why),
         }
-        self.next_line = index + 1;
-        line.split_whitespace()
-            .skip(2)
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     /// Types a command and waits for its report.
