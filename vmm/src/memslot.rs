@@ -98,7 +98,9 @@ struct Run {
 #[derive(Debug)]
 struct Registered {
     // Declared first: unmapped before the backing's descriptor is closed.
-    host: Option<HostMapping>,
+    host: Vec<HostMapping>,
+    /// Mapped into the host range by range as memslots need it, not whole at registration.
+    on_use: bool,
     backing: Backing,
     runs: usize,
 }
@@ -176,24 +178,43 @@ impl KvmMemslotMapper {
     /// Registers a backing under `id` and maps it whole into the host's address space (once:
     /// every memslot over it points into that mapping).
     pub fn register_backing(&mut self, id: SourceId, backing: Backing) -> Result<(), MemslotError> {
+        self.register(id, backing, false)
+    }
+
+    /// Registers a backing under `id` that is mapped into the host only over the ranges
+    /// memslots use, when they first use them: a per-extent backing, whose one extent may be a
+    /// small range of a large device or file.
+    pub fn register_backing_on_use(&mut self, id: SourceId, backing: Backing) -> Result<(), MemslotError> {
+        self.register(id, backing, true)
+    }
+
+    fn register(&mut self, id: SourceId, backing: Backing, on_use: bool) -> Result<(), MemslotError> {
         if self.backings.contains_key(&id) {
             return Err(MemslotError::DuplicateBacking(id));
         }
-        let host = if backing.size() > 0 {
-            self.stats.mmaps += 1;
-            Some(HostMapping::whole(&backing, id)?)
+        let host = if on_use || backing.size() == 0 {
+            Vec::new()
         } else {
-            None
+            self.stats.mmaps += 1;
+            vec![HostMapping::whole(&backing, id)?]
         };
         self.backings.insert(
             id,
             Registered {
                 host,
+                on_use,
                 backing,
                 runs: 0,
             },
         );
         Ok(())
+    }
+
+    /// Bytes of backing `id` mapped into the host's address space.
+    pub fn host_mapped(&self, id: SourceId) -> Option<u64> {
+        self.backings
+            .get(&id)
+            .map(|r| r.host.iter().map(HostMapping::len).sum())
     }
 
     /// Unregisters a backing no mapping uses any more, unmaps it from the host and hands it
@@ -207,9 +228,7 @@ impl KvmMemslotMapper {
             .backings
             .remove(&id)
             .ok_or(MemslotError::UnknownBacking(id))?;
-        if r.host.is_some() {
-            self.stats.munmaps += 1;
-        }
+        self.stats.munmaps += r.host.len() as u64;
         Ok(r.backing)
     }
 
@@ -431,13 +450,24 @@ impl KvmMemslotMapper {
         Ok(end)
     }
 
-    /// Host address of backing range `spec`, inside its backing's host mapping.
-    fn host_of(&self, spec: &RunSpec) -> Result<u64, MemslotError> {
-        self.backings
-            .get(&spec.source)
-            .and_then(|r| r.host.as_ref())
-            .map(|h| h.addr_of(spec.offset))
-            .ok_or(MemslotError::UnknownBacking(spec.source))
+    /// Host address of backing range `spec`, inside a host mapping of its backing; a backing
+    /// mapped on use gets a mapping of exactly that range if none covers it yet.
+    fn host_of(&mut self, spec: &RunSpec) -> Result<u64, MemslotError> {
+        let r = self
+            .backings
+            .get_mut(&spec.source)
+            .ok_or(MemslotError::UnknownBacking(spec.source))?;
+        if let Some(h) = r.host.iter().find(|h| h.covers(spec.offset, spec.len)) {
+            return Ok(h.addr_of(spec.offset));
+        }
+        if !r.on_use {
+            return Err(MemslotError::UnknownBacking(spec.source));
+        }
+        let h = HostMapping::range(&r.backing, spec.source, spec.offset, spec.len)?;
+        self.stats.mmaps += 1;
+        let addr = h.addr_of(spec.offset);
+        r.host.push(h);
+        Ok(addr)
     }
 }
 
@@ -502,6 +532,7 @@ impl MemoryMapper for SharedMapper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tagmem_device::SourceRef;
 
@@ -891,7 +922,6 @@ mod tests {
             HostAccess::ReadOnlyWriteDropped
         );
         assert_eq!(m.host_access(base + 4 * MIB, &mut r, false), HostAccess::Unmapped);
-        use std::os::unix::fs::FileExt;
         let mut back = [0u8; 8];
         m.backing(SRC)
             .unwrap()
@@ -899,5 +929,52 @@ mod tests {
             .read_exact_at(&mut back, 8)
             .unwrap();
         assert_eq!(&back, b"abcdefgh");
+    }
+
+    #[test]
+    fn a_backing_mapped_on_use_reserves_only_its_extents_range_in_the_host() {
+        const GIB: u64 = 1 << 30;
+        let (mut m, kvm) = mapper(8);
+        // A large sparse backing of which one extent uses 2 MiB, 32 GiB in.
+        let big = SourceId(9);
+        let backing = Backing::memfd("t-big", 64 * GIB).unwrap();
+        backing
+            .file_handle()
+            .write_all_at(b"far-in", 32 * GIB + 16)
+            .unwrap();
+        let before = m.stats();
+        m.register_backing_on_use(big, backing).unwrap();
+        assert_eq!(
+            m.host_mapped(big),
+            Some(0),
+            "nothing mapped before a memslot needs it"
+        );
+        let gpa = 1 << 36;
+        let extent = Mapping {
+            gpa,
+            len: 2 * MIB,
+            source: SourceRef {
+                id: big,
+                offset: 32 * GIB,
+            },
+            readonly: false,
+        };
+        m.map_range(&extent).unwrap();
+        assert_eq!(m.host_mapped(big), Some(2 * MIB), "not the whole 64 GiB");
+        assert_eq!(m.stats().since(&before).mmaps, 1);
+        let mut r = [0u8; 6];
+        assert_eq!(m.host_access(gpa + 16, &mut r, false), HostAccess::Done);
+        assert_eq!(&r, b"far-in", "the mapping starts at the extent's offset");
+        check_consistent(&m, &kvm);
+        // Unmapped and mapped again: the range's mapping is reused, and closed with the backing.
+        m.unmap_range(&extent).unwrap();
+        m.map_range(&extent).unwrap();
+        assert_eq!(m.stats().since(&before).mmaps, 1);
+        m.unmap_range(&extent).unwrap();
+        m.unregister_backing(big).unwrap();
+        assert_eq!(m.stats().since(&before).munmaps, 1);
+        // A backing registered whole is mapped whole, at once.
+        let whole = m.host_mapped(SRC);
+        assert_eq!(whole, Some(64 * MIB));
     }
 }

@@ -289,7 +289,8 @@ impl Vmm {
         self.shared.mapper.lock().slots()
     }
 
-    /// Registers a host backing under `id`, kept as `lifetime` says.
+    /// Registers a host backing under `id`, kept as `lifetime` says: a per-extent backing is
+    /// mapped into the host only over its extent's range, when the extent is mapped.
     pub fn register_backing(
         &self,
         id: SourceId,
@@ -297,7 +298,7 @@ impl Vmm {
         lifetime: BackingLifetime,
     ) -> Result<(), VmmError> {
         let mut backings = lock(&self.shared.backings);
-        self.shared.mapper.lock().register_backing(id, backing)?;
+        lifetime.register(&mut self.shared.mapper.lock(), id, backing)?;
         backings.insert(id, lifetime);
         Ok(())
     }

@@ -151,7 +151,7 @@ impl Vmm {
             let mut m = mapper.lock();
             for r in &snapshot.backings {
                 let backing = Backing::from_file(dup(&r.file)?, r.size, r.kind, r.writable);
-                m.register_backing(r.id, backing)?;
+                r.lifetime.register(&mut m, r.id, backing)?;
                 entries.insert(r.id, r.lifetime);
             }
         }
@@ -164,6 +164,14 @@ impl Vmm {
             clock.clone(),
             Some(vm.memory()),
         )?;
+        // A per-extent backing no extent uses (one registered for an offer not yet made, or
+        // whose last extent went just before the snapshot) would otherwise stay open for the
+        // VM's life: the device reports a source unused only when its last extent leaves.
+        entries.retain(|id, lifetime| {
+            *lifetime != BackingLifetime::PerExtent
+                || device.source_in_use(*id)
+                || vm.mapper().lock().unregister_backing(*id).is_err()
+        });
         let mut transport = MmioTransport::with_interrupt(device, vm.memory(), &irq);
         transport.restore_transport_state(&snapshot.transport)?;
         // Created where the guest stopped; restoring its registers sets everything else.

@@ -462,3 +462,32 @@ fn snapshot_mid_life_cycle_restores_into_a_fresh_vm_and_the_guest_continues() {
         .all(|e| !matches!(e, HostEvent::ChainDropped { .. })));
     assert_eq!(vmm.extents().len(), 1);
 }
+
+#[test]
+fn a_snapshot_with_a_per_extent_backing_no_extent_uses_restores_without_it() {
+    let (config, _clock) = manual_config();
+    let Some(vmm) = vmm_or_skip(config.clone()) else {
+        return;
+    };
+    let len = 2 * MIB;
+    // Registered for an offer not made yet; a second one in use by an accepted extent.
+    vmm_memfd(&vmm, 1, len, &pattern(64, 1), BackingLifetime::PerExtent);
+    vmm_memfd(&vmm, 2, len, &pattern(64, 2), BackingLifetime::PerExtent);
+    vmm.offer(&[spec(Uuid::from_u128(0xb), 2, 4 * GIB, len)]).unwrap();
+    vmm.guest_poll().unwrap();
+    let snap = vmm.snapshot().unwrap();
+    assert!(snap.vm.backings.iter().any(|b| b.id == SourceId(1)));
+    vmm.shutdown();
+    drop(vmm);
+
+    let vmm = TestGuestVm::restore(config, &snap).unwrap();
+    assert!(
+        !vmm.has_backing(SourceId(1)),
+        "nothing uses it, and nothing would ever report it unused: closed at restore"
+    );
+    assert!(
+        vmm.has_backing(SourceId(2)),
+        "the accepted extent's backing stays"
+    );
+    assert_guest_sees(&vmm, 4 * GIB, &pattern(64, 2));
+}

@@ -48,10 +48,11 @@ polls (no interrupts are injected; the device's notifications are counted but co
   are one call).
 - **SET_USER_MEMORY_REGION**, **memslots created / deleted** and their **bytes**: what the
   memslot mapper asked of KVM, rollbacks included.
-- **mmap + munmap**: host mapping calls. Each backing is mapped once, whole, when it is
-  registered, and unmapped when it is closed; the per-extent backings of these rows are
-  registered and closed inside the operation, so a hot-add shows its mmap and a release its
-  munmap.
+- **mmap + munmap**: host mapping calls. A persistent backing (boot RAM, the base region) is
+  mapped once, whole, when it is registered; a per-extent backing is mapped once, over its
+  extent's range only, when the extent is first mapped, and unmapped when it is closed; the
+  per-extent backings of these rows are registered and closed inside the operation, so a
+  hot-add shows its mmap and a release its munmap.
 - **host instructions**: see the note under the table.
 "#;
 

@@ -1,17 +1,19 @@
 //! What a [`super::Vmm`] is configured with, and what can go wrong.
 
+use crate::backing::Backing;
 use crate::boot::machine::MachineError;
 use crate::boot::GuestKind;
 use crate::hotplug::{HotplugError, BASE_REGION_SOURCE};
 use crate::layout;
-use crate::memslot::MemslotError;
+use crate::memslot::{KvmMemslotMapper, MemslotError};
 use crate::mmio::MmioRestoreError;
 use crate::vcpu::VcpuError;
 use crate::vm::{VmConfig, VmError};
 use std::sync::Arc;
 use std::time::Duration;
 use tagmem_device::{
-    Clock, DeviceConfig, DeviceError, MonotonicClock, SourceRef, TaggedWindow, MINIMAL_BASE_REGION_SIZE,
+    Clock, DeviceConfig, DeviceError, MonotonicClock, SourceId, SourceRef, TaggedWindow,
+    MINIMAL_BASE_REGION_SIZE,
 };
 
 /// Errors of the runtime.
@@ -103,6 +105,22 @@ pub enum BackingLifetime {
     /// Closed (host mapping and descriptor) once the device reports that no extent uses it any
     /// more: after its extents were released, rejected or abandoned.
     PerExtent,
+}
+
+impl BackingLifetime {
+    /// Registers `backing` under `id` with `mapper`: a persistent backing mapped whole into the
+    /// host, a per-extent one only over the range its extent uses, when it is mapped.
+    pub(crate) fn register(
+        self,
+        mapper: &mut KvmMemslotMapper,
+        id: SourceId,
+        backing: Backing,
+    ) -> Result<(), MemslotError> {
+        match self {
+            BackingLifetime::Persistent => mapper.register_backing(id, backing),
+            BackingLifetime::PerExtent => mapper.register_backing_on_use(id, backing),
+        }
+    }
 }
 
 /// Where a Linux guest's serial console goes.

@@ -89,8 +89,11 @@ impl Shared {
                 if backings.get(&id) == Some(&BackingLifetime::PerExtent) {
                     // Dropping the backing closes its descriptor; its mappings went with the
                     // extents.
-                    if mapper.unregister_backing(id).is_ok() {
-                        backings.remove(&id);
+                    match mapper.unregister_backing(id) {
+                        Ok(_) => {
+                            backings.remove(&id);
+                        }
+                        Err(e) => log::warn!("closing unused backing {id:?}: {e}"),
                     }
                 }
             }
