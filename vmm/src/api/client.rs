@@ -135,4 +135,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&pretty_json(s)).unwrap();
         assert_eq!(v, serde_json::from_str::<serde_json::Value>(s).unwrap());
     }
+
+    #[test]
+    fn indent_keeps_the_value_of_numbers_past_u64() {
+        // Parsed as the nearest f64 and printed back: read again, it must be the same f64.
+        let s = "66666666666666666666666666666666666666666666";
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&pretty_json(s)).unwrap();
+        assert_eq!(again, v);
+    }
 }
