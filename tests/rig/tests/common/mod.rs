@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use tagmem_device::{Mapping, SourceId, SourceRef};
 use tagmem_rig::TestGuest;
 use tagmem_test_support::kvm_or_skip;
-use tagmem_vmm::{Backing, VmConfig};
+use tagmem_vmm::{Backing, SharedMapper, VmConfig};
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
@@ -32,28 +32,38 @@ pub fn add_memfd(g: &TestGuest, id: u64, size: u64) {
         .expect("register");
 }
 
-/// Writes `bytes` into backing `id` at `offset` from the host.
-pub fn host_write(g: &TestGuest, id: u64, offset: u64, bytes: &[u8]) {
-    let m = g.vm.mapper();
-    let m = m.lock();
-    m.backing(SourceId(id))
+/// Writes `bytes` into backing `id` of `mapper` at `offset` from the host.
+fn backing_write(mapper: &SharedMapper, id: u64, offset: u64, bytes: &[u8]) {
+    mapper
+        .lock()
+        .backing(SourceId(id))
         .expect("backing")
         .file_handle()
         .write_all_at(bytes, offset)
         .expect("write");
 }
 
-/// Reads `len` bytes of backing `id` at `offset` from the host.
-pub fn host_read(g: &TestGuest, id: u64, offset: u64, len: usize) -> Vec<u8> {
-    let m = g.vm.mapper();
-    let m = m.lock();
+/// Reads `len` bytes of backing `id` of `mapper` at `offset` from the host.
+fn backing_read(mapper: &SharedMapper, id: u64, offset: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
-    m.backing(SourceId(id))
+    mapper
+        .lock()
+        .backing(SourceId(id))
         .expect("backing")
         .file_handle()
         .read_exact_at(&mut v, offset)
         .expect("read");
     v
+}
+
+/// Writes `bytes` into backing `id` at `offset` from the host.
+pub fn host_write(g: &TestGuest, id: u64, offset: u64, bytes: &[u8]) {
+    backing_write(&g.vm.mapper(), id, offset, bytes);
+}
+
+/// Reads `len` bytes of backing `id` at `offset` from the host.
+pub fn host_read(g: &TestGuest, id: u64, offset: u64, len: usize) -> Vec<u8> {
+    backing_read(&g.vm.mapper(), id, offset, len)
 }
 
 /// A mapping of backing `id`.
@@ -126,26 +136,12 @@ pub fn vmm_memfd(vmm: &Vmm, id: u64, size: u64, fill: &[u8], lifetime: BackingLi
 
 /// Writes `bytes` into backing `id` at `offset` from the host.
 pub fn vmm_host_write(vmm: &Vmm, id: u64, offset: u64, bytes: &[u8]) {
-    let m = vmm.mapper();
-    let m = m.lock();
-    m.backing(SourceId(id))
-        .expect("backing")
-        .file_handle()
-        .write_all_at(bytes, offset)
-        .expect("write");
+    backing_write(&vmm.mapper(), id, offset, bytes);
 }
 
 /// Reads `len` bytes of backing `id` at `offset` from the host.
 pub fn vmm_host_read(vmm: &Vmm, id: u64, offset: u64, len: usize) -> Vec<u8> {
-    let m = vmm.mapper();
-    let m = m.lock();
-    let mut v = vec![0u8; len];
-    m.backing(SourceId(id))
-        .expect("backing")
-        .file_handle()
-        .read_exact_at(&mut v, offset)
-        .expect("read");
-    v
+    backing_read(&vmm.mapper(), id, offset, len)
 }
 
 /// An extent of `length` bytes of backing `id` at offset 0, at a fixed guest address.
